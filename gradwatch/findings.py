@@ -1,0 +1,221 @@
+"""The records gradwatch produces: :class:`Finding`, :class:`ParamStats` and :class:`StepRecord`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["FINDING_KINDS", "RAW_COLUMNS", "Finding", "ParamStats", "StepRecord"]
+
+#: Every finding kind gradwatch knows, most severe first (the order ``Watcher.report()`` uses).
+FINDING_KINDS: tuple[str, ...] = (
+    "nonfinite_grad",
+    "missing_zero_grad",
+    "discarded_grad",
+    "no_grad",
+    "not_updated",
+    "ineffective_freeze",
+    "exploding_grad",
+    "vanishing_grad",
+    "all_zero_grad",
+)
+
+#: Columns of the host buffer a :class:`StepRecord` is built from: the raw gradient columns of
+#: :data:`gradwatch.stats.RAW_FIELDS`, then the parameter norm and the update norm.
+RAW_COLUMNS: tuple[str, ...] = ("norm", "max_abs", "sum", "nonzero", "nonfinite", "nan", "param_norm", "update_norm")
+
+#: One piece of a record: parameter positions, first column, and a ``[len(positions), k]`` tensor
+#: (on the host, or being copied there).
+Part = tuple[Sequence[int], int, "torch.Tensor"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One gradient bug found in a training run.
+
+    Attributes:
+        kind: one of :data:`FINDING_KINDS` (the strings are API; new kinds may be added).
+        step: the watcher step (0-based, or from ``start_step``) at which it was found.
+        params: the parameter names involved, exactly as ``named_parameters()`` or the target
+            mapping's keys give them.
+        message: what was seen, where (parameter, step) and how to fix it.
+    """
+
+    kind: str
+    step: int
+    params: tuple[str, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.kind}] step {self.step}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ParamStats:
+    """Gradient and weight statistics of one parameter at one recorded step.
+
+    All values are Python numbers. Gradient statistics describe ``param.grad`` at the step boundary
+    (read just before the owning optimizer's update, or at the end of the step's last ``backward()``
+    when no optimizer owns the parameter), computed in float32 (float64 for float64 gradients).
+    A parameter whose ``.grad`` is ``None`` at the boundary counts as an all-zero gradient: norms,
+    mean and std 0, ``zero_fraction`` 1.
+
+    Attributes:
+        grad_norm: L2 norm of the gradient (NaN/Inf when it holds non-finite values).
+        grad_max_abs: largest absolute entry of the gradient.
+        grad_mean: mean of the gradient entries.
+        grad_std: population standard deviation (``correction=0``, numpy's default) of the entries.
+        zero_fraction: fraction of entries exactly equal to 0, in [0, 1].
+        nan_count: number of NaN entries.
+        inf_count: number of +Inf or -Inf entries.
+        has_grad: whether a gradient was accumulated into ``.grad`` during this step (seen by the
+            parameter's post-accumulate-grad hook).
+        param_norm: L2 norm of the parameter at the boundary, before the optimizer's update.
+        update_ratio: update-to-weight ratio ``||theta_after - theta_before|| / ||theta_before||``
+            across the step, or ``None`` when not measured (no update seen, or the option is off).
+        grad: a CPU copy of ``.grad`` at the boundary when ``keep_grads`` asked for this parameter,
+            else ``None``.
+    """
+
+    grad_norm: float
+    grad_max_abs: float
+    grad_mean: float
+    grad_std: float
+    zero_fraction: float
+    nan_count: int
+    inf_count: int
+    has_grad: bool
+    param_norm: float
+    update_ratio: float | None
+    grad: torch.Tensor | None = None
+
+
+class StepRecord:
+    """Everything recorded at one step.
+
+    The statistics of all parameters arrive as a few device-to-host copies made once, at the end of the
+    step (asynchronous on CUDA); they are assembled into one ``[num_params, 8]`` float64 buffer
+    (:data:`RAW_COLUMNS`) and turned into Python objects on first access, then cached.
+
+    Attributes:
+        step: the watcher step this record describes.
+    """
+
+    __slots__ = (
+        "_event",
+        "_grads",
+        "_has_grad",
+        "_layer_of",
+        "_layers",
+        "_names",
+        "_numels",
+        "_params",
+        "_parts",
+        "_loss",
+        "step",
+    )
+
+    def __init__(
+        self,
+        step: int,
+        names: Sequence[str],
+        layer_of: Sequence[str],
+        numels: Sequence[int],
+        parts: Sequence[Part],
+        has_grad: Sequence[bool],
+        grads: Mapping[str, torch.Tensor],
+        loss: float | torch.Tensor | None,
+        event: Any = None,
+    ) -> None:
+        self.step = step
+        self._loss = loss
+        self._names = names
+        self._layer_of = layer_of
+        self._numels = numels
+        self._parts = parts
+        self._event = event
+        self._has_grad = has_grad
+        self._grads = grads
+        self._params: dict[str, ParamStats] | None = None
+        self._layers: dict[str, float] | None = None
+
+    @property
+    def loss(self) -> float | None:
+        """The loss given to ``Watcher.record_loss`` (or returned by the decorated train step), or ``None``."""
+        if self._loss is not None and not isinstance(self._loss, float):
+            if self._event is not None:
+                self._event.synchronize()
+            self._loss = float(self._loss)
+        return self._loss
+
+    def raw(self) -> list[list[float]]:
+        """The ``[num_params][8]`` host buffer (columns :data:`RAW_COLUMNS`), waiting for the copy if needed."""
+        import torch
+
+        if self._event is not None:
+            self._event.synchronize()
+        buf = torch.zeros(len(self._names), len(RAW_COLUMNS), dtype=torch.float64)
+        buf[:, 6:] = math.nan
+        for positions, col, values in self._parts:
+            buf[list(positions), col : col + values.shape[1]] = values.to(torch.float64)
+        return buf.tolist()
+
+    @property
+    def params(self) -> Mapping[str, ParamStats]:
+        """Per-parameter statistics, keyed by parameter name, in ``named_parameters()`` order."""
+        if self._params is None:
+            out: dict[str, ParamStats] = {}
+            for name, row, n, got in zip(self._names, self.raw(), self._numels, self._has_grad):
+                norm, max_abs, total, nonzero, nonfinite, nan, pn, un = row
+                mean = total / n if n else 0.0
+                var = norm * norm / n - mean * mean if n else 0.0
+                std = math.sqrt(var) if var > 0 else (var if math.isnan(var) else 0.0)
+                ratio = None
+                if not math.isnan(un):
+                    ratio = un / pn if pn > 0 else (0.0 if un == 0 else math.inf)
+                out[name] = ParamStats(
+                    grad_norm=norm,
+                    grad_max_abs=max_abs,
+                    grad_mean=mean,
+                    grad_std=std,
+                    zero_fraction=1.0 - nonzero / n if n else 0.0,
+                    nan_count=int(nan),
+                    inf_count=int(nonfinite - nan),
+                    has_grad=bool(got),
+                    param_norm=pn,
+                    update_ratio=ratio,
+                    grad=self._grads.get(name),
+                )
+            self._params = out
+        return self._params
+
+    @property
+    def layers(self) -> Mapping[str, float]:
+        """Gradient L2 norm per owning module (``sqrt`` of the sum of its parameters' squared norms).
+
+        Keys are module paths as ``named_modules()`` gives them (``""`` for parameters owned by the
+        root module); for a mapping or iterable target each tensor is its own layer.
+        """
+        if self._layers is None:
+            sq: dict[str, float] = {}
+            for layer, stats in zip(self._layer_of, self.params.values()):
+                sq[layer] = sq.get(layer, 0.0) + stats.grad_norm**2
+            self._layers = {k: math.sqrt(v) for k, v in sq.items()}
+        return self._layers
+
+    @property
+    def total_grad_norm(self) -> float:
+        """L2 norm of all watched gradients together (as ``torch.nn.utils.clip_grad_norm_`` computes it)."""
+        return math.sqrt(sum(s.grad_norm**2 for s in self.params.values()))
+
+    def __repr__(self) -> str:
+        loss = "None" if self.loss is None else f"{self.loss:.6g}"
+        return (
+            f"StepRecord(step={self.step}, params={len(self._names)}, "
+            f"total_grad_norm={self.total_grad_norm:.6g}, loss={loss})"
+        )

@@ -1,0 +1,70 @@
+"""The only module that registers torch hooks.
+
+A :class:`HandleGroup` owns every ``RemovableHandle`` gradwatch registers, so one ``remove()`` puts the
+model and the optimizers back exactly as they were found: it removes each hook, and where a tensor had
+no hook dictionary before (``_post_accumulate_grad_hooks is None``), it sets it back to ``None`` so that
+the tensor is indistinguishable from one that was never watched.
+
+Hooks used (see the PyTorch docs of each):
+
+* ``Tensor.register_post_accumulate_grad_hook`` (PyTorch >= 2.1): runs after a gradient was accumulated
+  into a leaf's ``.grad``; never for ``torch.autograd.grad`` calls, which do not accumulate.
+* ``Optimizer.register_step_pre_hook`` / ``register_step_post_hook``: run around ``optimizer.step()``.
+* ``Variable._execution_engine.queue_callback``: run once at the end of the current backward pass
+  (the mechanism ``DistributedDataParallel`` uses to finish gradient reduction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["HandleGroup", "queue_end_of_backward"]
+
+
+class HandleGroup:
+    """Owner of every hook gradwatch registers; ``remove()`` is idempotent."""
+
+    def __init__(self) -> None:
+        self._handles: list[RemovableHandle] = []
+        self._restore_none: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def post_accumulate_grad(self, tensor: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> None:
+        """Register ``hook(tensor)`` to run after each gradient accumulation into ``tensor.grad``."""
+        if tensor._post_accumulate_grad_hooks is None:
+            self._restore_none.append(tensor)
+        self._handles.append(tensor.register_post_accumulate_grad_hook(hook))
+
+    def optimizer_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        pre: Callable[[torch.optim.Optimizer, Any, Any], None],
+        post: Callable[[torch.optim.Optimizer, Any, Any], None],
+    ) -> None:
+        """Register pre- and post-step hooks on one optimizer instance (not the global ones)."""
+        self._handles.append(optimizer.register_step_pre_hook(pre))
+        self._handles.append(optimizer.register_step_post_hook(post))
+
+    def remove(self) -> None:
+        """Remove every hook; tensors that had no hook dictionary get ``None`` back."""
+        for handle in self._handles:
+            handle.remove()
+        for tensor in self._restore_none:
+            if not tensor._post_accumulate_grad_hooks:
+                tensor._post_accumulate_grad_hooks = None
+        self._handles.clear()
+        self._restore_none.clear()
+
+
+def queue_end_of_backward(callback: Callable[[], None]) -> None:
+    """Run ``callback()`` once when the backward pass now running finishes.
+
+    Must be called from inside a backward pass (e.g. from a gradient hook).
+    """
+    torch.autograd.Variable._execution_engine.queue_callback(callback)  # type: ignore[attr-defined]

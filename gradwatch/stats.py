@@ -1,0 +1,202 @@
+"""Pure tensor functions that compute gradient statistics on the tensors' own device.
+
+No hooks, no I/O and no host synchronisation: every function returns device tensors, and the caller
+copies them to the host once per recorded step. Reductions are batched over all tensors of one
+(device, dtype) group with the ``torch._foreach_*`` kernels (one kernel launch per statistic per group on
+CUDA, instead of one per tensor), in chunks of at most :data:`CHUNK_ELEMENTS` entries so that the transient
+memory stays bounded whatever the model size.
+
+Per-tensor raw columns (:data:`RAW_FIELDS`) are sums and counts; means and standard deviations are
+derived on the host from them and the tensors' sizes (which the host already knows), so no size tensor
+ever has to be sent to the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "RAW_FIELDS",
+    "Block",
+    "grad_stats",
+    "histograms",
+    "norms",
+    "snapshot",
+    "update_norms",
+]
+
+#: Upper bound on the entries processed by one batched call; bounds the transient memory of
+#: :func:`grad_stats` to about two float32 copies of this many entries (128 MiB).
+CHUNK_ELEMENTS = 1 << 24
+
+#: Columns returned by :func:`grad_stats`, per tensor: L2 norm, max |g|, sum of entries, number of
+#: nonzero entries (NaN counts as nonzero), number of non-finite entries (NaN or +-Inf), number of NaN.
+RAW_FIELDS = ("norm", "max_abs", "sum", "nonzero", "nonfinite", "nan")
+
+#: A block of results: positions in the caller's list, and a ``[len(positions), k]`` tensor.
+Block = tuple[list[int], torch.Tensor]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _groups(tensors: Sequence[torch.Tensor | None]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t is None or t.numel() == 0:
+            continue
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    return groups
+
+
+def _chunks(idx: list[int], tensors: Sequence[torch.Tensor | None]) -> list[list[int]]:
+    out: list[list[int]] = [[]]
+    size = 0
+    for i in idx:
+        n = tensors[i].numel()  # type: ignore[union-attr]
+        if out[-1] and size + n > CHUNK_ELEMENTS:
+            out.append([])
+            size = 0
+        out[-1].append(i)
+        size += n
+    return out
+
+
+def _prepare(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    t = t.detach()
+    if t.is_sparse:
+        t = t.to_dense()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def grad_stats(grads: Sequence[torch.Tensor | None]) -> list[Block]:
+    """Raw statistics of each tensor in ``grads``, batched per (device, dtype).
+
+    Args:
+        grads: gradients (any floating dtype, any device, dense or sparse); ``None`` and empty tensors
+            are skipped (they appear in no block).
+
+    Returns:
+        Blocks ``(positions, stats)``: ``stats`` is a ``[len(positions), len(RAW_FIELDS)]`` float64
+        tensor on the gradients' device. bf16/fp16 values are upcast to float32 before reducing; float64
+        stays float64. NaN/Inf propagate into ``norm``, ``max_abs`` and ``sum`` and are counted in
+        ``nonfinite``/``nan``.
+
+    Computed with 6 batched reductions and 2 transient buffers the size of one chunk.
+    """
+    blocks: list[Block] = []
+    for (_, dtype), idx in _groups(grads).items():
+        cdt = _compute_dtype(dtype)
+        rows = []
+        for chunk in _chunks(idx, grads):
+            g = [_prepare(grads[i], cdt) for i in chunk]  # type: ignore[arg-type]
+            norm = torch._foreach_norm(g, 2)
+            nonzero = torch._foreach_norm(g, 0)  # count of entries != 0
+            a = torch._foreach_abs(g)
+            max_abs = torch._foreach_max(a)
+            abs_sum = torch._foreach_norm(a, 1)
+            pos = torch._foreach_clamp_min(g, 0.0)
+            pos_sum = torch._foreach_norm(pos, 1)
+            del pos
+            # sum(g) = sum(g+) - sum(g-) = 2 sum(g+) - sum|g|
+            # non-finite count: |g| - max_finite is <= 0 for finite entries, +inf/NaN otherwise
+            big = torch.finfo(cdt).max
+            torch._foreach_sub_(a, big)
+            torch._foreach_clamp_min_(a, 0.0)
+            nonfinite = torch._foreach_norm(a, 0)
+            # NaN count: clamp maps +inf to 1 and keeps NaN, times 0 leaves NaN only where g was NaN
+            torch._foreach_clamp_max_(a, 1.0)
+            torch._foreach_mul_(a, 0.0)
+            nan = torch._foreach_norm(a, 0)
+            del a
+            cols = [
+                torch.stack(norm),
+                torch.stack(max_abs),
+                2 * torch.stack(pos_sum) - torch.stack(abs_sum),
+                torch.stack(nonzero),
+                torch.stack(nonfinite),
+                torch.stack(nan),
+            ]
+            rows.append(torch.stack(cols, dim=1).to(torch.float64))
+        blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
+    return blocks
+
+
+def norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
+    """L2 norm of each tensor, as blocks of ``[n, 1]`` float64 tensors on the tensors' devices."""
+    blocks: list[Block] = []
+    for (_, dtype), idx in _groups(tensors).items():
+        cdt = _compute_dtype(dtype)
+        rows = []
+        for chunk in _chunks(idx, tensors):
+            t = [_prepare(tensors[i], cdt) for i in chunk]  # type: ignore[arg-type]
+            rows.append(torch.stack(torch._foreach_norm(t, 2)).to(torch.float64)[:, None])
+        blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
+    return blocks
+
+
+def snapshot(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A detached copy of each parameter (one batched clone per device and dtype), for update ratios."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(params)
+    for _, idx in _groups(params).items():
+        for chunk in _chunks(idx, params):
+            copies = torch._foreach_clone([params[i].detach() for i in chunk])  # type: ignore[attr-defined]
+            for i, c in zip(chunk, copies):
+                out[i] = c
+    return out
+
+
+def update_norms(params: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) -> list[Block]:
+    """``||params[i] - before[i]||`` for each i; consumes ``before`` (it is overwritten in place)."""
+    for _, idx in _groups(params).items():
+        for chunk in _chunks(idx, params):
+            torch._foreach_sub_([before[i] for i in chunk], [params[i].detach() for i in chunk])
+    return norms([b if b.numel() else None for b in before])
+
+
+def histograms(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor:
+    """Histogram of the finite entries of each tensor, binned on the tensors' device.
+
+    Bins are ``bins`` equal-width buckets between the finite minimum and maximum of each tensor (the
+    rule of ``torch.histc``/``numpy.histogram``; a constant tensor gets the range ``[v - 0.5, v + 0.5]``
+    as in ``numpy.histogram``). NaN and +-Inf are left out of every bucket and of ``num``.
+
+    Args:
+        tensors: non-empty tensors, all on one device.
+        bins: number of buckets, >= 1.
+
+    Returns:
+        ``[len(tensors), 5 + 2 * bins]`` float64 tensor on that device; each row is
+        ``min, max, num, sum, sum_squares`` (of the finite entries), then ``bins`` right bucket edges,
+        then ``bins`` counts: the arguments of ``SummaryWriter.add_histogram_raw``.
+    """
+    rows = []
+    for t in tensors:
+        x = _prepare(t, torch.float64).reshape(-1)
+        finite = torch.isfinite(x)
+        num = finite.sum().to(torch.float64)
+        lo = torch.where(finite, x, torch.inf).min()
+        hi = torch.where(finite, x, -torch.inf).max()
+        empty = num == 0
+        lo = torch.where(empty, 0.0, lo)
+        hi = torch.where(empty, 0.0, hi)
+        flat = hi == lo
+        lo = torch.where(flat, lo - 0.5, lo)
+        hi = torch.where(flat, hi + 0.5, hi)
+        xs = torch.where(finite, x, lo)
+        pos = ((xs - lo) * bins / (hi - lo)).to(torch.int64).clamp_(0, bins - 1)
+        counts = torch.zeros(bins, dtype=torch.float64, device=x.device)
+        counts.scatter_add_(0, pos, finite.to(torch.float64))
+        edges = lo + (hi - lo) * torch.arange(1, bins + 1, dtype=torch.float64, device=x.device) / bins
+        xf = torch.where(finite, x, 0.0)
+        head = torch.stack([lo, hi, num, xf.sum(), (xf * xf).sum()])
+        head[0] = torch.where(flat & ~empty, lo + 0.5, lo)
+        head[1] = torch.where(flat & ~empty, hi - 0.5, hi)
+        rows.append(torch.cat([head, edges, counts]))
+    return torch.stack(rows)

@@ -1,0 +1,186 @@
+"""Turn what the user passes to ``watch`` into named leaf parameters, and check the optimizers.
+
+Accepted targets:
+
+* an ``nn.Module`` instance: its ``named_parameters()`` (shared/tied parameters once, under the first
+  name, exactly as PyTorch deduplicates them); the owning layer of ``"encoder.0.weight"`` is
+  ``"encoder.0"`` and of a root-level parameter ``""``;
+* a ``Mapping[str, Tensor]`` of leaf tensors (the tutorial's ``{"w": w, "b": b}``): names are the keys,
+  each tensor is its own layer;
+* any other iterable of leaf tensors (e.g. ``[w, b]`` or ``model.parameters()``): named ``"0"``, ``"1"``...
+
+Parameters of a module with ``requires_grad=False`` (frozen) are listed in ``Targets.frozen`` and not
+watched. Everything is checked here, at the API boundary, with a message that says what was passed and
+what to pass instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Targets", "resolve_optimizers", "resolve_target"]
+
+
+@dataclass
+class Targets:
+    """Named leaf parameters to watch.
+
+    Attributes:
+        names: parameter names, in ``named_parameters()`` / mapping / iteration order.
+        params: the leaf tensors, aligned with ``names`` (all ``requires_grad=True``).
+        layers: owning-layer name of each parameter, aligned with ``names``.
+        frozen: names of module parameters skipped because ``requires_grad`` was ``False``.
+        module: the module when the target was one, else ``None``.
+    """
+
+    names: list[str]
+    params: list[torch.Tensor]
+    layers: list[str]
+    frozen: list[str]
+    module: nn.Module | None
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, torch.Tensor):
+        return f"Tensor(shape={tuple(obj.shape)}, dtype={obj.dtype}, requires_grad={obj.requires_grad})"
+    text = repr(obj)
+    return f"{type(obj).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def _check_leaf(name: str, t: Any, where: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(
+            f"{where}: {name!r} is {_describe(t)}, not a torch.Tensor; pass leaf tensors created with "
+            f"requires_grad=True (or nn.Parameter)"
+        )
+    if t.grad_fn is not None:
+        raise TypeError(
+            f"{where}: {name!r} is not a leaf tensor: it is the result of an operation "
+            f"(grad_fn={type(t.grad_fn).__name__}), so its .grad is never filled and updating it trains "
+            f"nothing. Watch (and update) the tensor it was computed from, or create it directly as a leaf, "
+            f"e.g. torch.zeros(3, 1, dtype=torch.float32, requires_grad=True)"
+        )
+    if not t.requires_grad:
+        raise ValueError(
+            f"{where}: {name!r} does not require grad ({_describe(t)}), so it can never get a gradient; "
+            f"create it with requires_grad=True or call {name}.requires_grad_() before watching it"
+        )
+    return t
+
+
+def resolve_target(target: Any) -> Targets:
+    """Resolve ``target`` into :class:`Targets`.
+
+    Raises:
+        TypeError: a class instead of an instance, a non-tensor, a non-leaf tensor, a bare tensor, a
+            string, or an object that is none of the accepted kinds.
+        ValueError: an empty target, a tensor that does not require grad, or a module with no
+            parameter that requires grad.
+    """
+    if inspect.isclass(target):
+        raise TypeError(
+            f"watch() got the class {target.__module__}.{target.__qualname__}, not an instance; "
+            f"pass the model object, e.g. model = {target.__qualname__}(...); gradwatch.watch(model, ...)"
+        )
+    if isinstance(target, nn.Module):
+        names, params, layers, frozen = [], [], [], []
+        for name, p in target.named_parameters():
+            if not p.requires_grad:
+                frozen.append(name)
+                continue
+            names.append(name)
+            params.append(p)
+            layers.append(name.rpartition(".")[0])
+        if not names:
+            if frozen:
+                raise ValueError(
+                    f"watch(): every parameter of {type(target).__name__} has requires_grad=False "
+                    f"({len(frozen)} frozen), so there is no gradient to watch; unfreeze the layers you "
+                    f"train (module.requires_grad_(True)) before attaching"
+                )
+            raise ValueError(
+                f"watch(): {type(target).__name__} has no parameters; pass the module that holds the "
+                f"trainable layers (or a dict of leaf tensors)"
+            )
+        return Targets(names, params, layers, frozen, target)
+    if isinstance(target, torch.Tensor):
+        raise TypeError(
+            f"watch() got a single tensor ({_describe(target)}); pass a mapping of named leaf tensors such "
+            f"as {{'w': w}} or a list [w]"
+        )
+    if isinstance(target, (str, bytes)):
+        raise TypeError(f"watch() got the string {target!r}; pass an nn.Module, a dict of leaf tensors or a list")
+    items: list[tuple[str, Any]]
+    if isinstance(target, Mapping):
+        items = []
+        for key, value in target.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"watch(): mapping keys must be parameter names (str), got {type(key).__name__} {key!r}"
+                )
+            items.append((key, value))
+        where = "watch() mapping"
+    elif isinstance(target, Iterable):
+        items = [(str(i), t) for i, t in enumerate(target)]
+        where = "watch() iterable"
+    else:
+        raise TypeError(
+            f"watch() cannot watch {_describe(target)}; pass an nn.Module, a Mapping[str, Tensor] of leaf "
+            f"tensors such as {{'w': w, 'b': b}}, or an iterable of leaf tensors"
+        )
+    if not items:
+        raise ValueError(f"{where} is empty: there is nothing to watch; pass at least one leaf tensor")
+    names, params, seen = [], [], set()
+    for name, t in items:
+        t = _check_leaf(name, t, where)
+        if id(t) in seen:  # the same tensor twice: keep the first name, as named_parameters() does
+            continue
+        seen.add(id(t))
+        names.append(name)
+        params.append(t)
+    return Targets(names, params, list(names), [], None)
+
+
+def resolve_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
+    """Normalise the ``optimizer`` argument to a list (possibly empty).
+
+    Raises:
+        TypeError: a class instead of an instance, an LR scheduler, or anything else that is not a
+            ``torch.optim.Optimizer`` (or a sequence of them).
+    """
+    if optimizer is None:
+        return []
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return [optimizer]
+    if isinstance(optimizer, Sequence) and not isinstance(optimizer, (str, bytes)):
+        out: list[torch.optim.Optimizer] = []
+        for i, opt in enumerate(optimizer):
+            out.extend(_one_optimizer(opt, f"optimizer[{i}]"))
+        return list(dict.fromkeys(out))  # the same optimizer twice counts once
+    return _one_optimizer(optimizer, "optimizer")
+
+
+def _one_optimizer(opt: Any, where: str) -> list[torch.optim.Optimizer]:
+    if isinstance(opt, torch.optim.Optimizer):
+        return [opt]
+    if inspect.isclass(opt):
+        raise TypeError(
+            f"{where} is the class {opt.__qualname__}, not an instance; pass the optimizer object, e.g. "
+            f"{opt.__qualname__}(model.parameters(), lr=...)"
+        )
+    if hasattr(opt, "optimizer") and isinstance(opt.optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"{where} is {type(opt).__name__}, which wraps an optimizer (an LR scheduler?); pass the "
+            f"optimizer itself: watch(model, sched.optimizer) or watch(model, optimizer)"
+        )
+    raise TypeError(
+        f"{where} must be a torch.optim.Optimizer, a list of them, or None; got {_describe(opt)}. "
+        f"Without an optimizer, mark steps with @w.train_step or w.step(), or let gradwatch see the "
+        f"in-place updates of your parameters"
+    )

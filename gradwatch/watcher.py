@@ -1,0 +1,594 @@
+"""The :class:`Watcher`: attaches to a model, records gradients at every step, feeds the sinks."""
+
+from __future__ import annotations
+
+import atexit
+import difflib
+import functools
+import logging
+import math
+import os
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from gradwatch import stats
+from gradwatch.boundaries import StepTracker
+from gradwatch.config import Config
+from gradwatch.errors import GradientError, GradWatchError
+from gradwatch.findings import FINDING_KINDS, Finding, Part, StepRecord
+from gradwatch.hooks import HandleGroup, queue_end_of_backward
+from gradwatch.sinks import FindingReporter, History
+from gradwatch.targets import resolve_optimizers, resolve_target
+
+__all__ = ["Watcher", "watch"]
+
+log = logging.getLogger("gradwatch")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OPTIONS = (
+    "logdir",
+    "writer",
+    "every",
+    "histogram_every",
+    "histogram_bins",
+    "max_history",
+    "on_finding",
+    "keep_grads",
+    "update_ratio",
+    "start_step",
+)
+
+_LIVE: weakref.WeakSet[Watcher] = weakref.WeakSet()
+
+
+def _disabled_by_env() -> bool:
+    return os.environ.get("GRADWATCH_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@atexit.register
+def _close_all_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
+    for w in list(_LIVE):
+        try:
+            w.close()
+        except Exception:
+            log.exception("gradwatch: closing a watcher at exit failed")
+
+
+class _StepState:
+    """What the current step has gathered so far (device tensors until it is sealed)."""
+
+    def __init__(self, n: int) -> None:
+        self.parts: list[Part] = []
+        self.received = bytearray(n)
+        self.snaps: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
+        self.unowned_snap: tuple[list[int], list[torch.Tensor]] | None = None
+        self.grad_hist: dict[int, torch.Tensor] = {}
+        self.kept: dict[str, torch.Tensor] = {}
+        self.loss: torch.Tensor | float | None = None
+
+
+class Watcher:
+    """Watches the gradients of a model (or of leaf tensors) through training.
+
+    Attach with ``with gradwatch.watch(...) as w``, with :meth:`attach`/:meth:`detach`, or by calling a
+    function decorated with :meth:`train_step`. At every recorded step it computes, for every watched
+    parameter, the statistics of :class:`~gradwatch.ParamStats` in one batched pass on the gradients'
+    device (``torch._foreach_*`` kernels), copies them to the host once, keeps a bounded
+    :attr:`history`, and writes TensorBoard scalars and histograms from a background thread.
+
+    Args:
+        target: an ``nn.Module`` instance, a ``Mapping[str, Tensor]`` of leaf tensors, or an iterable of
+            leaf tensors (see :mod:`gradwatch.targets`). Parameter names are ``named_parameters()``
+            names or the mapping's keys.
+        optimizer: a ``torch.optim.Optimizer``, a sequence of them, or ``None``. Their ``step()`` calls
+            are the step boundaries unless steps are marked (see :mod:`gradwatch.boundaries`).
+        logdir: write TensorBoard event files to this folder (a ``SummaryWriter`` gradwatch owns).
+        writer: or write to your own ``torch.utils.tensorboard.SummaryWriter`` (flushed, never closed).
+        every: statistics schedule (int period, schedule callable or ``None``); default every step.
+        histogram_every: histogram schedule; default every 100 steps. Histograms need a writer.
+        histogram_bins: buckets per histogram; default 30.
+        max_history: records kept in :attr:`history`; default 1000 (about 64 bytes per parameter
+            tensor each, plus kept gradients).
+        on_finding: ``"warn"`` (default), ``"raise"`` or ``"ignore"``.
+        keep_grads: ``True`` or a list of parameter names: keep CPU copies of those ``.grad`` tensors
+            per recorded step (``w.history.by_step(7).params["0.weight"].grad``).
+        update_ratio: measure the update-to-weight ratio (default ``True``); costs a transient copy of
+            the parameters each optimizer updates, held only during that optimizer's ``step()`` on
+            recorded steps (for parameters no optimizer owns: from the end of the step's last backward
+            pass to the step boundary).
+        start_step: number of the first step (default 0).
+
+    Raises:
+        TypeError: a bad target or optimizer (see :func:`~gradwatch.targets.resolve_target`), an unknown
+            option, an option of the wrong type, or a ``writer`` without the ``SummaryWriter`` methods.
+        ValueError: an empty target, a tensor that does not require grad, a bad option value, or both
+            ``logdir`` and ``writer``.
+
+    With ``GRADWATCH_DISABLE=1`` in the environment the watcher validates its arguments and then does
+    nothing at all: no hooks, no files, an empty history.
+    """
+
+    def __init__(self, target: Any, optimizer: Any = None, **options: Any) -> None:
+        unknown = [k for k in options if k not in _OPTIONS]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, _OPTIONS, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TypeError(
+                f"Watcher got unknown option(s) {', '.join(hints)}; valid options: {', '.join(_OPTIONS)}"
+            )
+        writer = options.pop("writer", None)
+        self.config = Config.build(**options)
+        if writer is not None:
+            if self.config.logdir is not None:
+                raise ValueError("pass either logdir= or writer=, not both")
+            missing = [m for m in ("add_scalar", "add_histogram_raw", "add_text", "flush") if not hasattr(writer, m)]
+            if missing:
+                raise TypeError(
+                    f"writer must be a torch.utils.tensorboard.SummaryWriter (or one with the same methods); "
+                    f"{type(writer).__name__} lacks {', '.join(missing)}"
+                )
+        self._writer = writer
+        targets = resolve_target(target)
+        self._optimizers = [weakref.ref(o) for o in resolve_optimizers(optimizer)]
+        self.disabled = _disabled_by_env()
+        self.names: tuple[str, ...] = tuple(targets.names)
+        self.frozen: tuple[str, ...] = tuple(targets.frozen)
+        self._param_refs = [weakref.ref(p) for p in targets.params]
+        self._index = {id(p): i for i, p in enumerate(targets.params)}
+        self._layer_of = tuple(targets.layers)
+        self._numels = tuple(p.numel() for p in targets.params)
+        self._shapes = tuple(tuple(p.shape) for p in targets.params)
+        self._keep = self.config.keeps(self.names)
+        self._module = weakref.ref(targets.module) if targets.module is not None else None
+        self._history = History(self.config.max_history)
+        self._findings: list[Finding] = []
+        self._reporter = FindingReporter(self.config.on_finding)
+        self._handles = HandleGroup()
+        self._sink: Any = None
+        self._attached = False
+        self._closed = False
+        self._failed = False
+        self._owned: dict[int, list[int]] = {}
+        self._owned_key: dict[int, int] = {}
+        self._unowned: list[int] = []
+        self._versions: list[int] = []
+        self._tracker = StepTracker(self, self.config.start_step, bool(self._optimizers))
+        self._cur = _StepState(len(self.names))
+
+    # ------------------------------------------------------------------ lifecycle
+    def attach(self) -> Watcher:
+        """Register the hooks (idempotent: attaching twice adds nothing) and open the TensorBoard writer.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            GradWatchError: the watcher was closed, or the watched model no longer exists.
+        """
+        if self.disabled or self._attached:
+            return self
+        if self._closed:
+            raise GradWatchError("this Watcher is closed; create a new one with gradwatch.watch(...)")
+        params = self._live_params()
+        try:
+            for i, p in enumerate(params):
+                if p.requires_grad:
+                    self._handles.post_accumulate_grad(p, functools.partial(self._on_grad, i))
+            for ref in self._optimizers:
+                opt = ref()
+                if opt is not None:
+                    self._handles.optimizer_step(opt, self._on_opt_pre, self._on_opt_post)
+            self._refresh_ownership()
+            if self._sink is None and (self._writer is not None or self.config.logdir is not None):
+                from gradwatch.sinks.tensorboard import TensorBoardSink
+
+                self._sink = TensorBoardSink(self.config.logdir, self._writer)
+        except BaseException:
+            self._handles.remove()
+            raise
+        self._attached = True
+        _LIVE.add(self)
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook; the model, its parameters and the optimizers are left exactly as found.
+
+        A step whose boundary was already seen is recorded first. Idempotent.
+        """
+        if not self._attached:
+            return
+        try:
+            self._tracker.flush(final=False)
+        finally:
+            self._handles.remove()
+            self._attached = False
+
+    def close(self) -> None:
+        """Record the last step, detach, and flush (and close, if gradwatch opened it) the writer.
+
+        Idempotent; runs automatically when a ``with`` block exits (also by an exception) and at
+        interpreter exit.
+        """
+        if self._closed:
+            return
+        try:
+            if self._attached and not self._failed:
+                self._tracker.flush(final=True)
+        except GradientError:
+            raise
+        except Exception as err:
+            self._fail(err)
+        finally:
+            self.detach() if self._attached else None
+            self._closed = True
+            _LIVE.discard(self)
+            if self._sink is not None:
+                self._sink.close()
+
+    def flush(self) -> None:
+        """Record a step whose boundary was seen and wait until the writer has written everything."""
+        if self._attached and not self._failed:
+            self._tracker.flush(final=False)
+        if self._sink is not None:
+            self._sink.flush()
+
+    def __enter__(self) -> Watcher:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are registered."""
+        return self._attached
+
+    # ------------------------------------------------------------------ user-facing API
+    def train_step(self, fn: F) -> F:
+        """Decorate a training-step function: one call is one step.
+
+        The first call attaches the watcher if needed. When the call returns, the step ends (even if it
+        stepped several optimizers); a returned scalar tensor or number is recorded as the loss. A call
+        that raises ends no step.
+        """
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if self.disabled or self._closed:
+                return fn(*args, **kwargs)
+            if not self._attached:
+                self.attach()
+            self._tracker.begin_user_step()
+            done = False
+            try:
+                out = fn(*args, **kwargs)
+                done = True
+            finally:
+                if done:
+                    self._note_loss(out)
+                self._guard(self._tracker.end_user_step, done)
+            return out
+
+        return wrapper  # type: ignore[return-value]
+
+    def step(self) -> None:
+        """Mark a step boundary explicitly (for loops with no optimizer, or to group several)."""
+        if self._attached and not self._failed:
+            self._guard(self._tracker.mark)
+
+    def record_loss(self, loss: torch.Tensor | float) -> None:
+        """Record the loss of the current step (a scalar tensor or a number); read without a host sync.
+
+        Raises:
+            TypeError: ``loss`` is not a number or a one-element tensor.
+        """
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise TypeError(f"record_loss() needs a scalar loss, got a tensor of shape {tuple(loss.shape)}")
+            self._cur.loss = loss.detach().reshape(())
+        elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            self._cur.loss = float(loss)
+        else:
+            raise TypeError(f"record_loss() needs a scalar tensor or a number, got {type(loss).__name__}")
+
+    @property
+    def current_step(self) -> int:
+        """The number of the step now accumulating (the next one to be recorded)."""
+        return self._tracker.step
+
+    @property
+    def history(self) -> History:
+        """Recorded steps, oldest first, at most ``max_history`` of them (a read-only sequence)."""
+        self._sync_reads()
+        return self._history
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Findings so far, oldest first (a copy)."""
+        self._sync_reads()
+        return list(self._findings)
+
+    def report(self) -> str:
+        """A readable summary: findings (most severe first, each with its fix), then a per-parameter table
+        of the last recorded step (name, shape, grad norm, max |g|, mean, update ratio, non-finite count).
+        """
+        self._sync_reads()
+        lines: list[str] = []
+        if self.disabled:
+            return "gradwatch is disabled (GRADWATCH_DISABLE is set): nothing was recorded."
+        order = {k: i for i, k in enumerate(FINDING_KINDS)}
+        findings = sorted(self._findings, key=lambda f: (order.get(f.kind, len(order)), f.step))
+        lines.append(f"gradwatch report: {len(findings)} finding(s)")
+        for f in findings:
+            lines.append(f"  ! {f}")
+        if not self._history:
+            lines.append("no step recorded yet")
+            return "\n".join(lines)
+        rec = self._history[-1]
+        lines.append(
+            f"step {rec.step}: total grad norm {rec.total_grad_norm:.4g}"
+            + ("" if rec.loss is None else f", loss {rec.loss:.4g}")
+        )
+        header = ("parameter", "shape", "grad norm", "max |g|", "mean", "update ratio", "non-finite")
+        rows = []
+        for name, shape in zip(self.names, self._shapes):
+            s = rec.params[name]
+            nonfinite = s.nan_count + s.inf_count
+            rows.append(
+                (
+                    name,
+                    "x".join(map(str, shape)) or "scalar",
+                    f"{s.grad_norm:.3e}" if s.has_grad or s.grad_norm else "no grad",
+                    f"{s.grad_max_abs:.3e}",
+                    f"{s.grad_mean:+.3e}",
+                    "-" if s.update_ratio is None else f"{s.update_ratio:.3e}",
+                    str(nonfinite) if nonfinite else "0",
+                )
+            )
+        widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+        for r in [header, *rows]:
+            lines.append("  " + "  ".join(v.ljust(w) if c < 2 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        state = "disabled" if self.disabled else "closed" if self._closed else "attached" if self._attached else "detached"
+        return f"Watcher({len(self.names)} params, {len(self._optimizers)} optimizer(s), {state}, step {self.current_step})"
+
+    # ------------------------------------------------------------------ hooks (training thread)
+    def _on_grad(self, index: int, _param: torch.Tensor) -> None:
+        if self._failed:
+            return
+        try:
+            self._tracker.grad()
+            self._cur.received[index] = 1
+        except GradientError:
+            raise
+        except Exception as err:
+            self._fail(err)
+
+    def _on_opt_pre(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        if not self._failed:
+            self._guard(self._tracker.optimizer_pre, optimizer)
+
+    def _on_opt_post(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        if not self._failed:
+            self._guard(self._tracker.optimizer_post, optimizer)
+
+    # ------------------------------------------------------------------ BoundaryCallbacks
+    def queue_end_of_backward(self, callback: Callable[[], None]) -> None:  # noqa: D102
+        queue_end_of_backward(lambda: self._guard(callback))
+
+    def parameters_changed(self) -> bool:  # noqa: D102
+        if not self._versions:
+            return False
+        params = self._live_params()
+        return any(p._version != v for p, v in zip(params, self._versions))
+
+    def backward_ended(self, step: int) -> None:  # noqa: D102
+        params = self._live_params()
+        if not self._optimizers:
+            self._versions = [p._version for p in params]
+        if self._unowned and self.config.every(step):
+            self._capture(self._unowned, params, step)
+            if self.config.update_ratio:
+                self._cur.unowned_snap = (self._unowned, stats.snapshot([params[i] for i in self._unowned]))
+
+    def optimizer_pre(self, optimizer: Any, step: int) -> None:  # noqa: D102
+        owned = self._owned_by(optimizer)
+        if owned and self.config.every(step):
+            params = self._live_params()
+            self._capture(owned, params, step)
+            if self.config.update_ratio:
+                self._cur.snaps[id(optimizer)] = (owned, stats.snapshot([params[i] for i in owned]))
+
+    def optimizer_post(self, optimizer: Any, step: int, backward_inside: bool) -> None:  # noqa: D102
+        owned = self._owned_by(optimizer)
+        if not owned or not self.config.every(step):
+            return
+        params = self._live_params()
+        if backward_inside:  # a closure (LBFGS) computed new gradients inside step()
+            self._capture(owned, params, step)
+        snap = self._cur.snaps.pop(id(optimizer), None)
+        if snap is not None:
+            idx, before = snap
+            self._add_blocks(idx, 7, stats.update_norms([params[i] for i in idx], before))
+
+    def seal(self, step: int) -> None:  # noqa: D102
+        cur, self._cur = self._cur, _StepState(len(self.names))
+        if not self.config.every(step):
+            return
+        params = self._live_params()
+        if cur.unowned_snap is not None:
+            idx, before = cur.unowned_snap
+            cur.parts.extend(
+                (([idx[j] for j in pos]), 7, t)
+                for pos, t in stats.update_norms([params[i] for i in idx], before)
+            )
+        param_hist = None
+        if self._sink is not None and self.config.histogram_every(step):
+            param_hist = self._named_hist(self._histograms(range(len(params)), params))
+        # one device-to-host copy per device (asynchronous on CUDA, waited for by whoever reads first)
+        host_parts: list[Part] = []
+        event = None
+        for pos, col, t in cur.parts:
+            if t.device.type == "cuda":
+                host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+                host.copy_(t, non_blocking=True)
+                t = host
+            host_parts.append((pos, col, t))
+        loss = cur.loss
+        if isinstance(loss, torch.Tensor) and loss.device.type == "cuda":
+            host_loss = torch.empty((), dtype=loss.dtype, pin_memory=True)
+            host_loss.copy_(loss, non_blocking=True)
+            loss = host_loss
+        if any(t.device.type == "cuda" for _, _, t in cur.parts) or isinstance(cur.loss, torch.Tensor) and cur.loss.is_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        record = StepRecord(
+            step,
+            self.names,
+            self._layer_of,
+            self._numels,
+            host_parts,
+            bytes(cur.received),
+            cur.kept,
+            loss,
+            event,
+        )
+        self._history.append(record)
+        if self._sink is not None:
+            grad_hist = None
+            if cur.grad_hist:
+                order = sorted(cur.grad_hist)
+                grad_hist = ([self.names[i] for i in order], torch.stack([cur.grad_hist[i] for i in order]))
+            self._sink.write_step(record, grad_hist, param_hist)
+
+    # ------------------------------------------------------------------ internals
+    def _live_params(self) -> list[torch.Tensor]:
+        params = [r() for r in self._param_refs]
+        if any(p is None for p in params):
+            raise GradWatchError("a watched parameter no longer exists (was the model deleted?)")
+        return params  # type: ignore[return-value]
+
+    def _refresh_ownership(self) -> None:
+        owned_any: set[int] = set()
+        for ref in self._optimizers:
+            opt = ref()
+            if opt is None:
+                continue
+            idx = self._owned_by(opt)
+            owned_any.update(idx)
+        self._unowned = [i for i in range(len(self.names)) if i not in owned_any]
+
+    def _owned_by(self, optimizer: Any) -> list[int]:
+        key = sum(len(g["params"]) for g in optimizer.param_groups)
+        if self._owned_key.get(id(optimizer)) != key:
+            seen: dict[int, None] = {}
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    i = self._index.get(id(p))
+                    if i is not None:
+                        seen[i] = None
+            self._owned[id(optimizer)] = list(seen)
+            self._owned_key[id(optimizer)] = key
+            if self._attached:
+                self._refresh_ownership()
+        return self._owned[id(optimizer)]
+
+    def _add_blocks(self, idx: Sequence[int], col: int, blocks: list[stats.Block]) -> None:
+        for pos, t in blocks:
+            self._cur.parts.append(([idx[j] for j in pos], col, t))
+
+    def _capture(self, idx: list[int], params: list[torch.Tensor], step: int) -> None:
+        """Statistics of the gradients of ``params[i] for i in idx`` as they are now, into this step."""
+        ps = [params[i] for i in idx]
+        grads = [p.grad for p in ps]
+        self._add_blocks(idx, 0, stats.grad_stats(grads))
+        self._add_blocks(idx, 6, stats.norms(ps))
+        for i, g in zip(idx, grads):
+            if self._keep[i] and g is not None:
+                self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)
+        if self._sink is not None and self.config.histogram_every(step):
+            hist = self._histograms(idx, [g for g in grads])
+            if hist is not None:
+                for i, row in zip(*hist):
+                    self._cur.grad_hist[i] = row
+
+    def _histograms(
+        self, idx: Sequence[int], tensors: Sequence[torch.Tensor | None]
+    ) -> tuple[list[int], torch.Tensor] | None:
+        """Histogram rows (on the host) of the non-empty tensors, and their parameter positions."""
+        keep = [(i, t.detach()) for i, t in zip(idx, tensors) if t is not None and t.numel()]
+        if not keep:
+            return None
+        by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
+        for i, t in keep:
+            by_device.setdefault(t.device, []).append((i, t))
+        order: list[int] = []
+        rows: list[torch.Tensor] = []
+        for items in by_device.values():
+            h = stats.histograms([t for _, t in items], self.config.histogram_bins)
+            order.extend(i for i, _ in items)
+            rows.append(h.cpu())  # a histogram step is written out: one copy per device
+        return order, torch.cat(rows)
+
+    def _named_hist(self, hist: tuple[list[int], torch.Tensor] | None) -> tuple[list[str], torch.Tensor] | None:
+        return None if hist is None else ([self.names[i] for i in hist[0]], hist[1])
+
+    def _note_loss(self, out: Any) -> None:
+        value = out[0] if isinstance(out, (tuple, list)) and out else out
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+            self.record_loss(value)
+        elif isinstance(value, float):
+            self.record_loss(value)
+
+    def _sync_reads(self) -> None:
+        if self._attached and not self._failed:
+            self._guard(self._tracker.flush, False)
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except GradientError:
+            raise
+        except Exception as err:
+            self._fail(err)
+            return None
+
+    def _fail(self, err: BaseException) -> None:
+        if not self._failed:
+            self._failed = True
+            log.error(
+                "gradwatch: internal error, recording stops here and training goes on: %s: %s",
+                type(err).__name__,
+                err,
+                exc_info=err,
+            )
+
+
+def watch(target: Any, optimizer: Any = None, **options: Any) -> Watcher:
+    """Create a :class:`Watcher` and attach it; use it as a context manager to detach and flush on exit.
+
+    Example:
+        >>> import torch, gradwatch
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> with gradwatch.watch(model, opt) as w:
+        ...     for _ in range(3):
+        ...         opt.zero_grad()
+        ...         model(torch.ones(4, 3)).pow(2).mean().backward()
+        ...         opt.step()
+        >>> [r.step for r in w.history]
+        [0, 1, 2]
+        >>> sorted(w.history[-1].params)
+        ['bias', 'weight']
+
+    Args and raises: as :class:`Watcher`.
+    """
+    return Watcher(target, optimizer, **options).attach()
