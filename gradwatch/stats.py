@@ -153,11 +153,24 @@ def snapshot(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def update_norms(params: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) -> list[Block]:
-    """``||params[i] - before[i]||`` for each i; consumes ``before`` (it is overwritten in place)."""
-    for _, idx in _groups(params).items():
+    """``||params[i] - before[i]||`` for each i, as blocks like :func:`norms`.
+
+    float32/float64 differences are taken in place in ``before`` (which is consumed); bf16/fp16 ones
+    are taken in float32, where the difference of two half-precision numbers is exact.
+    """
+    diffs: list[torch.Tensor | None] = [None] * len(params)
+    for (_, dtype), idx in _groups(params).items():
         for chunk in _chunks(idx, params):
-            torch._foreach_sub_([before[i] for i in chunk], [params[i].detach() for i in chunk])
-    return norms([b if b.numel() else None for b in before])
+            now = [params[i].detach() for i in chunk]
+            old = [before[i] for i in chunk]
+            if dtype in (torch.float32, torch.float64):
+                torch._foreach_sub_(old, now)
+                out = old
+            else:
+                out = torch._foreach_sub([t.float() for t in old], [t.float() for t in now])
+            for i, d in zip(chunk, out):
+                diffs[i] = d
+    return norms(diffs)
 
 
 def histograms(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor:

@@ -53,6 +53,7 @@ class TensorBoardSink:
             self._owned = False
         self.writer = writer
         self.failed = False
+        self._nonfinite: set[str] = set()  # parameters whose last written nan/inf count was nonzero
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="gradwatch-tensorboard", daemon=True)
         self._thread.start()
@@ -131,9 +132,14 @@ class TensorBoardSink:
             w.add_scalar(f"grad_norm/{name}", s.grad_norm, step)
             if s.update_ratio is not None:
                 w.add_scalar(f"update_ratio/{name}", s.update_ratio, step)
-            if s.nan_count or s.inf_count:
+            nonfinite = bool(s.nan_count or s.inf_count)
+            if nonfinite or name in self._nonfinite:
+                # written at steps with non-finite entries, and once more (as 0) at the first clean step
+                # after them: otherwise TensorBoard draws a line from the last bad step to the next one
+                # and the chart claims the steps in between were bad too.
                 w.add_scalar(f"nan_count/{name}", s.nan_count, step)
                 w.add_scalar(f"inf_count/{name}", s.inf_count, step)
+                (self._nonfinite.add if nonfinite else self._nonfinite.discard)(name)
         w.add_scalar("grad_norm/total", record.total_grad_norm, step)
         for layer, value in record.layers.items():
             w.add_scalar(f"layer_grad_norm/{layer or '<root>'}", value, step)

@@ -1,0 +1,176 @@
+"""Recorded statistics equal an independent reference computed from the .grad tensors by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import MLP, ResCNN, TiedLM, assert_stats_close, reference_stats
+from torch import nn
+
+import gradwatch as gw
+from gradwatch import stats
+
+
+def _batch(kind: str, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(1)
+    if kind == "mlp":
+        return torch.randn(32, 6, generator=g, dtype=dtype), torch.randint(0, 3, (32,), generator=g)
+    if kind == "cnn":
+        return torch.randn(4, 3, 8, 8, generator=g, dtype=dtype), torch.randint(0, 4, (4,), generator=g)
+    return torch.randint(0, 20, (6, 5), generator=g), torch.randint(0, 20, (6, 5), generator=g)
+
+
+MODELS = {"mlp": MLP, "cnn": ResCNN, "tied": TiedLM}
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-5, torch.float16: 1e-5}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_module_stats_match_autograd(kind: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = MODELS[kind]().to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = _batch(kind, dtype)
+    refs = []
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(3):
+            opt.zero_grad()
+            out = model(x).float()
+            loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+            loss.backward()
+            grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            opt.step()
+            refs.append({n: reference_stats(grads[n], before[n], p) for n, p in model.named_parameters()})
+    assert [r.step for r in w.history] == [0, 1, 2]
+    names = [n for n, _ in model.named_parameters()]
+    assert w.names == tuple(names)
+    for record, ref in zip(w.history, refs):
+        assert list(record.params) == names
+        for name in names:
+            assert record.params[name].has_grad
+            assert_stats_close(record.params[name], ref[name], TOL[dtype], f"step {record.step} {name}")
+        want_total = torch.stack([torch.tensor(r["grad_norm"], dtype=torch.float64) for r in ref.values()]).norm()
+        assert record.total_grad_norm == pytest.approx(want_total.item(), rel=TOL[dtype])
+
+
+def test_weight_tying_counts_both_uses_once() -> None:
+    torch.manual_seed(0)
+    model = TiedLM()
+    names = [n for n, _ in model.named_parameters()]
+    assert "out.weight" not in names  # named_parameters() deduplicates the tied weight
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _batch("tied", torch.float32)
+    with gw.watch(model, opt) as w:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x).reshape(-1, 20), y.reshape(-1)).backward()
+        g = model.emb.weight.grad.clone()
+        opt.step()
+    assert w.history[0].params["emb.weight"].grad_norm == pytest.approx(g.norm().item(), rel=1e-6)
+
+
+def test_layers_group_parameters_by_owning_module() -> None:
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt) as w:
+        model(torch.randn(4, 6)).sum().backward()
+        g = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step()
+    layers = w.history[0].layers
+    assert set(layers) == {"net.0", "net.2", "net.4"}
+    for layer in layers:
+        want = torch.cat([g[f"{layer}.weight"].reshape(-1), g[f"{layer}.bias"]]).norm().item()
+        assert layers[layer] == pytest.approx(want, rel=1e-6)
+
+
+def test_seed_tensor_model_manual_updates() -> None:
+    """The tutorial's raw-tensor model; boundaries come from the in-place updates."""
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 50)
+    y = 2 * x + 1 + 0.05 * torch.randn(50)
+    w_ = torch.zeros(1, requires_grad=True)
+    b_ = torch.zeros(1, requires_grad=True)
+    refs = []
+    with gw.watch({"w": w_, "b": b_}, None) as w:
+        for _ in range(5):
+            loss = ((w_ * x + b_ - y) ** 2).mean()
+            loss.backward()
+            before = {"w": w_.detach().clone(), "b": b_.detach().clone()}
+            grads = {"w": w_.grad.clone(), "b": b_.grad.clone()}
+            with torch.no_grad():
+                w_ -= 0.1 * w_.grad
+                b_ -= 0.1 * b_.grad
+            refs.append({n: reference_stats(grads[n], before[n], t) for n, t in (("w", w_), ("b", b_))})
+            w_.grad.zero_()
+            b_.grad.zero_()
+    assert [r.step for r in w.history] == list(range(5))
+    for record, ref in zip(w.history, refs):
+        for name in ("w", "b"):
+            got = record.params[name]
+            if ref[name]["param_norm"] == 0:  # update ratio is inf from a zero weight
+                ref[name] = {k: v for k, v in ref[name].items() if k != "update_ratio"}
+            assert_stats_close(got, ref[name], 1e-6, f"step {record.step} {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=lambda d: str(d).replace("torch.", ""))
+def test_grad_stats_nonfinite_and_zeros(dtype: torch.dtype) -> None:
+    inf, nan = float("inf"), float("nan")
+    grads = [
+        torch.tensor([1.0, -2.0, 0.0, nan, inf, -inf, 0.0], dtype=dtype),
+        torch.tensor([[0.0, 0.0], [3.0, -4.0]], dtype=dtype),
+        torch.zeros(5, dtype=dtype),
+        torch.tensor([nan, nan], dtype=dtype),
+    ]
+    (idx, block), = stats.grad_stats(grads)
+    assert idx == [0, 1, 2, 3]
+    got = block.tolist()
+    for row, g in zip(got, grads):
+        norm, max_abs, total, nonzero, nonfinite, n_nan = row
+        ref = g.double()
+        assert nonzero == int((ref != 0).sum())
+        assert nonfinite == int((~torch.isfinite(ref)).sum())
+        assert n_nan == int(torch.isnan(ref).sum())
+        if torch.isfinite(ref).all():
+            assert norm == pytest.approx(ref.norm().item(), rel=1e-6)
+            assert max_abs == pytest.approx(ref.abs().max().item(), rel=1e-6)
+            assert total == pytest.approx(ref.sum().item(), abs=1e-6)
+        else:
+            assert norm != norm or norm == inf  # NaN or Inf propagate, never a silent finite value
+
+
+def test_grad_stats_chunking_matches_unchunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    grads = [torch.randn(n) for n in (100, 7, 300, 1, 64)]
+    whole = stats.grad_stats(grads)[0][1]
+    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 128)
+    chunked = stats.grad_stats(grads)[0][1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_sparse_and_none_grads() -> None:
+    dense = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    out = stats.grad_stats([None, dense.to_sparse(), torch.empty(0)])
+    (idx, block), = out
+    assert idx == [1]
+    assert block[0, 0].item() == pytest.approx(dense.norm().item())
+    assert block[0, 3].item() == 2
+
+
+def test_keep_grads_keeps_cpu_copies_of_named_parameters() -> None:
+    torch.manual_seed(0)
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kept = []
+    with gw.watch(model, opt, keep_grads=["net.0.weight"]) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(4, 6)).sum().backward()
+            kept.append(model.net[0].weight.grad.clone())
+            opt.step()
+    for k, record in enumerate(w.history):
+        torch.testing.assert_close(record.params["net.0.weight"].grad, kept[k], rtol=0, atol=0)
+        assert record.params["net.2.weight"].grad is None
+    assert w.history.by_step(2).params["net.0.weight"].grad.device.type == "cpu"
