@@ -78,7 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--logdir", type=Path, default=None, help="TensorBoard folder (default runs/digits/<date-time>)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, the init and the batches (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the split, the init and the batches (default 0)"
+    )
     args = p.parse_args(argv)
     if args.epochs < 1:
         p.error("--epochs must be >= 1")

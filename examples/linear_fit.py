@@ -69,10 +69,12 @@ def _show(step: int, label: str, autograd: torch.Tensor, rec: gw.StepRecord, nam
     )
 
 
-def _pairs(grads: list[torch.Tensor], watcher: gw.Watcher, name: str) -> list[tuple[list[float], list[float]]]:
+def _pairs(
+    grads: list[torch.Tensor], watcher: gw.Watcher, name: str
+) -> list[tuple[list[float], list[float]]]:
     """(autograd ``.grad`` as the loop saw it, gradwatch's kept copy) for every recorded step."""
     out = []
-    for rec, g in zip(watcher.history, grads):
+    for rec, g in zip(watcher.history, grads, strict=True):
         kept = rec.params[name].grad
         out.append((g.flatten().tolist(), kept.flatten().tolist() if kept is not None else []))
     return out
@@ -80,7 +82,13 @@ def _pairs(grads: list[torch.Tensor], watcher: gw.Watcher, name: str) -> list[tu
 
 # ---------------------------------------------------------------------------- part 1: leaf tensors
 def fit_tutorial(
-    x: torch.Tensor, y: torch.Tensor, steps: int, logdir: Path, *, zero_grad: bool = True, verbose: bool = True
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    logdir: Path,
+    *,
+    zero_grad: bool = True,
+    verbose: bool = True,
 ) -> dict[str, Any]:
     """The tutorial loop on leaf tensors, watched through in-place update detection."""
     torch.manual_seed(SEED)
@@ -114,7 +122,7 @@ def fit_tutorial(
                 w.grad.zero_()
                 b.grad.zero_()
     # after the with block: the watcher is closed and the last step recorded
-    for rec, g in zip(watcher.history, seen_w):
+    for rec, g in zip(watcher.history, seen_w, strict=True):
         grad_norms.append((g.norm().item(), rec.params["w"].grad_norm))
     return {
         "watcher": watcher,
@@ -213,7 +221,7 @@ def fit_explicit(
 # ---------------------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=300, help="gradient-descent steps per part (default 300)")
+    p.add_argument("--steps", type=int, default=200, help="gradient-descent steps per part (default 200)")
     p.add_argument(
         "--logdir",
         type=Path,
@@ -234,7 +242,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _summary(label: str, part: dict[str, Any]) -> None:
     watcher: gw.Watcher = part["watcher"]
     k = min(SHOW_STEPS, part["steps"] - 1)
-    print(f"  watcher.history: {watcher.history!r}; watcher.history.by_step({k}) = {watcher.history.by_step(k)!r}")
+    print(f"  watcher.history: {watcher.history!r}")
+    print(f"  watcher.history.by_step({k}): {watcher.history.by_step(k)!r}")
     print(watcher.report())
     print(
         f"  {label}: fitted w = {part['w']:.4f} (true {TRUE_W}), b = {part['b']:.4f} (true {TRUE_B}); "

@@ -191,6 +191,7 @@ def _cases() -> dict[str, torch.Tensor]:
         "ties-on-edges": torch.arange(-30, 31, dtype=torch.float32) / 30,  # many values exactly on edges
         "small-ints": torch.randint(-3, 4, (200,), generator=g).float(),
         "constant": torch.full((9,), 2.5),
+        "constant-f64": torch.full((5,), 0.1, dtype=torch.float64),  # (0.1 - 0.5) + 0.5 != 0.1
         "single": torch.tensor([-4.0]),
         "nan-inf-mixed": mixed,
         "only-inf-and-one-value": torch.tensor([INF, -INF, 1.5, INF]),
@@ -234,6 +235,28 @@ def test_histograms_function_matches_numpy_histogram(case):
     assert row[2].item() == finite.size
     np.testing.assert_allclose(row[3].item(), finite.sum(), rtol=HIST_RTOL, atol=HIST_ATOL)
     np.testing.assert_allclose(row[4].item(), (finite * finite).sum(), rtol=HIST_RTOL, atol=HIST_ATOL)
+
+
+@pytest.mark.parametrize(
+    ("values", "bins"),
+    [
+        (torch.arange(0, 101, dtype=torch.float64) / 10, 100),
+        (torch.linspace(-0.3, 0.7, 61, dtype=torch.float64), 30),
+        (torch.linspace(0.0, 1.0, 31, dtype=torch.float64), 10),
+    ],
+    ids=["tenths-100-bins", "linspace-61-30-bins", "linspace-31-10-bins"],
+)
+def test_histograms_values_on_bucket_edges_follow_torch_histc(values, bins):
+    # Values that sit on inner bucket edges. gradwatch bins as torch.histc does (the DESIGN names
+    # torch.histc as the device-side binning), i.e. floor((x - lo) * bins / (hi - lo)) in float64,
+    # so counts must match histc exactly. numpy.histogram compares against its edge array instead and
+    # puts some of these values in the neighbouring bucket; the precondition below checks that each
+    # case really exercises that difference (else it would not test the edge rule at all).
+    ref = torch.histc(values, bins, values.min().item(), values.max().item())
+    assert not np.array_equal(np.histogram(values.numpy(), bins)[0], ref.numpy())
+    row = histograms([values], bins)[0]
+    assert row[5 + bins :].tolist() == ref.tolist()
+    assert row[5 + bins :].sum().item() == values.numel()
 
 
 def test_histograms_function_batches_rows_and_handles_no_finite_value():
