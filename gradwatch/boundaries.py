@@ -35,6 +35,9 @@ class BoundaryCallbacks(Protocol):
     def seal(self, step: int) -> None:
         """Record step ``step`` and hand it to the sinks."""
 
+    def backward_started(self, inside_optimizer: bool) -> None:
+        """A backward pass accumulated its first watched gradient (after any seal it caused)."""
+
     def backward_ended(self, step: int) -> None:
         """A backward pass that accumulated into watched gradients has finished."""
 
@@ -92,6 +95,7 @@ class StepTracker:
             ):
                 self._seal()
             self.backward_seen = True
+            self.owner.backward_started(self.opt_depth > 0)
         if self.opt_depth:
             self.backward_in_opt = True
 

@@ -8,11 +8,11 @@ to an option means ``every(n)`` (``0`` or ``None`` means never).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-__all__ = ["Config", "Schedule", "at_steps", "every", "never"]
+__all__ = ["Config", "Schedule", "at_steps", "check_kinds", "every", "never"]
 
 Schedule = Callable[[int], bool]
 ScheduleLike = Union[int, Schedule, None]
@@ -80,6 +80,36 @@ def never(step: int) -> bool:
     return False
 
 
+def check_kinds(kinds: Iterable[str]) -> None:
+    """Raise ``ValueError`` naming the valid kinds if any of ``kinds`` is not a finding kind."""
+    from gradwatch.findings import FINDING_KINDS
+
+    for kind in kinds:
+        if kind not in FINDING_KINDS:
+            raise ValueError(f"unknown finding kind {kind!r}; valid kinds: {', '.join(FINDING_KINDS)}")
+
+
+def _suppress(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, Mapping):
+        out = []
+        for kind, pats in value.items():
+            if isinstance(pats, str):
+                pats = [pats]
+            if not isinstance(pats, Iterable) or not all(isinstance(p, str) for p in pats):
+                raise TypeError(f"suppress[{kind!r}] must be a list of parameter-name patterns, got {pats!r}")
+            out.append((kind, tuple(pats) or ("*",)))
+    elif isinstance(value, Iterable):
+        out = [(k, ("*",)) for k in value]
+    else:
+        raise TypeError(f"suppress must be a list of finding kinds or a mapping kind -> name patterns, got {value!r}")
+    check_kinds(k for k, _ in out)
+    return tuple(out)
+
+
 def _schedule(name: str, value: Any) -> Schedule:
     if value is None or value is False:
         return never
@@ -113,6 +143,8 @@ class Config:
         update_ratio: measure the update-to-weight ratio on recorded steps (default ``True``); costs a
             transient copy of the parameters an optimizer updates, only during that optimizer's step.
         start_step: number of the first step (default 0), e.g. when resuming from a checkpoint.
+        suppress: findings never to report: ``(kind, name patterns)`` pairs; patterns are ``fnmatch``
+            style (``"encoder.*"``), ``"*"`` for every parameter.
     """
 
     logdir: str | None = None
@@ -124,6 +156,7 @@ class Config:
     keep_grads: bool | frozenset[str] = False
     update_ratio: bool = True
     start_step: int = 0
+    suppress: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def build(
@@ -138,6 +171,7 @@ class Config:
         keep_grads: bool | Collection[str] = False,
         update_ratio: bool = True,
         start_step: int = 0,
+        suppress: Any = None,
     ) -> Config:
         """Validate raw option values and build a :class:`Config`.
 
@@ -179,6 +213,7 @@ class Config:
             keep_grads=kept,
             update_ratio=update_ratio,
             start_step=start_step,
+            suppress=_suppress(suppress),
         )
 
     def keeps(self, names: Sequence[str]) -> list[bool]:

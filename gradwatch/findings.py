@@ -172,6 +172,8 @@ class StepRecord:
             out: dict[str, ParamStats] = {}
             for name, row, n, got in zip(self._names, self.raw(), self._numels, self._has_grad):
                 norm, max_abs, total, nonzero, nonfinite, nan, pn, un = row
+                if n == 0:  # an empty parameter: every norm is 0
+                    pn = 0.0 if math.isnan(pn) else pn
                 mean = total / n if n else 0.0
                 var = norm * norm / n - mean * mean if n else 0.0
                 std = math.sqrt(var) if var > 0 else (var if math.isnan(var) else 0.0)

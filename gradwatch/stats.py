@@ -21,6 +21,7 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "RAW_FIELDS",
     "Block",
+    "all_finite",
     "grad_stats",
     "histograms",
     "norms",
@@ -122,6 +123,21 @@ def grad_stats(grads: Sequence[torch.Tensor | None]) -> list[Block]:
             rows.append(flat[[0, 1, 2, 4, 5, 6]].T)
         blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
     return blocks
+
+
+def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """0-dim bool tensors (one per device and dtype), True where every entry of those tensors is finite.
+
+    One batched L2 norm per group: the norm is finite exactly when no entry is NaN or +-Inf (barring an
+    overflow of the sum of squares, which float32 reaches only past about 1e19 per entry).
+    """
+    flags = []
+    for (_, dtype), idx in _groups(tensors).items():
+        cdt = _compute_dtype(dtype)
+        for chunk in _chunks(idx, tensors):
+            t = [_prepare(tensors[i], cdt) for i in chunk]  # type: ignore[arg-type]
+            flags.append(torch.stack(torch._foreach_norm(t, 2)).sum().isfinite())
+    return flags
 
 
 def norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import dataclasses
 import difflib
+import fnmatch
 import functools
 import logging
 import math
 import os
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
 
 from gradwatch import stats
 from gradwatch.boundaries import StepTracker
-from gradwatch.config import Config
+from gradwatch.config import Config, check_kinds
+from gradwatch.detectors import Detector, DiscardedGradDetector, MissingZeroGradDetector, Provenance
 from gradwatch.errors import GradientError, GradWatchError
 from gradwatch.findings import FINDING_KINDS, Finding, Part, StepRecord
 from gradwatch.hooks import HandleGroup, queue_end_of_backward
@@ -40,6 +44,7 @@ _OPTIONS = (
     "keep_grads",
     "update_ratio",
     "start_step",
+    "suppress",
 )
 
 _LIVE: weakref.WeakSet[Watcher] = weakref.WeakSet()
@@ -160,6 +165,16 @@ class Watcher:
         self._versions: list[int] = []
         self._tracker = StepTracker(self, self.config.start_step, bool(self._optimizers))
         self._cur = _StepState(len(self.names))
+        self._opt_names = {}
+        for k, ref in enumerate(self._optimizers):
+            opt = ref()
+            self._opt_names[id(opt)] = f"{type(opt).__name__}#{k}" if len(self._optimizers) > 1 else type(opt).__name__
+        self._prov = Provenance(len(self.names))
+        self._detectors: list[Detector] = [
+            MissingZeroGradDetector(self._prov, self.names, self._norm_at),
+            DiscardedGradDetector(self._prov, self.names),
+        ]
+        self._suppressed: list[tuple[str, tuple[str, ...]]] = list(self.config.suppress)
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self) -> Watcher:
@@ -361,12 +376,13 @@ class Watcher:
         return f"Watcher({len(self.names)} params, {len(self._optimizers)} optimizer(s), {state}, step {self.current_step})"
 
     # ------------------------------------------------------------------ hooks (training thread)
-    def _on_grad(self, index: int, _param: torch.Tensor) -> None:
+    def _on_grad(self, index: int, param: torch.Tensor) -> None:
         if self._failed:
             return
         try:
             self._tracker.grad()
             self._cur.received[index] = 1
+            self._prov.accumulated(index, param)
         except GradientError:
             raise
         except Exception as err:
@@ -390,10 +406,17 @@ class Watcher:
         params = self._live_params()
         return any(p._version != v for p, v in zip(params, self._versions))
 
+    def backward_started(self, inside_optimizer: bool) -> None:  # noqa: D102
+        self._prov.new_pass(inside_optimizer)
+
     def backward_ended(self, step: int) -> None:  # noqa: D102
         params = self._live_params()
         if not self._optimizers:
             self._versions = [p._version for p in params]
+        else:  # one device flag per pass: tells an AMP-skipped step from discarded gradients
+            touched = self._prov.touched.get(self._prov.pass_id)
+            if touched:
+                self._prov.pass_finite[self._prov.pass_id] = stats.all_finite([params[i].grad for i in touched])
         if self._unowned and self.config.every(step):
             self._capture(self._unowned, params, step)
             if self.config.update_ratio:
@@ -401,17 +424,37 @@ class Watcher:
 
     def optimizer_pre(self, optimizer: Any, step: int) -> None:  # noqa: D102
         owned = self._owned_by(optimizer)
-        if owned and self.config.every(step):
-            params = self._live_params()
+        if not owned:
+            return
+        params = self._live_params()
+        for i in owned:
+            self._prov.check(i, params[i])
+        name = self._opt_names.get(id(optimizer), type(optimizer).__name__)
+        findings = [f for d in self._detectors for f in d.on_optimizer_pre(name, owned, step)]
+        if self.config.every(step):
             self._capture(owned, params, step)
             if self.config.update_ratio:
                 self._cur.snaps[id(optimizer)] = (owned, stats.snapshot([params[i] for i in owned]))
+        self._emit(findings)
 
     def optimizer_post(self, optimizer: Any, step: int, backward_inside: bool) -> None:  # noqa: D102
         owned = self._owned_by(optimizer)
-        if not owned or not self.config.every(step):
+        if not owned:
             return
         params = self._live_params()
+        name = self._opt_names.get(id(optimizer), type(optimizer).__name__)
+        for i in owned:
+            self._prov.use(i, params[i], step, name, observe=True)
+        findings = [f for d in self._detectors for f in d.on_optimizer_post(name, owned, step)]
+        try:
+            if self.config.every(step):
+                self._record_update(optimizer, owned, params, step, backward_inside)
+        finally:
+            self._emit(findings)
+
+    def _record_update(
+        self, optimizer: Any, owned: list[int], params: list[torch.Tensor], step: int, backward_inside: bool
+    ) -> None:
         if backward_inside:  # a closure (LBFGS) computed new gradients inside step()
             self._capture(owned, params, step)
         snap = self._cur.snaps.pop(id(optimizer), None)
@@ -421,9 +464,21 @@ class Watcher:
 
     def seal(self, step: int) -> None:  # noqa: D102
         cur, self._cur = self._cur, _StepState(len(self.names))
-        if not self.config.every(step):
-            return
         params = self._live_params()
+        findings: list[Finding] = []
+        if not self._optimizers:  # the boundary itself is what uses the gradients
+            every = range(len(self.names))
+            findings = [f for d in self._detectors for f in d.on_boundary(every, step)]
+            for i in every:
+                self._prov.use(i, params[i], step, "the update", observe=False)
+            findings += [f for d in self._detectors if isinstance(d, DiscardedGradDetector) for f in d.on_boundary(every, step)]
+        try:
+            if self.config.every(step):
+                self._seal_record(cur, params, step)
+        finally:
+            self._emit(findings)
+
+    def _seal_record(self, cur: _StepState, params: list[torch.Tensor], step: int) -> None:
         if cur.unowned_snap is not None:
             idx, before = cur.unowned_snap
             cur.parts.extend(
@@ -540,6 +595,47 @@ class Watcher:
 
     def _named_hist(self, hist: tuple[list[int], torch.Tensor] | None) -> tuple[list[str], torch.Tensor] | None:
         return None if hist is None else ([self.names[i] for i in hist[0]], hist[1])
+
+    def _norm_at(self, index: int, step: int) -> float | None:
+        for record in reversed(self._history):
+            if record.step == step:
+                return record.params[self.names[index]].grad_norm
+            if record.step < step:
+                break
+        return None
+
+    def _emit(self, findings: list[Finding]) -> None:
+        """Hand findings to memory, TensorBoard and the on_finding policy (which may raise)."""
+        for f in findings:
+            kept = tuple(
+                p for p in f.params
+                if not any(kind == f.kind and any(fnmatch.fnmatchcase(p, pat) for pat in pats)
+                           for kind, pats in self._suppressed)
+            )
+            if not kept:
+                continue
+            if kept != f.params:
+                f = dataclasses.replace(f, params=kept)
+            self._findings.append(f)
+            if self._sink is not None:
+                self._sink.write_finding(f)
+            self._reporter.deliver(f)
+
+    @contextlib.contextmanager
+    def suppress(self, kind: str, *params: str) -> Iterator[None]:
+        """Silence findings of ``kind`` made inside the block (for the given parameter-name patterns,
+        ``fnmatch`` style, or for every parameter when none is given).
+
+        Raises:
+            ValueError: ``kind`` is not a known finding kind.
+        """
+        check_kinds([kind])
+        entry = (kind, params or ("*",))
+        self._suppressed.append(entry)
+        try:
+            yield
+        finally:
+            self._suppressed.remove(entry)
 
     def _note_loss(self, out: Any) -> None:
         value = out[0] if isinstance(out, (tuple, list)) and out else out

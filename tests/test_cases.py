@@ -27,8 +27,6 @@ _spec.loader.exec_module(check)  # type: ignore[union-attr]
 #: Finding kinds whose detectors are not built yet, with the issue that builds them. A case expecting
 #: one of these is a strict expected failure: the day it passes, this table must shrink.
 NOT_YET = {
-    "missing_zero_grad": "issue 3",
-    "discarded_grad": "issue 3",
     "nonfinite_grad": "issue 4",
     "no_grad": "issue 4",
     "not_updated": "issue 4",

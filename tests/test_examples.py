@@ -176,7 +176,8 @@ def test_linear_fit_forget_zero_grad_runs(linear_fit, tmp_path):
         torch.testing.assert_close(recorded, autograd, rtol=1e-6, atol=0)
     assert isinstance(fit["findings"], list)
     # TODO(issue 3): once the missing_zero_grad detector lands, assert that fit["findings"] holds a
-    # gw.Finding of kind "missing_zero_grad" for ("w",) and ("b",) at step 1 (and the warning is issued).
+    # gw.Finding of kind "missing_zero_grad" at step 1 naming "w" and "b" (and that the
+    # gw.MissingZeroGradWarning is issued), and that the normal run (linear_run) has no findings.
 
 
 def test_linear_fit_default_logdir(linear_fit, tmp_path, monkeypatch):

@@ -28,8 +28,8 @@ from gradwatch.stats import histograms
 
 pytest.importorskip("tensorboard")
 
-from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from tensorboard.backend.event_processing import event_accumulator
+from torch.utils.tensorboard import SummaryWriter
 
 NAN, INF = math.nan, math.inf
 
@@ -40,7 +40,16 @@ SCALAR_RTOL = 1e-5
 HIST_RTOL, HIST_ATOL = 1e-12, 1e-15
 
 
-# ---------------------------------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True)
+def no_gradwatch_errors(caplog):
+    """gradwatch swallows its own failures (logs them and stops recording): make them fail the test."""
+    caplog.set_level("WARNING", logger="gradwatch")
+    yield
+    errors = [r for r in caplog.records if r.name == "gradwatch" and r.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, [r.getMessage() for r in errors]
+
+
 def read_events(logdir: Path) -> event_accumulator.EventAccumulator:
     """Load every event under ``logdir`` (size guidance 0 = keep all)."""
     acc = event_accumulator.EventAccumulator(
@@ -83,7 +92,9 @@ def check_histogram(hv: object, values: torch.Tensor, bins: int, where: str) -> 
     assert hv.min == lo, where  # exact: both are the float64 value of one entry
     assert hv.max == hi, where
     assert hv.sum == pytest.approx(finite.sum().item(), rel=HIST_RTOL, abs=HIST_ATOL), where
-    assert hv.sum_squares == pytest.approx((finite * finite).sum().item(), rel=HIST_RTOL, abs=HIST_ATOL), where
+    assert hv.sum_squares == pytest.approx((finite * finite).sum().item(), rel=HIST_RTOL, abs=HIST_ATOL), (
+        where
+    )
     # torch.histc's rule, exactly: bucket floor((x - lo) * bins / (hi - lo)), the maximum in the last one
     if lo == hi:  # a constant tensor: numpy's range [v - 0.5, v + 0.5]; histc picks the same bucket
         ref = torch.histc(finite, bins, lo - 0.5, hi + 0.5)
@@ -121,7 +132,7 @@ def norm(t: torch.Tensor) -> float:
     return torch.linalg.vector_norm(t.double()).item()
 
 
-# ---------------------------------------------------------------------------------------------------- 1. tags, steps, values
+# ------------------------------------------------------------------------------ 1. tags, steps, values
 @pytest.mark.parametrize(
     ("histogram_every", "hist_steps"),
     [(3, [0, 3, 6]), (1, list(range(7))), (at_steps(1, 4), [1, 4]), (None, [])],
@@ -162,7 +173,7 @@ def test_training_loop_tags_steps_and_values(tmp_path, histogram_every, hist_ste
         assert scalars(acc, "layer_grad_norm/0")[s] == pytest.approx(layer0, rel=SCALAR_RTOL), s
 
 
-# ---------------------------------------------------------------------------------------------------- 2. histogram values
+# --------------------------------------------------------------------------------- 2. histogram values
 @pytest.mark.parametrize("bins", [1, 7, 30], ids=lambda b: f"bins-{b}")
 def test_gradient_and_parameter_histograms_match_histc(tmp_path, bins):
     model = make_mlp(seed=3)
@@ -170,7 +181,7 @@ def test_gradient_and_parameter_histograms_match_histc(tmp_path, bins):
     with gradwatch.watch(model, opt, logdir=tmp_path, histogram_every=every(2), histogram_bins=bins):
         grads, _, after = train(model, opt, 5, seed=4)
     acc = read_events(tmp_path)
-    for n, p in model.named_parameters():
+    for n, _ in model.named_parameters():
         g_hist, p_hist = hists(acc, f"gradients/{n}"), hists(acc, f"parameters/{n}")
         assert sorted(g_hist) == sorted(p_hist) == [0, 2, 4]
         for s in (0, 2, 4):
@@ -274,7 +285,7 @@ def test_histograms_function_batches_rows_and_handles_no_finite_value():
     assert rows[2, 10:].tolist() == [0, 0, 9, 0, 0]
 
 
-# ---------------------------------------------------------------------------------------------------- 3. NaN/Inf, dtypes, empty
+# --------------------------------------------------------------------------- 3. NaN/Inf, dtypes, empty
 def test_nonfinite_gradients_counted_and_left_out_of_buckets(tmp_path):
     w_ = torch.zeros(6, requires_grad=True)
     b_ = torch.zeros(3, requires_grad=True)
@@ -289,7 +300,9 @@ def test_nonfinite_gradients_counted_and_left_out_of_buckets(tmp_path):
     ]
     current = [0]
     w_.register_hook(lambda g: planned[current[0]].clone())
-    with gradwatch.watch({"w": w_, "b": b_}, None, logdir=tmp_path, histogram_every=1, on_finding="ignore") as w:
+    with gradwatch.watch(
+        {"w": w_, "b": b_}, None, logdir=tmp_path, histogram_every=1, on_finding="ignore"
+    ) as w:
         for i in range(len(planned)):
             current[0] = i
             (w_.sum() + (b_ * float(i + 1)).sum()).backward()
@@ -315,7 +328,9 @@ def test_nonfinite_gradients_counted_and_left_out_of_buckets(tmp_path):
         else:
             assert not math.isfinite(gn[s])  # NaN or Inf: the norm of a non-finite gradient
     assert math.isnan(scalars(acc, "grad_norm/total")[0])
-    assert scalars(acc, "grad_norm/total")[1] == pytest.approx(math.hypot(norm(planned[1]), norm(torch.full((3,), 2.0))), rel=SCALAR_RTOL)
+    assert scalars(acc, "grad_norm/total")[1] == pytest.approx(
+        math.hypot(norm(planned[1]), norm(torch.full((3,), 2.0))), rel=SCALAR_RTOL
+    )
 
     g_hist = hists(acc, "gradients/w")
     assert sorted(g_hist) == [0, 1, 3, 4, 5]  # step 2 had no finite entry: no histogram at all
@@ -380,7 +395,7 @@ def test_empty_parameter_writes_valid_events(tmp_path):
         check_histogram(hists(acc, "gradients/lin.weight")[s], g, 30, f"lin.weight step {s}")
 
 
-# ---------------------------------------------------------------------------------------------------- 4. the user's writer
+# -------------------------------------------------------------------------------- 4. the user's writer
 class SpyWriter(SummaryWriter):
     """A real SummaryWriter that counts flush() and close() calls."""
 
@@ -443,7 +458,7 @@ def test_start_step_with_logdir(tmp_path):
     assert sorted(hists(acc, "gradients/0")) == [101]
 
 
-# ---------------------------------------------------------------------------------------------------- 5. exceptions
+# --------------------------------------------------------------------------------------- 5. exceptions
 def test_events_are_flushed_when_the_with_block_raises(tmp_path):
     model = make_mlp(seed=11)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -452,22 +467,21 @@ def test_events_are_flushed_when_the_with_block_raises(tmp_path):
         if i == 3:
             raise RuntimeError("boom in step 3")
 
-    grads: list = []
-    with pytest.raises(RuntimeError, match="boom in step 3"):
-        with gradwatch.watch(model, opt, logdir=tmp_path, histogram_every=1):
-            grads, _, _ = train(model, opt, 10, seed=12, after_step=boom)
+    with (
+        pytest.raises(RuntimeError, match="boom in step 3"),
+        gradwatch.watch(model, opt, logdir=tmp_path, histogram_every=1),
+    ):
+        train(model, opt, 10, seed=12, after_step=boom)
     acc = read_events(tmp_path)
     # step 3 ended (optimizer.step ran) but was only sealed by close() on the way out
     total = scalars(acc, "grad_norm/total")
     assert sorted(total) == [0, 1, 2, 3]
     assert sorted(hists(acc, "gradients/2.weight")) == [0, 1, 2, 3]
     assert sorted(hists(acc, "parameters/2.weight")) == [0, 1, 2, 3]
-    assert scalars(acc, "grad_norm/2.weight")[3] == pytest.approx(
-        norm(model[2].weight.grad), rel=SCALAR_RTOL
-    )
+    assert scalars(acc, "grad_norm/2.weight")[3] == pytest.approx(norm(model[2].weight.grad), rel=SCALAR_RTOL)
 
 
-# ---------------------------------------------------------------------------------------------------- 6. a real TensorBoard server
+# ------------------------------------------------------------------------ 6. a real TensorBoard server
 def _get_json(opener, url: str, timeout: float = 5.0):
     assert urllib.parse.urlsplit(url).hostname == "127.0.0.1"
     with opener.open(url, timeout=timeout) as resp:
@@ -518,7 +532,7 @@ def test_tensorboard_server_serves_gradwatch_data(tmp_path):
         q = urllib.parse.urlencode({"run": ".", "tag": "grad_norm/total"})
         series = poll(f"/data/plugin/scalars/scalars?{q}", lambda d: len(d) == 3)
         assert [step for _, step, _ in series] == [0, 1, 2]
-        for (_, step, value), g in zip(series, grads):
+        for (_, _, value), g in zip(series, grads, strict=True):
             assert value == pytest.approx(math.sqrt(sum(norm(t) ** 2 for t in g.values())), rel=SCALAR_RTOL)
 
         htags = poll("/data/plugin/histograms/tags", lambda d: "gradients/0.weight" in d.get(".", {}))
@@ -544,11 +558,17 @@ def test_tensorboard_server_serves_gradwatch_data(tmp_path):
             proc.wait(timeout=10)
 
 
-# ---------------------------------------------------------------------------------------------------- 7. lazy import
+# -------------------------------------------------------------------------------------- 7. lazy import
 _IMPORT_PROBE = """
 import json, sys, torch
 import gradwatch
-after_import = sorted(m for m in sys.modules if m.split(".")[0] == "tensorboard" or m.startswith("torch.utils.tensorboard"))
+
+def tb_modules():
+    return sorted(
+        m for m in sys.modules if m.split(".")[0] == "tensorboard" or m.startswith("torch.utils.tensorboard")
+    )
+
+after_import = tb_modules()
 model = torch.nn.Linear(3, 1)
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
 with gradwatch.watch(model, opt, histogram_every=1, **json.loads(sys.argv[1])) as w:
@@ -556,8 +576,9 @@ with gradwatch.watch(model, opt, histogram_every=1, **json.loads(sys.argv[1])) a
         opt.zero_grad()
         model(torch.ones(2, 3)).sum().backward()
         opt.step()
-after_watch = sorted(m for m in sys.modules if m.split(".")[0] == "tensorboard" or m.startswith("torch.utils.tensorboard"))
-print(json.dumps({"after_import": after_import, "after_watch": after_watch, "steps": [r.step for r in w.history]}))
+after_watch = tb_modules()
+steps = [r.step for r in w.history]
+print(json.dumps({"after_import": after_import, "after_watch": after_watch, "steps": steps}))
 """
 
 

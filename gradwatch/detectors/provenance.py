@@ -1,0 +1,143 @@
+"""Where the content of each ``.grad`` came from, tracked on the host through version counters.
+
+PyTorch has no hook on ``zero_grad`` and people clear gradients in many ways (``optimizer.zero_grad()``,
+``model.zero_grad()``, ``p.grad = None``, ``p.grad.zero_()``), so gradwatch detects the *effect*. Every
+in-place write to a tensor increments its version counter (``Tensor._version``), and autograd's
+``AccumulateGrad`` adds a new gradient into an existing ``.grad`` in place (one increment) or installs a
+new tensor when ``.grad`` is ``None``. So at each observation of a parameter's ``.grad`` the tracker
+knows, without reading a single value, whether its content was kept since the previous observation
+(same tensor object, version exactly one higher after an accumulation, or unchanged) or reset (a
+different or no tensor, or any other in-place write such as ``zero_()``).
+
+Per parameter it keeps: the backward passes whose gradients make up the current content, whether that
+content includes a gradient already used by the parameter's owner (its optimizer's ``step()``, or a
+step boundary when no optimizer holds it), and whether it received a new gradient since that use.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["HORIZON", "Provenance"]
+
+#: Backward passes older than this many passes are forgotten (bounds memory; a discarded pass is
+#: normally judged at the next optimizer step, a few passes later).
+HORIZON = 64
+
+
+class Provenance:
+    """Host-side provenance of the gradients of ``n`` watched parameters.
+
+    Args:
+        n: number of watched parameters.
+    """
+
+    def __init__(self, n: int) -> None:
+        self._ref: list[weakref.ref[torch.Tensor] | None] = [None] * n
+        self._ver = [0] * n
+        #: content includes a gradient the owner already used at step ``used_at[i]``
+        self.holds_used = [False] * n
+        self.used_at = [-1] * n
+        self.used_by = [""] * n
+        #: received a new gradient since the owner's last use
+        self.fresh = [False] * n
+        self._passes: list[set[int]] = [set() for _ in range(n)]
+        self.pass_id = 0
+        self.used_passes: set[int] = set()
+        #: backward pass -> parameters whose contribution from it was reset before any use
+        self.reset_unused: dict[int, set[int]] = {}
+        #: backward pass -> parameters it accumulated into
+        self.touched: dict[int, set[int]] = {}
+        #: backward pass -> 0-dim bool tensors, all True if every gradient it touched was finite
+        self.pass_finite: dict[int, list[torch.Tensor]] = {}
+
+    def new_pass(self, inside_optimizer: bool) -> None:
+        """A backward pass starts; one run inside ``optimizer.step()`` (a closure) counts as used."""
+        self.pass_id += 1
+        if inside_optimizer:
+            self.used_passes.add(self.pass_id)
+
+    def _kept(self, i: int, g: torch.Tensor | None, accumulated: bool) -> bool:
+        ref = self._ref[i]
+        if ref is None:
+            return g is None
+        old = ref()
+        if old is None or old is not g or g is None:
+            return False
+        return g._version == self._ver[i] + (1 if accumulated else 0)
+
+    def _reset(self, i: int) -> None:
+        for p in self._passes[i]:  # passes added since the owner's last use
+            if p not in self.used_passes:
+                self.reset_unused.setdefault(p, set()).add(i)
+        self._passes[i] = set()
+        self.holds_used[i] = False
+
+    def _observe(self, i: int, g: torch.Tensor | None) -> None:
+        self._ref[i] = None if g is None else weakref.ref(g)
+        self._ver[i] = 0 if g is None else g._version
+
+    def accumulated(self, i: int, param: torch.Tensor) -> None:
+        """A gradient of the current pass was accumulated into ``param.grad`` (post-accumulate hook)."""
+        g = param.grad
+        if self._ref[i] is not None and not self._kept(i, g, accumulated=True):
+            self._reset(i)
+        self._passes[i].add(self.pass_id)
+        self.touched.setdefault(self.pass_id, set()).add(i)
+        self.fresh[i] = True
+        self._observe(i, g)
+
+    def check(self, i: int, param: torch.Tensor) -> None:
+        """Look at ``param.grad`` outside a backward pass: notice a reset since the last observation."""
+        g = param.grad
+        if self._ref[i] is not None and not self._kept(i, g, accumulated=False):
+            self._reset(i)
+            self._observe(i, g)
+
+    def use(self, i: int, param: torch.Tensor, step: int, owner: str, observe: bool) -> None:
+        """The owner used ``param.grad`` at ``step``; with ``observe``, its current state is the new base."""
+        g = param.grad
+        self.used_passes.update(self._passes[i])
+        self._passes[i] = set()
+        self.holds_used[i] = g is not None
+        self.used_at[i] = step
+        self.used_by[i] = owner
+        self.fresh[i] = False
+        if observe:
+            self._observe(i, g)
+
+    def stale(self, idx: Sequence[int]) -> list[int]:
+        """Of ``idx``, the parameters whose content mixes a used gradient with a new one."""
+        return [i for i in idx if self.holds_used[i] and self.fresh[i]]
+
+    def discarded_passes(self) -> dict[int, set[int]]:
+        """Backward passes all of whose gradients were reset before any optimizer used any of them.
+
+        Each is returned once, with the parameters it had accumulated into, and forgotten. A pass whose
+        gradients were not all finite is left out: that is an optimizer step an AMP ``GradScaler``
+        skipped, not a discarded gradient (costs one host read of a flag, only for such a pass).
+        """
+        out = {}
+        for p, params in list(self.reset_unused.items()):
+            if p in self.used_passes:
+                del self.reset_unused[p]
+                continue
+            if not params >= self.touched.get(p, set()):
+                continue  # part of the pass is still held; an optimizer may yet use it
+            del self.reset_unused[p]
+            if not all(bool(f) for f in self.pass_finite.get(p, ())):
+                continue
+            out[p] = params
+        for p in [p for p in self.touched if p in self.used_passes]:
+            del self.touched[p]
+            self.pass_finite.pop(p, None)
+        horizon = self.pass_id - HORIZON  # bounded memory: very old passes can no longer be judged
+        for table in (self.touched, self.pass_finite, self.reset_unused):
+            for p in [p for p in table if p < horizon]:
+                del table[p]
+        if len(self.used_passes) > 2 * HORIZON:
+            self.used_passes = {p for p in self.used_passes if p >= horizon}
+        return out

@@ -1,0 +1,128 @@
+"""``missing_zero_grad`` and ``discarded_grad``: gradients carried into the next step, or wiped too early.
+
+Both read the host-side :class:`~gradwatch.detectors.provenance.Provenance` of every ``.grad``; neither
+reads a gradient value (``discarded_grad`` reads one finite-flag per discarded backward pass, to tell an
+AMP ``GradScaler``'s skipped step from a bug). See ``docs/zero-grad.md`` for the method and its limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from gradwatch.detectors.base import Detector
+from gradwatch.detectors.provenance import Provenance
+from gradwatch.findings import Finding
+
+__all__ = ["DiscardedGradDetector", "MissingZeroGradDetector"]
+
+#: (parameter index, step) -> recorded gradient norm at that step, or None when not recorded.
+NormLookup = Callable[[int, int], "float | None"]
+
+
+def _names(names: Sequence[str], idx: Sequence[int], limit: int = 6) -> str:
+    shown = ", ".join(f"{names[i]}.grad" for i in idx[:limit])
+    return shown + (f" and {len(idx) - limit} more" if len(idx) > limit else "")
+
+
+class MissingZeroGradDetector(Detector):
+    """A parameter's owner steps with a gradient that still holds the one it used at its previous step.
+
+    The owner is the optimizer whose ``param_groups`` hold the parameter, or, when no optimizer is
+    watched, the step boundary (decorator, ``Watcher.step()``, in-place update). The gradient is then
+    ``stale + fresh``: each update applies every earlier gradient again. Reported once per parameter, at
+    the first step where it happens, grouped by owner.
+
+    Args:
+        provenance: the shared gradient provenance.
+        names: parameter names.
+        norm_at: looks up a parameter's recorded gradient norm at a step (the evidence).
+    """
+
+    kinds = ("missing_zero_grad",)
+
+    def __init__(self, provenance: Provenance, names: Sequence[str], norm_at: NormLookup) -> None:
+        self.prov = provenance
+        self.names = names
+        self.norm_at = norm_at
+        self.reported: set[int] = set()
+
+    def _judge(self, owner: str, idx: Sequence[int], step: int, fix_owner: str) -> list[Finding]:
+        stale = [i for i in self.prov.stale(idx) if i not in self.reported]
+        if not stale:
+            return []
+        self.reported.update(stale)
+        prev = self.prov.used_at[stale[0]]
+        norms = [self.norm_at(i, prev) for i in stale]
+        carried = [n for n in norms if n is not None]
+        evidence = (
+            f"the carried-over part has norm {sum(n * n for n in carried) ** 0.5:.4g}"
+            if carried
+            else "the carried-over part was not recorded (step outside the `every` schedule)"
+        )
+        message = (
+            f"{owner} at step {step} uses {_names(self.names, stale)} holding the step-{prev} gradient plus "
+            f"this step's contribution: the gradient was not zeroed after it was used at step {prev}, so "
+            f"every update re-applies all earlier gradients ({evidence}). Fix: {fix_owner}"
+        )
+        return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in stale), message)]
+
+    def on_optimizer_pre(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+        return self._judge(
+            f"optimizer {name}",
+            owned,
+            step,
+            "call optimizer.zero_grad() once per step, before backward() or after step(); if you "
+            "accumulate gradients on purpose, call step() and zero_grad() once per N backward() calls.",
+        )
+
+    def on_boundary(self, unowned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+        return self._judge(
+            "the update",
+            unowned,
+            step,
+            "clear the gradients after each update (p.grad.zero_() or p.grad = None for every parameter, "
+            "or optimizer.zero_grad()); if you accumulate on purpose, mark steps with w.step().",
+        )
+
+
+class DiscardedGradDetector(Detector):
+    """All gradients of a backward pass were reset before any optimizer used any of them.
+
+    Typical causes: ``zero_grad()`` called for every micro-batch inside a gradient-accumulation window,
+    or ``model.zero_grad()`` bypassing an accumulation-aware wrapper: the step then uses only the last
+    micro-batch. Not reported: a backward pass some optimizer used (the GAN generator's pass also fills
+    the discriminator's gradients, which are then zeroed), passes run by a closure inside ``step()``,
+    and passes with non-finite gradients (an AMP ``GradScaler`` skipped that step).
+
+    Args:
+        provenance: the shared gradient provenance.
+        names: parameter names.
+    """
+
+    kinds = ("discarded_grad",)
+
+    def __init__(self, provenance: Provenance, names: Sequence[str]) -> None:
+        self.prov = provenance
+        self.names = names
+        self.reported: set[int] = set()
+
+    def _judge(self, step: int) -> list[Finding]:
+        passes = self.prov.discarded_passes()
+        lost = sorted({i for params in passes.values() for i in params} - self.reported)
+        if not lost:
+            return []
+        self.reported.update(lost)
+        message = (
+            f"at step {step}, the gradients of {len(passes)} backward pass(es) into {_names(self.names, lost)} "
+            f"were reset (zero_grad() or .grad = None) before any optimizer used them, while the step went "
+            f"on with later backward passes: the update sees only the last micro-batch(es). Fix: in "
+            f"gradient accumulation call zero_grad() only after optimizer.step(), once per N micro-batches, "
+            f"and do not zero the model's gradients inside the accumulation window."
+        )
+        return [Finding("discarded_grad", step, tuple(self.names[i] for i in lost), message)]
+
+    def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+        return self._judge(step)
+
+    def on_boundary(self, unowned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+        return self._judge(step)
