@@ -251,6 +251,20 @@ def _summary(label: str, part: dict[str, Any]) -> None:
     )
 
 
+def _findings_text(logdir: Path) -> list[tuple[int, str]]:
+    """The ``gradwatch/findings`` text entries of a run, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    if "gradwatch/findings/text_summary" not in acc.Tags()["tensors"]:
+        return []
+    return [
+        (e.step, e.tensor_proto.string_val[0].decode())
+        for e in acc.Tensors("gradwatch/findings/text_summary")
+    ]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the example; returns the numbers the tests check.
 
@@ -275,8 +289,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"watcher.findings ({len(part['findings'])}):")
         for f in part["findings"]:
             print(f"  {f}")
-        if not part["findings"]:
-            print("  (none reported by this gradwatch version)")
+        part["tensorboard_text"] = _findings_text(logdir / "forget_zero_grad")
+        print("TensorBoard text entries under gradwatch/findings (read back from the event file):")
+        for step, text in part["tensorboard_text"]:
+            print(f"  step {step}: {text}")
     else:
         runs = (
             ("tutorial", "part 1: leaf tensors w, b, manual update under torch.no_grad()", fit_tutorial),

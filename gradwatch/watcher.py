@@ -21,7 +21,7 @@ from gradwatch import stats
 from gradwatch.boundaries import StepTracker
 from gradwatch.config import Config, check_kinds
 from gradwatch.detectors import Detector, DiscardedGradDetector, MissingZeroGradDetector, Provenance
-from gradwatch.errors import GradientError, GradWatchError
+from gradwatch.errors import GradientError, GradWatchError, GradWatchWarning
 from gradwatch.findings import FINDING_KINDS, Finding, Part, StepRecord
 from gradwatch.hooks import HandleGroup, queue_end_of_backward
 from gradwatch.sinks import FindingReporter, History
@@ -149,6 +149,14 @@ class Watcher:
         self._layer_of = tuple(targets.layers)
         self._numels = tuple(p.numel() for p in targets.params)
         self._shapes = tuple(tuple(p.shape) for p in targets.params)
+        if isinstance(self.config.keep_grads, frozenset):
+            for name in sorted(self.config.keep_grads - set(self.names)):
+                close = difflib.get_close_matches(name, self.names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(
+                    f"keep_grads names {name!r}, which is not a watched parameter; {hint}"
+                    f"watched: {', '.join(self.names[:8])}{' ...' if len(self.names) > 8 else ''}"
+                )
         self._keep = self.config.keeps(self.names)
         self._module = weakref.ref(targets.module) if targets.module is not None else None
         self._history = History(self.config.max_history)
@@ -235,7 +243,7 @@ class Watcher:
         try:
             if self._attached and not self._failed:
                 self._tracker.flush(final=True)
-        except GradientError:
+        except (GradientError, GradWatchWarning):  # the user's policy, not our failure
             raise
         except Exception as err:
             self._fail(err)
@@ -383,7 +391,7 @@ class Watcher:
             self._tracker.grad()
             self._cur.received[index] = 1
             self._prov.accumulated(index, param)
-        except GradientError:
+        except (GradientError, GradWatchWarning):  # the user's policy, not our failure
             raise
         except Exception as err:
             self._fail(err)
@@ -651,7 +659,7 @@ class Watcher:
     def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
-        except GradientError:
+        except (GradientError, GradWatchWarning):  # the user's policy, not our failure
             raise
         except Exception as err:
             self._fail(err)

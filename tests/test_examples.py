@@ -12,11 +12,14 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+
+import gradwatch as gw
 
 pytest.importorskip("tensorboard")
 
@@ -174,10 +177,20 @@ def test_linear_fit_forget_zero_grad_runs(linear_fit, tmp_path):
         autograd = torch.tensor([a for a, _ in fit["grad_pairs"][name]], dtype=torch.float64)
         recorded = torch.tensor([r for _, r in fit["grad_pairs"][name]], dtype=torch.float64)
         torch.testing.assert_close(recorded, autograd, rtol=1e-6, atol=0)
-    assert isinstance(fit["findings"], list)
-    # TODO(issue 3): once the missing_zero_grad detector lands, assert that fit["findings"] holds a
-    # gw.Finding of kind "missing_zero_grad" at step 1 naming "w" and "b" (and that the
-    # gw.MissingZeroGradWarning is issued), and that the normal run (linear_run) has no findings.
+    (finding,) = fit["findings"]
+    assert finding.kind == "missing_zero_grad" and finding.step == 1
+    assert set(finding.params) == {"w", "b"} and "zero_grad" in finding.message
+    assert [step for step, _ in fit["tensorboard_text"]] == [1]
+    assert "missing_zero_grad" in fit["tensorboard_text"][0][1]
+
+
+def test_linear_fit_forget_zero_grad_warns_and_the_correct_run_is_silent(linear_fit, tmp_path):
+    with pytest.warns(gw.MissingZeroGradWarning, match="step 1"):
+        linear_fit.main(["--steps", "5", "--forget-zero-grad", "--logdir", str(tmp_path / "bad")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gw.GradWatchWarning)
+        out = linear_fit.main(["--steps", "5", "--logdir", str(tmp_path / "good")])
+    assert all(part["watcher"].findings == [] for part in out["parts"].values())
 
 
 def test_linear_fit_default_logdir(linear_fit, tmp_path, monkeypatch):

@@ -84,9 +84,10 @@ def test_scheduler_instead_of_optimizer() -> None:
         ({"logdir": "runs/x", "writer": object()}, ValueError, r"either logdir= or writer="),
         ({"writer": object()}, TypeError, r"writer must be a torch.utils.tensorboard.SummaryWriter"),
         ({"logdir": 5}, TypeError, r"logdir must be a path"),
+        ({"keep_grads": ["wieght"]}, ValueError, r"keep_grads names 'wieght'.*did you mean 'weight'"),
     ],
     ids=["unknown", "negative-every", "str-every", "bool-hist", "zero-history", "bad-policy", "bad-keep",
-         "logdir-and-writer", "bad-writer", "bad-logdir"],
+         "logdir-and-writer", "bad-writer", "bad-logdir", "keep-unknown-name"],
 )
 def test_bad_options(options, exc, match) -> None:
     with pytest.raises(exc, match=match):

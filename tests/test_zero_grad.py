@@ -1,0 +1,402 @@
+"""missing_zero_grad / discarded_grad: caught on the buggy loops, silent on the correct ones."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import gradwatch as gw
+
+STEPS = 6
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+def _xy(n: int = 16, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 4, generator=g), torch.randn(n, 1, generator=g)
+
+
+def _loss(model, x, y):
+    return ((model(x) - y) ** 2).mean()
+
+
+ALL = ("0.weight", "0.bias", "2.weight", "2.bias")
+
+
+def kinds(w) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for f in w.findings:
+        out.setdefault(f.kind, set()).update(f.params)
+    return out
+
+
+# ----------------------------------------------------------------------------- buggy loops
+def test_no_zero_grad_at_all_names_every_parameter_at_step_1() -> None:
+    model, (x, y) = _mlp(), _xy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    norms = []
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(STEPS):
+            _loss(model, x, y).backward()
+            norms.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).norm().item())
+            opt.step()
+    (f,) = w.findings
+    assert f.kind == "missing_zero_grad" and f.step == 1 and set(f.params) == set(ALL)
+    assert "SGD at step 1" in f.message and "step-0 gradient" in f.message and "zero_grad()" in f.message
+    carried = float(f.message.split("carried-over part has norm ")[1].split(")")[0])
+    assert carried == pytest.approx(norms[0], rel=1e-3)  # the evidence is step 0's gradient
+
+
+def test_zero_grad_once_per_epoch() -> None:
+    model, (x, y) = _mlp(), _xy(32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _epoch in range(2):
+            opt.zero_grad()
+            for xb, yb in zip(x.chunk(4), y.chunk(4)):
+                _loss(model, xb, yb).backward()
+                opt.step()
+    assert kinds(w) == {"missing_zero_grad": set(ALL)}
+    assert w.findings[0].step == 1
+
+
+def test_gan_only_the_unzeroed_network_is_named() -> None:
+    torch.manual_seed(0)
+    gan = nn.ModuleDict({"G": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
+                         "D": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))})
+    opt_g = torch.optim.Adam(gan["G"].parameters(), 1e-3)
+    opt_d = torch.optim.Adam(gan["D"].parameters(), 1e-3)
+    real = torch.randn(8, 2)
+    with gw.watch(gan, [opt_g, opt_d], on_finding="ignore") as w:
+        for _ in range(STEPS):
+            fake = gan["G"](torch.randn(8, 2))
+            # BUG: opt_d.zero_grad() forgotten
+            (gan["D"](fake.detach()).mean() - gan["D"](real).mean()).backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            (-gan["D"](fake).mean()).backward()
+            opt_g.step()
+    assert kinds(w) == {"missing_zero_grad": {"D.0.weight", "D.0.bias", "D.2.weight", "D.2.bias"}}
+    assert "Adam#1" in w.findings[0].message
+
+
+def test_manual_loop_without_grad_zero() -> None:
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 20)
+    y = 2 * x + 1
+    w_, b_ = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    with gw.watch({"w": w_, "b": b_}, None, on_finding="ignore") as w:
+        for _ in range(STEPS):
+            ((w_ * x + b_ - y) ** 2).mean().backward()
+            with torch.no_grad():
+                w_ -= 0.1 * w_.grad
+                b_ -= 0.1 * b_.grad
+    assert kinds(w) == {"missing_zero_grad": {"w", "b"}}
+    assert w.findings[0].step == 1 and "w.grad.zero_()" not in w.findings[0].message
+    assert "p.grad.zero_()" in w.findings[0].message
+
+
+def test_forgotten_bias_in_manual_zeroing() -> None:
+    model, (x, y) = _mlp(), _xy()
+    with gw.watch(model, None, on_finding="ignore") as w:
+        for _ in range(STEPS):
+            _loss(model, x, y).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.01 * p.grad
+            for name, p in model.named_parameters():
+                if name != "2.bias":  # BUG: the last bias is never zeroed
+                    p.grad.zero_()
+    assert kinds(w) == {"missing_zero_grad": {"2.bias"}}
+
+
+def test_zero_grad_every_micro_batch_discards_gradients() -> None:
+    model, (x, y) = _mlp(), _xy(32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(3):
+            for xb, yb in zip(x.chunk(4), y.chunk(4)):
+                opt.zero_grad()  # BUG: inside the accumulation window
+                (_loss(model, xb, yb) / 4).backward()
+            opt.step()
+    assert kinds(w) == {"discarded_grad": set(ALL)}
+    (f,) = w.findings
+    assert f.step == 0 and "3 backward pass(es)" in f.message
+
+
+def test_model_zero_grad_bypassing_accumulation_with_set_to_none_false() -> None:
+    model, (x, y) = _mlp(), _xy(32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(2):
+            for xb, yb in zip(x.chunk(2), y.chunk(2)):
+                model.zero_grad(set_to_none=False)
+                _loss(model, xb, yb).backward()
+            opt.step()
+    assert kinds(w) == {"discarded_grad": set(ALL)}
+
+
+# ----------------------------------------------------------------------------- correct loops
+def _plain(model, opt, x, y, zero):
+    for _ in range(STEPS):
+        zero("before")
+        _loss(model, x, y).backward()
+        opt.step()
+        zero("after")
+
+
+def _amp_loop(model, opt, x, y):
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    skipped = 0
+    for k in range(STEPS):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = _loss(model, x, y)
+        if k in (1, 2):
+            loss = loss * float("inf")  # an overflowing step: the scaler must skip it
+        before = model[0].weight.detach().clone()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        skipped += bool(torch.equal(before, model[0].weight.detach()))
+    assert skipped == 2
+
+
+def _lbfgs(model, x, y):
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+
+    def closure():
+        opt.zero_grad()
+        loss = _loss(model, x, y)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    return opt
+
+
+HEALTHY = {
+    "zero-before-backward": lambda m, o, x, y: _plain(m, o, x, y, lambda when: o.zero_grad() if when == "before" else None),
+    "zero-after-step": lambda m, o, x, y: _plain(m, o, x, y, lambda when: o.zero_grad() if when == "after" else None),
+    "set-to-none-false": lambda m, o, x, y: _plain(m, o, x, y, lambda when: o.zero_grad(set_to_none=False) if when == "before" else None),
+    "model-zero-grad": lambda m, o, x, y: _plain(m, o, x, y, lambda when: m.zero_grad() if when == "after" else None),
+    "grad-none-by-hand": lambda m, o, x, y: _plain(
+        m, o, x, y, lambda when: [setattr(p, "grad", None) for p in m.parameters()] if when == "after" else None),
+    "grad-zero-by-hand": lambda m, o, x, y: _plain(
+        m, o, x, y, lambda when: [p.grad.zero_() for p in m.parameters()] if when == "after" else None),
+    "amp-bf16-gradscaler-with-skips": _amp_loop,
+}
+
+
+@pytest.mark.parametrize("loop", list(HEALTHY))
+def test_silent_on_correct_single_optimizer_loops(loop: str) -> None:
+    model, (x, y) = _mlp(), _xy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gw.GradWatchWarning)
+        with gw.watch(model, opt) as w:
+            HEALTHY[loop](model, opt, x, y)
+    assert w.findings == []
+    assert len(w.history) >= 3
+
+
+def test_silent_on_accumulation_with_one_step_per_k() -> None:
+    model, (x, y) = _mlp(), _xy(32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, opt) as w:
+        for _ in range(3):
+            for xb, yb in zip(x.chunk(4), y.chunk(4)):
+                (_loss(model, xb, yb) / 4).backward()
+            opt.step()
+            opt.zero_grad()
+    assert w.findings == [] and len(w.history) == 3
+
+
+@pytest.mark.parametrize("order", ["g-first", "d-first"])
+def test_silent_on_gan_generator_loss_into_discriminator(order: str) -> None:
+    torch.manual_seed(0)
+    gan = nn.ModuleDict({"G": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
+                         "D": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))})
+    opt_g = torch.optim.Adam(gan["G"].parameters(), 1e-3)
+    opt_d = torch.optim.Adam(gan["D"].parameters(), 1e-3)
+    real = torch.randn(8, 2)
+
+    def d_step(fake):
+        opt_d.zero_grad()
+        (gan["D"](fake.detach()).mean() - gan["D"](real).mean()).backward()
+        opt_d.step()
+
+    def g_step(fake):
+        opt_g.zero_grad()
+        (-gan["D"](fake).mean()).backward()  # also fills D's .grad, never used by opt_d
+        opt_g.step()
+
+    with gw.watch(gan, [opt_g, opt_d]) as w:
+        for _ in range(STEPS):
+            fake = gan["G"](torch.randn(8, 2))
+            if order == "g-first":
+                g_step(fake)
+                d_step(fake)
+            else:
+                d_step(fake)
+                g_step(fake)
+    assert w.findings == []
+
+
+def test_silent_on_lbfgs_closure() -> None:
+    model, (x, y) = _mlp(), _xy()
+    with gw.watch(model, None) as w0:
+        pass
+    assert w0.findings == []
+    model = _mlp()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+
+    def closure():
+        opt.zero_grad()
+        loss = _loss(model, x, y)
+        loss.backward()
+        return loss
+
+    with gw.watch(model, opt) as w:
+        for _ in range(3):
+            opt.step(closure)
+    assert w.findings == [] and len(w.history) == 3
+
+
+def test_silent_on_gradient_penalty_and_double_backward() -> None:
+    model, (x, y) = _mlp(), _xy()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with gw.watch(model, opt) as w:
+        for _ in range(STEPS):
+            opt.zero_grad()
+            xr = x.clone().requires_grad_(True)
+            loss = _loss(model, xr, y)
+            (gx,) = torch.autograd.grad(loss, xr, create_graph=True)
+            loss = loss + 0.1 * gx.pow(2).sum()
+            loss.backward(retain_graph=True)  # two backward passes into one step
+            (0.5 * loss).backward()
+            opt.step()
+    assert w.findings == []
+
+
+def test_silent_on_frozen_skipped_and_optimizerless_parameters() -> None:
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"frozen": nn.Linear(4, 4), "a": nn.Linear(4, 1), "b": nn.Linear(4, 1),
+                           "extra": nn.Linear(4, 1)})
+    model["frozen"].requires_grad_(False)
+    opt = torch.optim.SGD([*model["a"].parameters(), *model["b"].parameters()], lr=0.01)  # not "extra"
+    x = torch.randn(8, 4)
+    with gw.watch(model, opt) as w:
+        for k in range(STEPS):
+            opt.zero_grad()
+            h = model["frozen"](x)
+            branch = model["a"] if k % 2 == 0 else model["b"]  # each branch skipped every other step
+            (branch(h).sum() + model["extra"](h).sum()).backward()
+            opt.step()
+    assert [f.kind for f in w.findings] == []
+
+
+def test_silent_on_manual_loop_with_set_to_none() -> None:
+    a = torch.randn(3, requires_grad=True)
+    with gw.watch([a]) as w:
+        for _ in range(STEPS):
+            (a * a).sum().backward()
+            with torch.no_grad():
+                a -= 0.1 * a.grad
+            a.grad = None
+    assert w.findings == [] and len(w.history) == STEPS
+
+
+def test_silent_with_decorator_and_manual_updates() -> None:
+    a = torch.randn(3, requires_grad=True)
+    w = gw.Watcher({"a": a})
+
+    @w.train_step
+    def step():
+        loss = (a * a).sum()
+        loss.backward()
+        with torch.no_grad():
+            a.sub_(0.1 * a.grad)
+        a.grad.zero_()
+        return loss
+
+    for _ in range(STEPS):
+        step()
+    w.close()
+    assert w.findings == [] and len(w.history) == STEPS
+
+
+# ----------------------------------------------------------------------------- delivery
+def _buggy(w_kwargs):
+    model, (x, y) = _mlp(), _xy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, opt, **w_kwargs) as w:
+        for _ in range(STEPS):
+            _loss(model, x, y).backward()
+            opt.step()
+    return w
+
+
+def test_warn_once_with_the_kind_subclass() -> None:
+    with pytest.warns(gw.MissingZeroGradWarning, match=r"SGD at step 1 .*zero_grad") as rec:
+        _buggy({})
+    assert sum(issubclass(r.category, gw.MissingZeroGradWarning) for r in rec) == 1
+
+
+def test_warning_filter_error_stops_the_step() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gw.MissingZeroGradWarning)
+        with pytest.raises(gw.MissingZeroGradWarning):
+            _buggy({})
+
+
+def test_raise_policy_raises_gradient_error_at_the_step() -> None:
+    model, (x, y) = _mlp(), _xy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    w = gw.watch(model, opt, on_finding="raise")
+    _loss(model, x, y).backward()
+    opt.step()
+    _loss(model, x, y).backward()
+    before = model[0].weight.detach().clone()
+    with pytest.raises(gw.GradientError, match="step-0 gradient") as err:
+        opt.step()
+    assert err.value.finding.kind == "missing_zero_grad" and err.value.finding.step == 1
+    assert torch.equal(before, model[0].weight)  # raised before the bad update
+    w.close()
+
+
+def test_suppress_option_and_context() -> None:
+    w = _buggy({"on_finding": "ignore", "suppress": {"missing_zero_grad": ["2.*"]}})
+    assert kinds(w) == {"missing_zero_grad": {"0.weight", "0.bias"}}
+    w = _buggy({"on_finding": "ignore", "suppress": ["missing_zero_grad"]})
+    assert w.findings == []
+    with pytest.raises(ValueError, match="unknown finding kind 'missing_zerograd'"):
+        gw.Watcher(nn.Linear(2, 1), suppress=["missing_zerograd"])
+    model, (x, y) = _mlp(), _xy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        with w.suppress("missing_zero_grad"):
+            for _ in range(3):
+                _loss(model, x, y).backward()
+                opt.step()
+    assert w.findings == []
+
+
+def test_finding_goes_to_tensorboard_text(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _buggy({"on_finding": "ignore", "logdir": str(tmp_path)})
+    ea = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    ea.Reload()
+    (event,) = ea.Tensors("gradwatch/findings/text_summary")
+    assert event.step == 1
+    text = event.tensor_proto.string_val[0].decode()
+    assert "missing_zero_grad" in text and "step-0 gradient" in text
