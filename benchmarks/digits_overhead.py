@@ -49,8 +49,13 @@ def main(argv=None) -> dict:
         models = [copy.deepcopy(base), copy.deepcopy(base)]
         opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in models]
         tmp = tempfile.mkdtemp()
-        w = gw.watch(models[1], opts[1], logdir=tmp if variant == "stats+tb" else None,
-                     histogram_every=100, on_finding="ignore")
+        w = gw.watch(
+            models[1],
+            opts[1],
+            logdir=tmp if variant == "stats+tb" else None,
+            histogram_every=100,
+            on_finding="ignore",
+        )
         times: list[list[float]] = [[], []]
         g = torch.Generator().manual_seed(1)
         for i in range(args.warmup + args.steps):
@@ -67,8 +72,12 @@ def main(argv=None) -> dict:
                     times[k].append(dt)
         w.close()
         m0, m1 = statistics.median(times[0]), statistics.median(times[1])
-        results[variant] = {"unwatched_ms": m0 * 1e3, "watched_ms": m1 * 1e3, "ratio": m1 / m0,
-                            "steps": args.steps}
+        results[variant] = {
+            "unwatched_ms": m0 * 1e3,
+            "watched_ms": m1 * 1e3,
+            "ratio": m1 / m0,
+            "steps": args.steps,
+        }
         print(f"{variant:10s} unwatched {m0 * 1e3:.3f} ms  watched {m1 * 1e3:.3f} ms  ratio {m1 / m0:.3f}")
     if args.json:
         with open(args.json, "w") as f:

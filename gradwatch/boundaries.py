@@ -85,9 +85,7 @@ class StepTracker:
         if not self.in_backward:
             self.in_backward = True
             self.owner.queue_end_of_backward(self.backward_end)
-            if self.closed:
-                self._seal()
-            elif (
+            if self.closed or (
                 self.backward_seen
                 and not self.has_optimizers
                 and not self.marked_mode
@@ -135,11 +133,13 @@ class StepTracker:
 
     def flush(self, final: bool) -> None:
         """Seal a step whose boundary was already seen; with ``final`` (close), any pending backward."""
-        if self.closed:
+        if self.closed or (
+            self.backward_seen
+            and not self.in_backward
+            and not self.has_optimizers
+            and (final or (not self.marked_mode and self.owner.parameters_changed()))
+        ):
             self._seal()
-        elif self.backward_seen and not self.in_backward and not self.has_optimizers:
-            if final or (not self.marked_mode and self.owner.parameters_changed()):
-                self._seal()
 
     def _seal(self) -> None:
         step = self.step

@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 __all__ = ["Config", "Schedule", "at_steps", "check_kinds", "every", "never"]
 
 Schedule = Callable[[int], bool]
-ScheduleLike = Union[int, Schedule, None]
+ScheduleLike = int | Schedule | None
 OnFinding = Literal["warn", "raise", "ignore"]
 
 
-class every:  # noqa: N801 - reads as a function: every(10)
+class every:
     """Schedule that fires at every ``n``-th step, counting from ``offset``.
 
     Args:
@@ -47,13 +47,14 @@ class every:  # noqa: N801 - reads as a function: every(10)
         self.n, self.offset = n, offset
 
     def __call__(self, step: int) -> bool:
+        """Whether the schedule fires at ``step``."""
         return step >= self.offset and (step - self.offset) % self.n == 0
 
     def __repr__(self) -> str:
         return f"every({self.n})" if not self.offset else f"every({self.n}, offset={self.offset})"
 
 
-class at_steps:  # noqa: N801
+class at_steps:
     """Schedule that fires exactly at the given steps.
 
     Example:
@@ -69,6 +70,7 @@ class at_steps:  # noqa: N801
         self.steps = frozenset(steps)
 
     def __call__(self, step: int) -> bool:
+        """Whether the schedule fires at ``step``."""
         return step in self.steps
 
     def __repr__(self) -> str:
@@ -105,7 +107,9 @@ def _suppress(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
     elif isinstance(value, Iterable):
         out = [(k, ("*",)) for k in value]
     else:
-        raise TypeError(f"suppress must be a list of finding kinds or a mapping kind -> name patterns, got {value!r}")
+        raise TypeError(
+            f"suppress must be a list of finding kinds or a mapping kind -> name patterns, got {value!r}"
+        )
     check_kinds(k for k, _ in out)
     return tuple(out)
 

@@ -27,7 +27,16 @@ FINDING_KINDS: tuple[str, ...] = (
 
 #: Columns of the host buffer a :class:`StepRecord` is built from: the raw gradient columns of
 #: :data:`gradwatch.stats.RAW_FIELDS`, then the parameter norm and the update norm.
-RAW_COLUMNS: tuple[str, ...] = ("norm", "max_abs", "sum", "nonzero", "nonfinite", "nan", "param_norm", "update_norm")
+RAW_COLUMNS: tuple[str, ...] = (
+    "norm",
+    "max_abs",
+    "sum",
+    "nonzero",
+    "nonfinite",
+    "nan",
+    "param_norm",
+    "update_norm",
+)
 
 #: One piece of a record: parameter positions, first column, and a ``[len(positions), k]`` tensor
 #: (on the host, or being copied there).
@@ -112,11 +121,11 @@ class StepRecord:
         "_has_grad",
         "_layer_of",
         "_layers",
+        "_loss",
         "_names",
         "_numels",
         "_params",
         "_parts",
-        "_loss",
         "step",
     )
 
@@ -146,7 +155,7 @@ class StepRecord:
 
     @property
     def loss(self) -> float | None:
-        """The loss given to ``Watcher.record_loss`` (or returned by the decorated train step), or ``None``."""
+        """The loss given to ``Watcher.record_loss`` (or returned by a decorated train step), or None."""
         if self._loss is not None and not isinstance(self._loss, float):
             if self._event is not None:
                 self._event.synchronize()
@@ -154,7 +163,7 @@ class StepRecord:
         return self._loss
 
     def raw(self) -> list[list[float]]:
-        """The ``[num_params][8]`` host buffer (columns :data:`RAW_COLUMNS`), waiting for the copy if needed."""
+        """The ``[num_params][8]`` host buffer (:data:`RAW_COLUMNS`); waits for the copy if needed."""
         import torch
 
         if self._event is not None:

@@ -57,7 +57,7 @@ class HandleGroup:
             handle.remove()
         for tensor in self._restore_none:
             if not tensor._post_accumulate_grad_hooks:
-                tensor._post_accumulate_grad_hooks = None
+                tensor._post_accumulate_grad_hooks = None  # type: ignore[assignment]
         self._handles.clear()
         self._restore_none.clear()
 

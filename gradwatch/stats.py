@@ -175,6 +175,7 @@ def update_norms(params: Sequence[torch.Tensor], before: Sequence[torch.Tensor])
         for chunk in _chunks(idx, params):
             now = [params[i].detach() for i in chunk]
             old = [before[i] for i in chunk]
+            out: Sequence[torch.Tensor]
             if dtype in (torch.float32, torch.float64):
                 torch._foreach_sub_(old, now)
                 out = old

@@ -89,7 +89,10 @@ def resolve_target(target: Any) -> Targets:
             f"pass the model object, e.g. model = {target.__qualname__}(...); gradwatch.watch(model, ...)"
         )
     if isinstance(target, nn.Module):
-        names, params, layers, frozen = [], [], [], []
+        names: list[str] = []
+        params: list[torch.Tensor] = []
+        layers: list[str] = []
+        frozen: list[str] = []
         for name, p in target.named_parameters():
             if not p.requires_grad:
                 frozen.append(name)
@@ -115,7 +118,9 @@ def resolve_target(target: Any) -> Targets:
             f"as {{'w': w}} or a list [w]"
         )
     if isinstance(target, (str, bytes)):
-        raise TypeError(f"watch() got the string {target!r}; pass an nn.Module, a dict of leaf tensors or a list")
+        raise TypeError(
+            f"watch() got the string {target!r}; pass an nn.Module, a dict of leaf tensors or a list"
+        )
     items: list[tuple[str, Any]]
     if isinstance(target, Mapping):
         items = []
@@ -136,7 +141,9 @@ def resolve_target(target: Any) -> Targets:
         )
     if not items:
         raise ValueError(f"{where} is empty: there is nothing to watch; pass at least one leaf tensor")
-    names, params, seen = [], [], set()
+    names = []
+    params = []
+    seen: set[int] = set()
     for name, t in items:
         t = _check_leaf(name, t, where)
         if id(t) in seen:  # the same tensor twice: keep the first name, as named_parameters() does

@@ -9,7 +9,6 @@ import difflib
 import fnmatch
 import functools
 import logging
-import math
 import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -132,7 +131,9 @@ class Watcher:
         if writer is not None:
             if self.config.logdir is not None:
                 raise ValueError("pass either logdir= or writer=, not both")
-            missing = [m for m in ("add_scalar", "add_histogram_raw", "add_text", "flush") if not hasattr(writer, m)]
+            missing = [
+                m for m in ("add_scalar", "add_histogram_raw", "add_text", "flush") if not hasattr(writer, m)
+            ]
             if missing:
                 raise TypeError(
                     f"writer must be a torch.utils.tensorboard.SummaryWriter (or one with the same methods); "
@@ -173,10 +174,12 @@ class Watcher:
         self._versions: list[int] = []
         self._tracker = StepTracker(self, self.config.start_step, bool(self._optimizers))
         self._cur = _StepState(len(self.names))
-        self._opt_names = {}
-        for k, ref in enumerate(self._optimizers):
+        self._opt_names: dict[int, str] = {}
+        for pos, ref in enumerate(self._optimizers):
             opt = ref()
-            self._opt_names[id(opt)] = f"{type(opt).__name__}#{k}" if len(self._optimizers) > 1 else type(opt).__name__
+            self._opt_names[id(opt)] = (
+                f"{type(opt).__name__}#{pos}" if len(self._optimizers) > 1 else type(opt).__name__
+            )
         self._prov = Provenance(len(self.names))
         self._detectors: list[Detector] = [
             MissingZeroGradDetector(self._prov, self.names, self._norm_at),
@@ -313,7 +316,9 @@ class Watcher:
         """
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
-                raise TypeError(f"record_loss() needs a scalar loss, got a tensor of shape {tuple(loss.shape)}")
+                raise TypeError(
+                    f"record_loss() needs a scalar loss, got a tensor of shape {tuple(loss.shape)}"
+                )
             self._cur.loss = loss.detach().reshape(())
         elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
             self._cur.loss = float(loss)
@@ -338,8 +343,10 @@ class Watcher:
         return list(self._findings)
 
     def report(self) -> str:
-        """A readable summary: findings (most severe first, each with its fix), then a per-parameter table
-        of the last recorded step (name, shape, grad norm, max |g|, mean, update ratio, non-finite count).
+        """A readable summary of the run, for ``print()``.
+
+        Findings first (most severe first, each with its fix), then a per-parameter table of the last
+        recorded step: name, shape, grad norm, max |g|, mean, update ratio, non-finite count.
         """
         self._sync_reads()
         lines: list[str] = []
@@ -376,12 +383,26 @@ class Watcher:
             )
         widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
         for r in [header, *rows]:
-            lines.append("  " + "  ".join(v.ljust(w) if c < 2 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))))
+            lines.append(
+                "  "
+                + "  ".join(v.ljust(w) if c < 2 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
+            )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        state = "disabled" if self.disabled else "closed" if self._closed else "attached" if self._attached else "detached"
-        return f"Watcher({len(self.names)} params, {len(self._optimizers)} optimizer(s), {state}, step {self.current_step})"
+        state = (
+            "disabled"
+            if self.disabled
+            else "closed"
+            if self._closed
+            else "attached"
+            if self._attached
+            else "detached"
+        )
+        return (
+            f"Watcher({len(self.names)} params, {len(self._optimizers)} optimizer(s), {state}, "
+            f"step {self.current_step})"
+        )
 
     # ------------------------------------------------------------------ hooks (training thread)
     def _on_grad(self, index: int, param: torch.Tensor) -> None:
@@ -424,7 +445,9 @@ class Watcher:
         else:  # one device flag per pass: tells an AMP-skipped step from discarded gradients
             touched = self._prov.touched.get(self._prov.pass_id)
             if touched:
-                self._prov.pass_finite[self._prov.pass_id] = stats.all_finite([params[i].grad for i in touched])
+                self._prov.pass_finite[self._prov.pass_id] = stats.all_finite(
+                    [params[i].grad for i in touched]
+                )
         if self._unowned and self.config.every(step):
             self._capture(self._unowned, params, step)
             if self.config.update_ratio:
@@ -479,7 +502,12 @@ class Watcher:
             findings = [f for d in self._detectors for f in d.on_boundary(every, step)]
             for i in every:
                 self._prov.use(i, params[i], step, "the update", observe=False)
-            findings += [f for d in self._detectors if isinstance(d, DiscardedGradDetector) for f in d.on_boundary(every, step)]
+            findings += [
+                f
+                for d in self._detectors
+                if isinstance(d, DiscardedGradDetector)
+                for f in d.on_boundary(every, step)
+            ]
         try:
             if self.config.every(step):
                 self._seal_record(cur, params, step)
@@ -510,7 +538,9 @@ class Watcher:
             host_loss = torch.empty((), dtype=loss.dtype, pin_memory=True)
             host_loss.copy_(loss, non_blocking=True)
             loss = host_loss
-        if any(t.device.type == "cuda" for _, _, t in cur.parts) or isinstance(cur.loss, torch.Tensor) and cur.loss.is_cuda:
+        if any(t.device.type == "cuda" for _, _, t in cur.parts) or (
+            isinstance(cur.loss, torch.Tensor) and cur.loss.is_cuda
+        ):
             event = torch.cuda.Event()
             event.record()
         record = StepRecord(
@@ -519,7 +549,7 @@ class Watcher:
             self._layer_of,
             self._numels,
             host_parts,
-            bytes(cur.received),
+            [bool(b) for b in cur.received],
             cur.kept,
             loss,
             event,
@@ -601,7 +631,9 @@ class Watcher:
             rows.append(h.cpu())  # a histogram step is written out: one copy per device
         return order, torch.cat(rows)
 
-    def _named_hist(self, hist: tuple[list[int], torch.Tensor] | None) -> tuple[list[str], torch.Tensor] | None:
+    def _named_hist(
+        self, hist: tuple[list[int], torch.Tensor] | None
+    ) -> tuple[list[str], torch.Tensor] | None:
         return None if hist is None else ([self.names[i] for i in hist[0]], hist[1])
 
     def _norm_at(self, index: int, step: int) -> float | None:
@@ -616,9 +648,12 @@ class Watcher:
         """Hand findings to memory, TensorBoard and the on_finding policy (which may raise)."""
         for f in findings:
             kept = tuple(
-                p for p in f.params
-                if not any(kind == f.kind and any(fnmatch.fnmatchcase(p, pat) for pat in pats)
-                           for kind, pats in self._suppressed)
+                p
+                for p in f.params
+                if not any(
+                    kind == f.kind and any(fnmatch.fnmatchcase(p, pat) for pat in pats)
+                    for kind, pats in self._suppressed
+                )
             )
             if not kept:
                 continue
@@ -631,8 +666,11 @@ class Watcher:
 
     @contextlib.contextmanager
     def suppress(self, kind: str, *params: str) -> Iterator[None]:
-        """Silence findings of ``kind`` made inside the block (for the given parameter-name patterns,
-        ``fnmatch`` style, or for every parameter when none is given).
+        """Silence findings of ``kind`` made inside the ``with`` block.
+
+        Args:
+            kind: a finding kind.
+            *params: parameter-name patterns (``fnmatch`` style); none means every parameter.
 
         Raises:
             ValueError: ``kind`` is not a known finding kind.
@@ -647,9 +685,8 @@ class Watcher:
 
     def _note_loss(self, out: Any) -> None:
         value = out[0] if isinstance(out, (tuple, list)) and out else out
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
-            self.record_loss(value)
-        elif isinstance(value, float):
+        scalar = isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
+        if scalar or isinstance(value, float):
             self.record_loss(value)
 
     def _sync_reads(self) -> None:

@@ -21,8 +21,15 @@ def reference_stats(grad: torch.Tensor | None, before: torch.Tensor, after: torc
         delta = (after.detach().double() - p0).norm().item()
         out["update_ratio"] = delta / p0.norm().item() if p0.norm().item() > 0 else float("inf")
     if grad is None:
-        out.update(grad_norm=0.0, grad_max_abs=0.0, grad_mean=0.0, grad_std=0.0, zero_fraction=1.0,
-                   nan_count=0, inf_count=0)
+        out.update(
+            grad_norm=0.0,
+            grad_max_abs=0.0,
+            grad_mean=0.0,
+            grad_std=0.0,
+            zero_fraction=1.0,
+            nan_count=0,
+            inf_count=0,
+        )
         return out
     g = grad.detach().double().reshape(-1)
     out.update(
@@ -67,7 +74,9 @@ class ResCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1))
+        self.block = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1)
+        )
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,11 @@ def _params():
     for path in check.discover(SHARED_CASES):
         case = check.load_case(path)
         pending = sorted({NOT_YET[k] for k, spec in case.EXPECT.items() if spec["must"] and k in NOT_YET})
-        marks = [pytest.mark.xfail(strict=True, reason=f"detector not built yet ({', '.join(pending)})")] if pending else []
+        marks = (
+            [pytest.mark.xfail(strict=True, reason=f"detector not built yet ({', '.join(pending)})")]
+            if pending
+            else []
+        )
         yield pytest.param(path, id=path.stem, marks=marks)
 
 

@@ -168,7 +168,8 @@ def test_linear_fit_report_and_detach(linear_run):
 
 def test_linear_fit_forget_zero_grad_runs(linear_fit, tmp_path):
     steps = 40
-    out = linear_fit.main(["--steps", str(steps), "--forget-zero-grad", "--logdir", str(tmp_path)])
+    with pytest.warns(gw.MissingZeroGradWarning):
+        out = linear_fit.main(["--steps", str(steps), "--forget-zero-grad", "--logdir", str(tmp_path)])
     assert set(out["parts"]) == {"forget_zero_grad"}
     fit = out["parts"]["forget_zero_grad"]
     assert len(fit["watcher"].history) == steps

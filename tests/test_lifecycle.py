@@ -34,8 +34,10 @@ def hook_state(model: nn.Module, opts: list[torch.optim.Optimizer]) -> dict:
     import torch.nn.modules.module as M
     import torch.optim.optimizer as O
 
-    for mod, attrs in ((M, ("_global_forward_hooks", "_global_backward_hooks", "_global_forward_pre_hooks")),
-                       (O, ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks"))):
+    for mod, attrs in (
+        (M, ("_global_forward_hooks", "_global_backward_hooks", "_global_forward_pre_hooks")),
+        (O, ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")),
+    ):
         for attr in attrs:
             state[("global", attr)] = list(getattr(mod, attr).items())
     return state
@@ -133,11 +135,13 @@ def test_memory_flat_over_many_steps() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.001)
     x = torch.randn(4, 6)
     with gw.watch(model, opt, max_history=20) as w:
+
         def run(n):
             for _ in range(n):
                 opt.zero_grad()
                 model(x).sum().backward()
                 opt.step()
+
         tracemalloc.start()  # before warm-up: the bounded history's own records are traced both times
         run(100)
         gc.collect()

@@ -24,8 +24,11 @@ MODELS = {"mlp": MLP, "cnn": ResCNN, "tied": TiedLM}
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-5, torch.float16: 1e-5}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
-                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+    ids=lambda d: str(d).replace("torch.", ""),
+)
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_module_stats_match_autograd(kind: str, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
@@ -51,7 +54,9 @@ def test_module_stats_match_autograd(kind: str, dtype: torch.dtype) -> None:
         for name in names:
             assert record.params[name].has_grad
             assert_stats_close(record.params[name], ref[name], TOL[dtype], f"step {record.step} {name}")
-        want_total = torch.stack([torch.tensor(r["grad_norm"], dtype=torch.float64) for r in ref.values()]).norm()
+        want_total = torch.stack(
+            [torch.tensor(r["grad_norm"], dtype=torch.float64) for r in ref.values()]
+        ).norm()
         assert record.total_grad_norm == pytest.approx(want_total.item(), rel=TOL[dtype])
 
 
@@ -114,8 +119,11 @@ def test_seed_tensor_model_manual_updates() -> None:
             assert_stats_close(got, ref[name], 1e-6, f"step {record.step} {name}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
-                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+    ids=lambda d: str(d).replace("torch.", ""),
+)
 def test_grad_stats_nonfinite_and_zeros(dtype: torch.dtype) -> None:
     inf, nan = float("inf"), float("nan")
     grads = [
@@ -124,7 +132,7 @@ def test_grad_stats_nonfinite_and_zeros(dtype: torch.dtype) -> None:
         torch.zeros(5, dtype=dtype),
         torch.tensor([nan, nan], dtype=dtype),
     ]
-    (idx, block), = stats.grad_stats(grads)
+    ((idx, block),) = stats.grad_stats(grads)
     assert idx == [0, 1, 2, 3]
     got = block.tolist()
     for row, g in zip(got, grads):
@@ -153,7 +161,7 @@ def test_grad_stats_chunking_matches_unchunked(monkeypatch: pytest.MonkeyPatch) 
 def test_sparse_and_none_grads() -> None:
     dense = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
     out = stats.grad_stats([None, dense.to_sparse(), torch.empty(0)])
-    (idx, block), = out
+    ((idx, block),) = out
     assert idx == [1]
     assert block[0, 0].item() == pytest.approx(dense.norm().item())
     assert block[0, 3].item() == 2

@@ -74,8 +74,12 @@ def test_two_optimizers_after_one_backward_are_one_step() -> None:
 
 def _gan(seed: int = 0):
     torch.manual_seed(seed)
-    gan = nn.ModuleDict({"G": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
-                         "D": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))})
+    gan = nn.ModuleDict(
+        {
+            "G": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
+            "D": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)),
+        }
+    )
     return gan, torch.optim.Adam(gan["G"].parameters(), 1e-3), torch.optim.Adam(gan["D"].parameters(), 1e-3)
 
 

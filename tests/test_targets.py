@@ -29,21 +29,45 @@ def test_frozen_module_parameters_are_not_watched() -> None:
 @pytest.mark.parametrize(
     ("target", "exc", "match"),
     [
-        (nn.Linear, TypeError, r"class torch\.nn\.modules\.linear\.Linear, not an instance.*Linear\(\.\.\.\)"),
-        ({"w": torch.zeros(2, requires_grad=True) * 2}, TypeError, r"'w' is not a leaf tensor.*grad_fn=MulBackward0"),
+        (
+            nn.Linear,
+            TypeError,
+            r"class torch\.nn\.modules\.linear\.Linear, not an instance.*Linear\(\.\.\.\)",
+        ),
+        (
+            {"w": torch.zeros(2, requires_grad=True) * 2},
+            TypeError,
+            r"'w' is not a leaf tensor.*grad_fn=MulBackward0",
+        ),
         ({"w": torch.zeros(2)}, ValueError, r"'w' does not require grad.*requires_grad=True"),
         ({"w": [1.0, 2.0]}, TypeError, r"'w' is list .*not a torch.Tensor"),
         ({1: torch.zeros(1, requires_grad=True)}, TypeError, r"mapping keys must be parameter names"),
         ({}, ValueError, r"mapping is empty"),
         ([], ValueError, r"iterable is empty"),
         (nn.ReLU(), ValueError, r"ReLU has no parameters"),
-        (nn.Linear(2, 2).requires_grad_(False), ValueError, r"every parameter of Linear has requires_grad=False"),
+        (
+            nn.Linear(2, 2).requires_grad_(False),
+            ValueError,
+            r"every parameter of Linear has requires_grad=False",
+        ),
         (torch.zeros(2, requires_grad=True), TypeError, r"single tensor.*\{'w': w\}"),
         ("model", TypeError, r"got the string 'model'"),
         (42, TypeError, r"cannot watch int 42"),
     ],
-    ids=["class", "non-leaf", "no-requires-grad", "not-a-tensor", "non-str-key", "empty-dict", "empty-list",
-         "no-params", "all-frozen", "bare-tensor", "string", "int"],
+    ids=[
+        "class",
+        "non-leaf",
+        "no-requires-grad",
+        "not-a-tensor",
+        "non-str-key",
+        "empty-dict",
+        "empty-list",
+        "no-params",
+        "all-frozen",
+        "bare-tensor",
+        "string",
+        "int",
+    ],
 )
 def test_bad_targets(target, exc, match) -> None:
     with pytest.raises(exc, match=match):
@@ -86,8 +110,19 @@ def test_scheduler_instead_of_optimizer() -> None:
         ({"logdir": 5}, TypeError, r"logdir must be a path"),
         ({"keep_grads": ["wieght"]}, ValueError, r"keep_grads names 'wieght'.*did you mean 'weight'"),
     ],
-    ids=["unknown", "negative-every", "str-every", "bool-hist", "zero-history", "bad-policy", "bad-keep",
-         "logdir-and-writer", "bad-writer", "bad-logdir", "keep-unknown-name"],
+    ids=[
+        "unknown",
+        "negative-every",
+        "str-every",
+        "bool-hist",
+        "zero-history",
+        "bad-policy",
+        "bad-keep",
+        "logdir-and-writer",
+        "bad-writer",
+        "bad-logdir",
+        "keep-unknown-name",
+    ],
 )
 def test_bad_options(options, exc, match) -> None:
     with pytest.raises(exc, match=match):

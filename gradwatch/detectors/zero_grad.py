@@ -113,7 +113,8 @@ class DiscardedGradDetector(Detector):
             return []
         self.reported.update(lost)
         message = (
-            f"at step {step}, the gradients of {len(passes)} backward pass(es) into {_names(self.names, lost)} "
+            f"at step {step}, the gradients of {len(passes)} backward pass(es) into "
+            f"{_names(self.names, lost)} "
             f"were reset (zero_grad() or .grad = None) before any optimizer used them, while the step went "
             f"on with later backward passes: the update sees only the last micro-batch(es). Fix: in "
             f"gradient accumulation call zero_grad() only after optimizer.step(), once per N micro-batches, "

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
+
+import torch
 
 from gradwatch.errors import WARNING_FOR_KIND, GradientError, GradWatchWarning
 from gradwatch.findings import Finding
@@ -11,6 +15,21 @@ from gradwatch.findings import Finding
 __all__ = ["FindingReporter"]
 
 log = logging.getLogger("gradwatch")
+
+_SKIP = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # gradwatch/
+    os.path.dirname(os.path.abspath(torch.__file__)),  # torch/ (optimizer and autograd wrappers)
+)
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` that attributes a warning to the first frame outside gradwatch and torch."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIP):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 class FindingReporter:
@@ -42,6 +61,6 @@ class FindingReporter:
         if self.policy == "warn":
             log.info("%s", finding)
             category = WARNING_FOR_KIND.get(finding.kind, GradWatchWarning)
-            warnings.warn(str(finding), category, stacklevel=3)
+            warnings.warn(str(finding), category, stacklevel=_user_stacklevel())
         else:
             log.debug("%s", finding)

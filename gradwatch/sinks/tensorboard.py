@@ -118,7 +118,9 @@ class TensorBoardSink:
         except Exception:
             if not self.failed:
                 self.failed = True
-                log.exception("gradwatch: writing to TensorBoard failed; TensorBoard logging is off from now on")
+                log.exception(
+                    "gradwatch: writing to TensorBoard failed; TensorBoard logging is off from now on"
+                )
 
     def _write_step(
         self,
