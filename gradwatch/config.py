@@ -7,6 +7,7 @@ to an option means ``every(n)`` (``0`` or ``None`` means never).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -149,6 +150,15 @@ class Config:
         start_step: number of the first step (default 0), e.g. when resuming from a checkpoint.
         suppress: findings never to report: ``(kind, name patterns)`` pairs; patterns are ``fnmatch``
             style (``"encoder.*"``), ``"*"`` for every parameter.
+        no_grad_steps: ``no_grad`` window: optimizer steps in a row without a gradient (default 5).
+        all_zero_steps: ``all_zero_grad`` window in recorded steps (default 5).
+        not_updated_steps: ``not_updated`` window for held-but-unchanged parameters (default 5).
+        persistence: recorded steps in a row a vanishing/exploding rule must hold (default 5).
+        vanishing_ratio: first/last layer gradient-norm ratio below which gradients vanish (1e-3,
+            AutoTrainer, ICSE 2021).
+        vanishing_norm: first-layer gradient norm below which gradients vanish (1e-4, AutoTrainer).
+        exploding_ratio: first/last layer gradient-norm ratio above which gradients explode (70,
+            AutoTrainer); also the growth factor of TheDeepChecker's sustained-growth rule.
     """
 
     logdir: str | None = None
@@ -161,6 +171,13 @@ class Config:
     update_ratio: bool = True
     start_step: int = 0
     suppress: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    no_grad_steps: int = 5
+    all_zero_steps: int = 5
+    not_updated_steps: int = 5
+    persistence: int = 5
+    vanishing_ratio: float = 1e-3
+    vanishing_norm: float = 1e-4
+    exploding_ratio: float = 70.0
 
     @classmethod
     def build(
@@ -176,6 +193,13 @@ class Config:
         update_ratio: bool = True,
         start_step: int = 0,
         suppress: Any = None,
+        no_grad_steps: int = 5,
+        all_zero_steps: int = 5,
+        not_updated_steps: int = 5,
+        persistence: int = 5,
+        vanishing_ratio: float = 1e-3,
+        vanishing_norm: float = 1e-4,
+        exploding_ratio: float = 70.0,
     ) -> Config:
         """Validate raw option values and build a :class:`Config`.
 
@@ -189,11 +213,24 @@ class Config:
             ("histogram_bins", histogram_bins, 1),
             ("max_history", max_history, 1),
             ("start_step", start_step, 0),
+            ("no_grad_steps", no_grad_steps, 1),
+            ("all_zero_steps", all_zero_steps, 1),
+            ("not_updated_steps", not_updated_steps, 1),
+            ("persistence", persistence, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        for fname, fvalue in (
+            ("vanishing_ratio", vanishing_ratio),
+            ("vanishing_norm", vanishing_norm),
+            ("exploding_ratio", exploding_ratio),
+        ):
+            if isinstance(fvalue, bool) or not isinstance(fvalue, (int, float)):
+                raise TypeError(f"{fname} must be a number, got {type(fvalue).__name__} {fvalue!r}")
+            if not fvalue > 0 or not math.isfinite(fvalue):
+                raise ValueError(f"{fname} must be a finite number > 0, got {fvalue}")
         if on_finding not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_finding must be 'warn', 'raise' or 'ignore', got {on_finding!r}")
         if not isinstance(update_ratio, bool):
@@ -218,6 +255,13 @@ class Config:
             update_ratio=update_ratio,
             start_step=start_step,
             suppress=_suppress(suppress),
+            no_grad_steps=no_grad_steps,
+            all_zero_steps=all_zero_steps,
+            not_updated_steps=not_updated_steps,
+            persistence=persistence,
+            vanishing_ratio=float(vanishing_ratio),
+            vanishing_norm=float(vanishing_norm),
+            exploding_ratio=float(exploding_ratio),
         )
 
     def keeps(self, names: Sequence[str]) -> list[bool]:

@@ -119,11 +119,13 @@ class StepRecord:
         "_event",
         "_grads",
         "_has_grad",
+        "_layer_map",
         "_layer_of",
         "_layers",
         "_loss",
         "_names",
         "_numels",
+        "_order",
         "_params",
         "_parts",
         "step",
@@ -140,6 +142,7 @@ class StepRecord:
         grads: Mapping[str, torch.Tensor],
         loss: float | torch.Tensor | None,
         event: Any = None,
+        order: Sequence[int] = (),
     ) -> None:
         self.step = step
         self._loss = loss
@@ -152,6 +155,22 @@ class StepRecord:
         self._grads = grads
         self._params: dict[str, ParamStats] | None = None
         self._layers: dict[str, float] | None = None
+        self._order = order
+        self._layer_map: dict[str, str] | None = None
+
+    @property
+    def backward_order(self) -> dict[str, int]:
+        """Parameters that got a gradient this step -> rank in which the backward pass reached them.
+
+        Rank 0 is the parameter nearest the loss (its gradient was accumulated first).
+        """
+        return {n: k for n, k in zip(self._names, self._order) if k >= 0}
+
+    def layer_of(self, name: str) -> str:
+        """The owning layer (module path) of parameter ``name``."""
+        if self._layer_map is None:
+            self._layer_map = dict(zip(self._names, self._layer_of))
+        return self._layer_map[name]
 
     @property
     def loss(self) -> float | None:

@@ -105,20 +105,24 @@ def grad_stats(grads: Sequence[torch.Tensor | None]) -> list[Block]:
             pos = torch._foreach_clamp_min(g, 0.0)
             pos_sum = torch._foreach_norm(pos, 1)
             del pos
-            # non-finite count: |g| - max_finite is <= 0 for finite entries, +inf/NaN otherwise
-            big = torch.finfo(cdt).max
-            torch._foreach_sub_(a, big)
-            torch._foreach_clamp_min_(a, 0.0)
-            nonfinite = torch._foreach_norm(a, 0)
-            # NaN count: clamp maps +inf to 1 and keeps NaN, times 0 leaves NaN only where g was NaN
-            torch._foreach_clamp_max_(a, 1.0)
-            torch._foreach_mul_(a, 0.0)
-            nan = torch._foreach_norm(a, 0)
-            del a
             n = len(chunk)
             # one stack of all per-tensor scalars (stacking each list separately costs 6x the dispatches)
-            flat = torch.stack([*norm, *max_abs, *pos_sum, *abs_sum, *nonzero, *nonfinite, *nan]).view(7, n)
-            flat = flat.to(torch.float64)
+            flat = torch.stack([*norm, *max_abs, *pos_sum, *abs_sum, *nonzero]).view(5, n).to(torch.float64)
+            if g[0].device.type == "cpu" and bool(flat[0].sum().isfinite()):
+                # on the CPU reading a value costs no device sync: a finite norm means nothing to count
+                counts = flat.new_zeros(2, n)
+            else:
+                # non-finite count: |g| - max_finite is <= 0 for finite entries, +inf/NaN otherwise
+                torch._foreach_sub_(a, torch.finfo(cdt).max)
+                torch._foreach_clamp_min_(a, 0.0)
+                nonfinite = torch._foreach_norm(a, 0)
+                # NaN count: clamping maps +inf to 1 and keeps NaN; times 0 leaves NaN only where g was NaN
+                torch._foreach_clamp_max_(a, 1.0)
+                torch._foreach_mul_(a, 0.0)
+                nan = torch._foreach_norm(a, 0)
+                counts = torch.stack([*nonfinite, *nan]).view(2, n).to(torch.float64)
+            del a
+            flat = torch.cat([flat, counts])
             flat[2] = 2 * flat[2] - flat[3]  # sum(g) = 2 sum(g+) - sum|g|
             rows.append(flat[[0, 1, 2, 4, 5, 6]].T)
         blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))

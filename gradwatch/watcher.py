@@ -19,7 +19,19 @@ import torch
 from gradwatch import stats
 from gradwatch.boundaries import StepTracker
 from gradwatch.config import Config, check_kinds
-from gradwatch.detectors import Detector, DiscardedGradDetector, MissingZeroGradDetector, Provenance
+from gradwatch.detectors import (
+    AllZeroGradDetector,
+    Detector,
+    DiscardedGradDetector,
+    ExplodingGradDetector,
+    IneffectiveFreezeDetector,
+    MissingZeroGradDetector,
+    NoGradDetector,
+    NonfiniteGradDetector,
+    NotUpdatedDetector,
+    Provenance,
+    VanishingGradDetector,
+)
 from gradwatch.errors import GradientError, GradWatchError, GradWatchWarning
 from gradwatch.findings import FINDING_KINDS, Finding, Part, StepRecord
 from gradwatch.hooks import HandleGroup, queue_end_of_backward
@@ -44,6 +56,13 @@ _OPTIONS = (
     "update_ratio",
     "start_step",
     "suppress",
+    "no_grad_steps",
+    "all_zero_steps",
+    "not_updated_steps",
+    "persistence",
+    "vanishing_ratio",
+    "vanishing_norm",
+    "exploding_ratio",
 )
 
 _LIVE: weakref.WeakSet[Watcher] = weakref.WeakSet()
@@ -73,6 +92,8 @@ class _StepState:
         self.grad_hist: dict[int, torch.Tensor] = {}
         self.kept: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | float | None = None
+        self.order = [-1] * n  # rank of each parameter's first gradient in this step (backward order)
+        self.ranked = 0
 
 
 class Watcher:
@@ -181,10 +202,32 @@ class Watcher:
                 f"{type(opt).__name__}#{pos}" if len(self._optimizers) > 1 else type(opt).__name__
             )
         self._prov = Provenance(len(self.names))
+        cfg = self.config
+        by_layer = targets.module is not None  # layer-ratio rules need layers (modules), not loose tensors
+        self._no_grad = NoGradDetector(self._prov, self.names, cfg.no_grad_steps)
+        self._not_updated = NotUpdatedDetector(
+            self.names,
+            lambda: self._unowned if self._optimizers else None,
+            self._learning_rates,
+            lambda: list(self._opt_names.values()),
+            cfg.not_updated_steps,
+        )
+        self._freeze = IneffectiveFreezeDetector(
+            self._module if self._module is not None else (lambda: None), self.names
+        )
         self._detectors: list[Detector] = [
             MissingZeroGradDetector(self._prov, self.names, self._norm_at),
             DiscardedGradDetector(self._prov, self.names),
+            self._no_grad,
+            self._not_updated,
+            self._freeze,
+            NonfiniteGradDetector(),
+            AllZeroGradDetector(cfg.all_zero_steps),
+            VanishingGradDetector(cfg.persistence, cfg.vanishing_ratio, cfg.vanishing_norm, by_layer),
+            ExplodingGradDetector(cfg.persistence, cfg.exploding_ratio, by_layer),
         ]
+        self._unjudged: list[StepRecord] = []  # sealed records the detectors have not read yet
+        self._graph_checked = False
         self._suppressed: list[tuple[str, tuple[str, ...]]] = list(self.config.suppress)
 
     # ------------------------------------------------------------------ lifecycle
@@ -220,6 +263,7 @@ class Watcher:
             raise
         self._attached = True
         _LIVE.add(self)
+        self._emit([f for d in self._detectors for f in d.on_attach(self._tracker.step)])
         return self
 
     def detach(self) -> None:
@@ -246,6 +290,8 @@ class Watcher:
         try:
             if self._attached and not self._failed:
                 self._tracker.flush(final=True)
+            if not self._failed:
+                self._emit(self._judge_records(final=True))
         except (GradientError, GradWatchWarning):  # the user's policy, not our failure
             raise
         except Exception as err:
@@ -320,6 +366,9 @@ class Watcher:
                     f"record_loss() needs a scalar loss, got a tensor of shape {tuple(loss.shape)}"
                 )
             self._cur.loss = loss.detach().reshape(())
+            if self._attached and not self._failed and not self._graph_checked:
+                self._graph_checked = True  # once: the walk costs O(graph size) on the host
+                self._guard(self._check_graph, loss)
         elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
             self._cur.loss = float(loss)
         else:
@@ -410,7 +459,11 @@ class Watcher:
             return
         try:
             self._tracker.grad()
-            self._cur.received[index] = 1
+            cur = self._cur
+            if not cur.received[index]:
+                cur.received[index] = 1
+                cur.order[index] = cur.ranked
+                cur.ranked += 1
             self._prov.accumulated(index, param)
         except (GradientError, GradWatchWarning):  # the user's policy, not our failure
             raise
@@ -474,9 +527,10 @@ class Watcher:
             return
         params = self._live_params()
         name = self._opt_names.get(id(optimizer), type(optimizer).__name__)
+        findings = [f for d in self._detectors for f in d.on_optimizer_post(name, owned, step)]
         for i in owned:
             self._prov.use(i, params[i], step, name, observe=True)
-        findings = [f for d in self._detectors for f in d.on_optimizer_post(name, owned, step)]
+        findings += [f for d in self._detectors for f in d.on_optimizer_used(name, owned, step)]
         try:
             if self.config.every(step):
                 self._record_update(optimizer, owned, params, step, backward_inside)
@@ -502,17 +556,31 @@ class Watcher:
             findings = [f for d in self._detectors for f in d.on_boundary(every, step)]
             for i in every:
                 self._prov.use(i, params[i], step, "the update", observe=False)
-            findings += [
-                f
-                for d in self._detectors
-                if isinstance(d, DiscardedGradDetector)
-                for f in d.on_boundary(every, step)
-            ]
+            findings += [f for d in self._detectors for f in d.on_boundary_used(every, step)]
         try:
             if self.config.every(step):
                 self._seal_record(cur, params, step)
+            findings += self._judge_records(final=False)
         finally:
             self._emit(findings)
+
+    def _judge_records(self, final: bool) -> list[Finding]:
+        """Run the record detectors on sealed records whose host copy has arrived.
+
+        On the CPU that is every record at once. On CUDA a record waits until its asynchronous copy is
+        done (``Event.query()``) or one newer record exists, so the training thread never blocks on a
+        copy it just started; ``final`` judges everything (close, reads of ``findings``).
+        """
+        findings: list[Finding] = []
+        while self._unjudged:
+            record = self._unjudged[0]
+            event = record._event
+            if not final and event is not None and len(self._unjudged) < 2 and not event.query():
+                break
+            self._unjudged.pop(0)
+            for d in self._detectors:
+                findings += d.on_record(record)
+        return findings
 
     def _seal_record(self, cur: _StepState, params: list[torch.Tensor], step: int) -> None:
         if cur.unowned_snap is not None:
@@ -553,8 +621,10 @@ class Watcher:
             cur.kept,
             loss,
             event,
+            cur.order,
         )
         self._history.append(record)
+        self._unjudged.append(record)
         if self._sink is not None:
             grad_hist = None
             if cur.grad_hist:
@@ -636,6 +706,58 @@ class Watcher:
     ) -> tuple[list[str], torch.Tensor] | None:
         return None if hist is None else ([self.names[i] for i in hist[0]], hist[1])
 
+    def _learning_rates(self) -> dict[int, float]:
+        lrs: dict[int, float] = {}
+        for ref in self._optimizers:
+            opt = ref()
+            if opt is None:
+                continue
+            for group in opt.param_groups:
+                lr = group.get("lr")
+                if isinstance(lr, torch.Tensor):
+                    if lr.device.type != "cpu":
+                        continue  # reading it would sync with the device
+                    lr = float(lr)
+                if not isinstance(lr, (int, float)):
+                    continue
+                for p in group["params"]:
+                    i = self._index.get(id(p))
+                    if i is not None:
+                        lrs[i] = float(lr)
+        return lrs
+
+    def _check_graph(self, loss: torch.Tensor) -> None:
+        """Walk the autograd graph of ``loss`` once: is any watched parameter reached? Any unwatched leaf?"""
+        step = self._tracker.step
+        if loss.grad_fn is None:
+            why = "it is a leaf tensor made to require grad" if loss.requires_grad else "it has no grad_fn"
+            self._emit(self._no_grad.loss_not_connected(step, why))
+            return
+        watched = set(self._index)
+        reached: set[int] = set()
+        foreign: dict[int, torch.Tensor] = {}
+        seen: set[Any] = set()
+        stack = [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            var = getattr(node, "variable", None)
+            if isinstance(var, torch.Tensor):
+                if id(var) in watched:
+                    reached.add(id(var))
+                elif var.requires_grad:
+                    foreign[id(var)] = var
+            stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+        findings: list[Finding] = []
+        if not reached:
+            findings += self._no_grad.loss_not_connected(step, "its autograd graph contains none of them")
+        if foreign and self._module is not None:
+            leaves = [(f"tensor{k}", tuple(t.shape)) for k, t in enumerate(foreign.values())]
+            findings += self._not_updated.unreachable_leaves(step, leaves)
+        self._emit(findings)
+
     def _norm_at(self, index: int, step: int) -> float | None:
         for record in reversed(self._history):
             if record.step == step:
@@ -692,6 +814,9 @@ class Watcher:
     def _sync_reads(self) -> None:
         if self._attached and not self._failed:
             self._guard(self._tracker.flush, False)
+        if not self._failed:
+            findings = self._guard(self._judge_records, True)
+            self._emit(findings or [])
 
     def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

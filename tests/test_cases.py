@@ -24,32 +24,8 @@ check = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 sys.modules[_spec.name] = check  # type: ignore[union-attr]
 _spec.loader.exec_module(check)  # type: ignore[union-attr]
 
-#: Finding kinds whose detectors are not built yet, with the issue that builds them. A case expecting
-#: one of these is a strict expected failure: the day it passes, this table must shrink.
-NOT_YET = {
-    "nonfinite_grad": "issue 4",
-    "no_grad": "issue 4",
-    "not_updated": "issue 4",
-    "vanishing_grad": "issue 4",
-    "exploding_grad": "issue 4",
-    "all_zero_grad": "issue 4",
-    "ineffective_freeze": "issue 4",
-}
 
-
-def _params():
-    for path in check.discover(SHARED_CASES):
-        case = check.load_case(path)
-        pending = sorted({NOT_YET[k] for k, spec in case.EXPECT.items() if spec["must"] and k in NOT_YET})
-        marks = (
-            [pytest.mark.xfail(strict=True, reason=f"detector not built yet ({', '.join(pending)})")]
-            if pending
-            else []
-        )
-        yield pytest.param(path, id=path.stem, marks=marks)
-
-
-@pytest.mark.parametrize("path", list(_params()))
+@pytest.mark.parametrize("path", check.discover(SHARED_CASES), ids=lambda p: p.stem)
 def test_shared_case(path) -> None:
     ok, why = check.check_case(path, functools.partial(gw.watch, on_finding="ignore"))
     assert ok, why

@@ -1,7 +1,26 @@
 """Detectors: one small class per finding kind, reading host-side events and step records."""
 
 from gradwatch.detectors.base import Detector
+from gradwatch.detectors.connectivity import IneffectiveFreezeDetector, NoGradDetector, NotUpdatedDetector
 from gradwatch.detectors.provenance import Provenance
+from gradwatch.detectors.record_based import (
+    AllZeroGradDetector,
+    ExplodingGradDetector,
+    NonfiniteGradDetector,
+    VanishingGradDetector,
+)
 from gradwatch.detectors.zero_grad import DiscardedGradDetector, MissingZeroGradDetector
 
-__all__ = ["Detector", "DiscardedGradDetector", "MissingZeroGradDetector", "Provenance"]
+__all__ = [
+    "AllZeroGradDetector",
+    "Detector",
+    "DiscardedGradDetector",
+    "ExplodingGradDetector",
+    "IneffectiveFreezeDetector",
+    "MissingZeroGradDetector",
+    "NoGradDetector",
+    "NonfiniteGradDetector",
+    "NotUpdatedDetector",
+    "Provenance",
+    "VanishingGradDetector",
+]

@@ -26,16 +26,28 @@ class Detector:
 
     kinds: tuple[str, ...] = ()
 
+    def on_attach(self, step: int) -> list[Finding]:
+        """The watcher attached (its first step will be ``step``)."""
+        return []
+
     def on_optimizer_pre(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
         """An optimizer (``name``, e.g. ``"SGD#0"``) is about to update the parameters ``owned``."""
         return []
 
     def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
-        """That optimizer has updated the parameters ``owned``."""
+        """That optimizer has updated the parameters ``owned`` (their provenance not yet marked used)."""
+        return []
+
+    def on_optimizer_used(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
+        """After ``on_optimizer_post``, once the gradients of ``owned`` are marked as used."""
         return []
 
     def on_boundary(self, unowned: Sequence[int], step: int) -> list[Finding]:
-        """Step ``step`` ended; ``unowned`` are the parameters no watched optimizer holds."""
+        """Step ``step`` ended with no optimizer watched: the boundary uses the gradients of ``unowned``."""
+        return []
+
+    def on_boundary_used(self, unowned: Sequence[int], step: int) -> list[Finding]:
+        """After ``on_boundary``, once those gradients are marked as used."""
         return []
 
     def on_record(self, record: StepRecord) -> list[Finding]:

@@ -122,8 +122,8 @@ class DiscardedGradDetector(Detector):
         )
         return [Finding("discarded_grad", step, tuple(self.names[i] for i in lost), message)]
 
-    def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+    def on_optimizer_used(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
         return self._judge(step)
 
-    def on_boundary(self, unowned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+    def on_boundary_used(self, unowned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
         return self._judge(step)

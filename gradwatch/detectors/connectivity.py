@@ -1,0 +1,288 @@
+"""Detectors for parameters cut off from training: ``no_grad``, ``not_updated``, ``ineffective_freeze``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from gradwatch.detectors.base import Detector
+from gradwatch.detectors.provenance import Provenance
+from gradwatch.findings import Finding, StepRecord
+
+__all__ = ["IneffectiveFreezeDetector", "NoGradDetector", "NotUpdatedDetector"]
+
+_CUT_CAUSES = (
+    "the graph is cut between them and the loss: .item()/.tolist()/float() or a numpy round-trip, "
+    ".detach() or .data, re-wrapping with torch.tensor(...), argmax/argmin/comparisons, or a forward run "
+    "under torch.no_grad()/torch.inference_mode(); or the module is never called in forward()"
+)
+
+
+def _short(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class NoGradDetector(Detector):
+    """A watched parameter with ``requires_grad=True`` gets no gradient at ``no_grad_steps`` uses in a row.
+
+    A *use* is a step of the optimizer that holds the parameter (or, with no optimizer, a step
+    boundary). A window, not a single step, so that a branch skipped now and then is not reported while
+    a layer cut out of the graph is reported within the first ``no_grad_steps`` (default 5) steps. Tells
+    apart parameters that never received a gradient since attach and those that stopped receiving one.
+    """
+
+    kinds = ("no_grad",)
+
+    def __init__(self, provenance: Provenance, names: Sequence[str], steps: int) -> None:
+        self.prov = provenance
+        self.names = names
+        self.steps = steps
+        self.missed = [0] * len(names)
+        self.ever = [False] * len(names)
+        self.reported: set[int] = set()
+
+    def _judge(self, idx: Sequence[int], step: int, owner: str) -> list[Finding]:
+        ready = []
+        for i in idx:
+            if self.prov.fresh[i]:
+                self.ever[i] = True
+                self.missed[i] = 0
+                continue
+            self.missed[i] += 1
+            if self.missed[i] >= self.steps and i not in self.reported:
+                ready.append(i)
+        if not ready:
+            return []
+        self.reported.update(ready)
+        findings = []
+        for never in (True, False):
+            group = [self.names[i] for i in ready if self.ever[i] != never]
+            if not group:
+                continue
+            what = (
+                "never received a gradient since gradwatch attached"
+                if never
+                else "stopped receiving gradients"
+            )
+            message = (
+                f"{_short(group)} {what}: no gradient in the last {self.steps} steps of {owner} (up to "
+                f"step {step}), although they require grad. Usual causes: {_CUT_CAUSES}. Fix: keep the loss "
+                f"a tensor computed from the model's outputs, call the layer in forward(), or freeze it on "
+                f"purpose with requires_grad_(False) (then gradwatch does not watch it)."
+            )
+            findings.append(Finding("no_grad", step, tuple(group), message))
+        return findings
+
+    def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+        return self._judge(owned, step, f"optimizer {name}")
+
+    def on_boundary(self, unowned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+        return self._judge(unowned, step, "training")
+
+    def loss_not_connected(self, step: int, why: str) -> list[Finding]:
+        """The loss reaches no watched parameter (graph check on a loss gradwatch was given)."""
+        new = [i for i in range(len(self.names)) if i not in self.reported]
+        if not new:
+            return []
+        self.reported.update(new)
+        names = tuple(self.names[i] for i in new)
+        message = (
+            f"the loss at step {step} reaches no watched parameter ({why}), so backward() gives "
+            f"{_short(list(names))} no gradient. Usual causes: {_CUT_CAUSES}. Fix: build the loss from the "
+            f"model's output tensors without converting them to Python numbers or numpy."
+        )
+        return [Finding("no_grad", step, names, message)]
+
+
+class NotUpdatedDetector(Detector):
+    """A parameter with a nonzero gradient whose value does not change.
+
+    * Not held by any watched optimizer (a layer kept in a plain Python list, a layer replaced after the
+      optimizer was built, a param group that forgot a layer): reported at the first recorded step where
+      it has a nonzero gradient, naming the optimizers that do not hold it.
+    * Held by an optimizer but unchanged (update norm exactly 0) for ``not_updated_steps`` (default 5)
+      recorded steps in a row while its gradient is nonzero: learning rate 0, or an outside mask or hook
+      that restores the weights. Only judged where an update would be visible in the parameter's dtype
+      (``lr * ||g|| / ||theta||`` above the dtype's resolution), so tiny (vanishing) gradients are left to
+      ``vanishing_grad``.
+
+    Args:
+        names: parameter names.
+        unowned: returns the positions of parameters no watched optimizer holds (``None``: no optimizer
+            is watched, nothing to judge).
+        lr_of: returns each parameter's learning rate (from its optimizer's ``param_groups``), or ``None``.
+        optimizer_names: names of the watched optimizers, for the message.
+        steps: the window.
+    """
+
+    kinds = ("not_updated",)
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        unowned: Callable[[], Sequence[int] | None],
+        lr_of: Callable[[], dict[int, float]],
+        optimizer_names: Callable[[], Sequence[str]],
+        steps: int,
+    ) -> None:
+        self.names = names
+        self.unowned = unowned
+        self.lr_of = lr_of
+        self.optimizer_names = optimizer_names
+        self.steps = steps
+        self.still = [0] * len(names)
+        self.reported: set[int] = set()
+
+    def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
+        unowned = self.unowned()
+        if unowned is None:
+            return []
+        params = record.params
+        findings = []
+        orphan = [
+            i
+            for i in unowned
+            if i not in self.reported
+            and params[self.names[i]].has_grad
+            and params[self.names[i]].grad_norm > 0
+        ]
+        if orphan:
+            self.reported.update(orphan)
+            names = tuple(self.names[i] for i in orphan)
+            message = (
+                f"{_short(list(names))} get nonzero gradients (step {record.step}) but no watched optimizer "
+                f"holds them ({', '.join(self.optimizer_names())} do not), so they are never updated. Usual "
+                f"causes: layers kept in a plain Python list instead of nn.ModuleList, a layer replaced "
+                f"after "
+                f"the optimizer was built, a param group that forgot a layer. Fix: build the optimizer after "
+                f"the model is final from model.parameters(), or add them with optimizer.add_param_group()."
+            )
+            findings.append(Finding("not_updated", record.step, names, message))
+        lrs = self.lr_of()
+        stuck = []
+        unowned_set = set(unowned)
+        for i, name in enumerate(self.names):
+            s = params[name]
+            lr = lrs.get(i)
+            if i in unowned_set or s.update_ratio is None or lr is None or not s.has_grad:
+                continue
+            visible = s.param_norm == 0 or lr * s.grad_norm / s.param_norm > 1e-6 or lr == 0
+            if s.update_ratio == 0 and s.grad_norm > 0 and math.isfinite(s.grad_norm) and visible:
+                self.still[i] += 1
+                if self.still[i] >= self.steps and i not in self.reported:
+                    stuck.append(i)
+            else:
+                self.still[i] = 0
+        if stuck:
+            self.reported.update(stuck)
+            names = tuple(self.names[i] for i in stuck)
+            zero_lr = [self.names[i] for i in stuck if lrs.get(i) == 0]
+            cause = (
+                f"their learning rate is 0 ({_short(zero_lr)})"
+                if zero_lr
+                else "something restores or masks them after each update (a hook, p.data = ..., a mask)"
+            )
+            message = (
+                f"{_short(list(names))} have nonzero gradients but did not change in {self.steps} optimizer "
+                f"steps (up to step {record.step}): {cause}. Fix: check the param group's lr and scheduler, "
+                f"and any code that writes to these weights."
+            )
+            findings.append(Finding("not_updated", record.step, names, message))
+        return findings
+
+    def unreachable_leaves(self, step: int, leaves: Sequence[tuple[str, tuple[int, ...]]]) -> list[Finding]:
+        """Leaf tensors the loss depends on that gradwatch does not watch (graph check)."""
+        shapes = ", ".join(f"{label} {list(shape)}" for label, shape in leaves[:6])
+        more = f" and {len(leaves) - 6} more" if len(leaves) > 6 else ""
+        message = (
+            f"the loss at step {step} depends on {len(leaves)} tensor(s) that require grad but are not "
+            f"parameters of the watched model ({shapes}{more}); no optimizer built from the model holds "
+            f"them, so they are never updated. Usual cause: layers kept in a plain Python list or dict "
+            f"instead of nn.ModuleList/nn.ModuleDict. Fix: register them as submodules or nn.Parameter."
+        )
+        return [Finding("not_updated", step, (), message)]
+
+
+_MISSPELT = (
+    "require_grad",
+    "requires_grads",
+    "require_grads",
+    "requiresgrad",
+    "requires_gradient",
+    "requires_grad_",
+)
+
+
+class IneffectiveFreezeDetector(Detector):
+    """A freeze that freezes nothing.
+
+    * ``module.requires_grad = False`` only sets a Python attribute on the module (the method is
+      ``module.requires_grad_(False)``): its parameters keep ``requires_grad=True`` and keep training.
+    * A misspelt attribute on a parameter (``p.require_grad = False``, ``p.requires_grads = False``).
+
+    Checked at attach and again every ``recheck_every`` recorded steps (default 100), so a freeze written
+    later in training is caught too.
+    """
+
+    kinds = ("ineffective_freeze",)
+
+    def __init__(
+        self, module: Callable[[], nn.Module | None], names: Sequence[str], recheck_every: int = 100
+    ) -> None:
+        self.module = module
+        self.names = set(names)
+        self.recheck_every = recheck_every
+        self.seen = 0
+        self.reported: set[str] = set()
+
+    def check(self, step: int) -> list[Finding]:
+        """Scan the module tree once."""
+        model = self.module()
+        if model is None:
+            return []
+        findings = []
+        for mod_name, mod in model.named_modules():
+            flag = vars(mod).get("requires_grad", None)
+            if flag is not None and not callable(flag) and not flag:
+                prefix = f"{mod_name}." if mod_name else ""
+                hit = [
+                    prefix + n
+                    for n, p in mod.named_parameters()
+                    if p.requires_grad and prefix + n in self.names and prefix + n not in self.reported
+                ]
+                if hit:
+                    self.reported.update(hit)
+                    where = f"model.{mod_name}" if mod_name else "model"
+                    message = (
+                        f"{where}.requires_grad = {flag!r} only set a Python attribute on the "
+                        f"{type(mod).__name__} module: nn.Module has no such switch, so {_short(hit)} still "
+                        f"require grad and keep training. Fix: {where}.requires_grad_(False) (note the "
+                        f"trailing underscore), or set p.requires_grad = False on each parameter."
+                    )
+                    findings.append(Finding("ineffective_freeze", step, tuple(hit), message))
+        for name, p in model.named_parameters():
+            if name not in self.names or name in self.reported or not p.requires_grad:
+                continue
+            attrs = vars(p) if hasattr(p, "__dict__") else {}
+            wrong = [a for a in _MISSPELT if a in attrs and not callable(attrs[a]) and not attrs[a]]
+            if wrong:
+                self.reported.add(name)
+                message = (
+                    f"{name}.{wrong[0]} = {attrs[wrong[0]]!r} sets a misspelt attribute, so {name} still "
+                    f"requires grad and keeps training. Fix: {name}.requires_grad = False, or "
+                    f"requires_grad_(False)."
+                )
+                findings.append(Finding("ineffective_freeze", step, (name,), message))
+        return findings
+
+    def on_attach(self, step: int) -> list[Finding]:  # noqa: D102
+        return self.check(step)
+
+    def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
+        self.seen += 1
+        if self.seen % self.recheck_every:
+            return []
+        return self.check(record.step)

@@ -1,0 +1,282 @@
+"""Detectors that read each sealed :class:`~gradwatch.StepRecord`.
+
+They run on the host, after the record's one device-to-host copy has arrived (on CUDA one step late, so
+the training thread never waits for it). Every threshold is a :class:`~gradwatch.config.Config` setting;
+its default and source are given in the class docstring and in ``docs/detectors.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gradwatch.detectors.base import Detector
+from gradwatch.findings import Finding, StepRecord
+
+__all__ = [
+    "AllZeroGradDetector",
+    "ExplodingGradDetector",
+    "NonfiniteGradDetector",
+    "VanishingGradDetector",
+]
+
+
+def _short(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class NonfiniteGradDetector(Detector):
+    """NaN or +-Inf in a gradient, with its origin in backward order; or a weight that became non-finite.
+
+    The *origin* is the layer of the parameter nearest the loss, in the order the backward pass reached
+    the parameters (recorded by the post-accumulate hooks), whose gradient holds NaN/Inf. If layers
+    nearer the loss have finite gradients the value was born in the origin layer's backward; parameters
+    further from the loss then only received it by propagation. Reported at the first step where it
+    happens; later steps only name parameters not named before. Cost: none beyond the step's statistics
+    (the NaN/Inf counts are part of them); no anomaly mode.
+    """
+
+    kinds = ("nonfinite_grad",)
+
+    def __init__(self) -> None:
+        self.reported: set[str] = set()
+        self.weights_reported: set[str] = set()
+
+    def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
+        params = record.params
+        bad = [n for n, s in params.items() if s.nan_count or s.inf_count or not math.isfinite(s.grad_norm)]
+        findings = []
+        if bad:
+            order = record.backward_order
+            ranked = sorted(bad, key=lambda n: order.get(n, math.inf))
+            origin_layer = record.layer_of(ranked[0])
+            origin = [n for n in ranked if record.layer_of(n) == origin_layer]
+            nearer = [n for n in params if order.get(n, math.inf) < order.get(ranked[0], math.inf)]
+            nearer_finite = [n for n in nearer if n not in bad]
+            new = [n for n in ranked if n not in self.reported]
+            if new:
+                self.reported.update(new)
+                propagated = [n for n in ranked if n not in origin]
+                if nearer_finite:
+                    born = (
+                        f"born in layer {origin_layer or '<root>'}'s backward: the layers nearer the loss "
+                        f"({_short(nearer_finite, 3)}) have finite gradients"
+                    )
+                else:
+                    born = (
+                        f"already present in the first layer the backward pass reached "
+                        f"({origin_layer or '<root>'}): born there or in the loss itself"
+                    )
+                loss = record.loss
+                loss_text = (
+                    "the loss was not recorded (w.record_loss(loss) tells whether it was finite)"
+                    if loss is None
+                    else (
+                        "the loss itself was finite" if math.isfinite(loss) else f"the loss itself was {loss}"
+                    )
+                )
+                counts = ", ".join(
+                    f"{n}: {params[n].nan_count} NaN, {params[n].inf_count} Inf" for n in origin[:4]
+                )
+                message = (
+                    f"non-finite gradient at step {record.step} in {_short(origin)} ({counts}); {born}; "
+                    f"{loss_text}."
+                    + (f" Propagated from there into {_short(propagated)}." if propagated else "")
+                    + " Fix: look for log/sqrt/division/pow of values that can be 0 or negative in the "
+                    "origin layer's forward (add an epsilon: torch.sqrt(x + 1e-8), x.clamp_min(eps)), "
+                    "overflow in fp16 (use bf16 or torch.amp.GradScaler), or a too-high learning rate."
+                )
+                names = tuple(origin + [n for n in new if n not in origin])
+                findings.append(Finding("nonfinite_grad", record.step, names, message))
+        else:
+            # finite gradients, but the update made a weight non-finite
+            broken = [
+                n
+                for n, s in params.items()
+                if s.update_ratio is not None
+                and not math.isfinite(s.update_ratio)
+                and s.param_norm > 0
+                and n not in self.weights_reported
+            ]
+            if broken:
+                self.weights_reported.update(broken)
+                message = (
+                    f"at step {record.step} the gradients of {_short(broken)} were finite, but the "
+                    f"parameters "
+                    f"became non-finite in the update: the optimizer produced NaN/Inf (learning rate too "
+                    f"high, eps too small, or NaN/Inf in the optimizer state). Fix: lower the learning rate, "
+                    f"clip gradients, check the optimizer's eps and state."
+                )
+                findings.append(Finding("nonfinite_grad", record.step, tuple(broken), message))
+        return findings
+
+
+class _Persistent(Detector):
+    """Base: a per-parameter condition that must hold for ``steps`` consecutive recorded steps."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.run: dict[str, int] = {}
+        self.reported: set[str] = set()
+
+    def _update(self, hits: set[str], universe: Sequence[str]) -> list[str]:
+        ready = []
+        for n in universe:
+            if n in hits:
+                self.run[n] = self.run.get(n, 0) + 1
+                if self.run[n] >= self.steps and n not in self.reported:
+                    ready.append(n)
+            else:
+                self.run[n] = 0
+        self.reported.update(ready)
+        return ready
+
+
+class AllZeroGradDetector(_Persistent):
+    """Every entry of a parameter's gradient is exactly 0 for ``all_zero_steps`` recorded steps in a row.
+
+    The parameter does receive a gradient (``has_grad``), so it is connected to the loss, but nothing
+    flows: dead ReLUs feeding it, saturated units, a branch multiplied by 0. Those silence a whole layer,
+    so a parameter is reported only when every parameter of its layer is all-zero: a bias whose gradient
+    cancels exactly by construction (the last bias of a WGAN critic, whose loss is a difference of
+    means) is not a bug while the layer's weight still learns. AutoTrainer (Zhang et al., ICSE 2021) flags
+    dying ReLU from the fraction of zero gradient entries; this is its extreme, exact form (fraction 1).
+    Default window 5 recorded steps.
+    """
+
+    kinds = ("all_zero_grad",)
+
+    def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
+        zero = {
+            n for n, s in record.params.items() if s.has_grad and s.zero_fraction == 1.0 and s.grad_norm == 0
+        }
+        live_layers = {record.layer_of(n) for n in record.params if n not in zero}
+        hits = {n for n in zero if record.layer_of(n) not in live_layers}
+        ready = self._update(hits, list(record.params))
+        if not ready:
+            return []
+        message = (
+            f"the gradients of {_short(ready)} have been exactly 0 in every entry for {self.steps} steps "
+            f"(up to step {record.step}) although they are connected to the loss: nothing flows back. Usual "
+            f"causes: ReLUs that output 0 for every input (dead ReLU, e.g. a ReLU on the final output), "
+            f"saturated sigmoid/tanh units, a branch multiplied by 0. Fix: LeakyReLU/Softplus/GELU instead "
+            f"of a final or dying ReLU, a lower learning rate, better initialisation or normalisation."
+        )
+        return [Finding("all_zero_grad", record.step, tuple(ready), message)]
+
+
+def _layer_norms_in_backward_order(record: StepRecord) -> list[tuple[str, float]]:
+    """(layer, gradient norm), nearest the loss first, for layers that got a gradient this step."""
+    order = record.backward_order
+    first: dict[str, float] = {}
+    for n, s in record.params.items():
+        if s.has_grad and n in order:
+            layer = record.layer_of(n)
+            first[layer] = min(first.get(layer, math.inf), order[n])
+    layers = record.layers
+    return [(layer, layers[layer]) for layer in sorted(first, key=first.__getitem__)]
+
+
+class VanishingGradDetector(_Persistent):
+    """Gradient norms collapse towards the input layers.
+
+    Rule (AutoTrainer, Zhang et al., ICSE 2021, "vanishing gradient"): the ratio of the first layer's
+    gradient norm (the layer the backward pass reaches last) to the last layer's (nearest the loss) is
+    below ``vanishing_ratio`` (1e-3) *and* the first layer's gradient norm is below ``vanishing_norm``
+    (1e-4), for ``persistence`` (5) consecutive recorded steps. Names the parameters of every layer
+    whose norm ratio to the last layer is below ``vanishing_ratio`` at that step. Only for module
+    targets (``by_layer``): loose tensors have no layer order to compare.
+    """
+
+    kinds = ("vanishing_grad",)
+
+    def __init__(self, steps: int, ratio: float, norm: float, by_layer: bool = True) -> None:
+        super().__init__(steps)
+        self.ratio, self.norm, self.by_layer = ratio, norm, by_layer
+
+    def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
+        layers = _layer_norms_in_backward_order(record) if self.by_layer else []
+        hit = False
+        if len(layers) >= 2:
+            (last, last_norm), (first, first_norm) = layers[0], layers[-1]
+            hit = last_norm > 0 and first_norm / last_norm < self.ratio and first_norm < self.norm
+        ready = self._update({"*"} if hit else set(), ["*"])
+        if not ready:
+            return []
+        last, last_norm = layers[0]
+        weak = [(layer, v) for layer, v in layers if v / last_norm < self.ratio]
+        names = tuple(n for n in record.params if record.layer_of(n) in {layer for layer, _ in weak})
+        first, first_norm = layers[-1]
+        message = (
+            f"vanishing gradients for {self.steps} steps (up to step {record.step}): the first layer "
+            f"{first or '<root>'} gets gradient norm {first_norm:.3g}, {first_norm / last_norm:.2g} "
+            f"times the last layer {last or '<root>'}'s {last_norm:.3g} (rule: ratio < {self.ratio:g} and "
+            f"first-layer norm < "
+            f"{self.norm:g}, AutoTrainer ICSE 2021); {len(weak)} layer(s) below the ratio. Fix: ReLU-family "
+            f"activations instead of sigmoid/tanh in deep stacks, residual connections, normalisation "
+            f"layers, He/Xavier initialisation, fewer layers."
+        )
+        return [Finding("vanishing_grad", record.step, names, message)]
+
+
+class ExplodingGradDetector(_Persistent):
+    """Gradient norms blow up towards the input layers (or over time).
+
+    Rule (AutoTrainer, Zhang et al., ICSE 2021, "exploding gradient"): the first layer's gradient norm
+    (reached last by backward) is more than ``exploding_ratio`` (70) times the last layer's, for
+    ``persistence`` (5) consecutive recorded steps; or, following TheDeepChecker (Ben Braiek & Khomh,
+    2022), the total gradient norm grows at every one of ``persistence`` consecutive recorded steps and
+    ends more than ``exploding_ratio`` times above where the growth started. Names the parameters of
+    every layer whose norm is more than ``exploding_ratio`` times the last layer's. The layer-ratio rule
+    needs a module target (``by_layer``); the growth rule applies to any target.
+    """
+
+    kinds = ("exploding_grad",)
+
+    def __init__(self, steps: int, ratio: float, by_layer: bool = True) -> None:
+        super().__init__(steps)
+        self.ratio, self.by_layer = ratio, by_layer
+        self.totals: list[float] = []
+
+    def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
+        layers = _layer_norms_in_backward_order(record) if self.by_layer else []
+        ratio_hit = False
+        if len(layers) >= 2:
+            last_norm, first_norm = layers[0][1], layers[-1][1]
+            ratio_hit = last_norm > 0 and math.isfinite(first_norm) and first_norm / last_norm > self.ratio
+        total = record.total_grad_norm
+        self.totals = ([*self.totals, total])[-(self.steps + 1) :]
+        growth_hit = (
+            len(self.totals) == self.steps + 1
+            and all(math.isfinite(t) and t > 0 for t in self.totals)
+            and all(b > a for a, b in zip(self.totals, self.totals[1:]))
+            and self.totals[-1] > self.ratio * self.totals[0]
+        )
+        ready = self._update({"*"} if (ratio_hit or growth_hit) else set(), ["*"])
+        if not ready:
+            return []
+        if ratio_hit:
+            last, last_norm = layers[0]
+            big = {layer for layer, v in layers if v > self.ratio * last_norm}
+            names = tuple(n for n in record.params if record.layer_of(n) in big)
+            first, first_norm = layers[-1]
+            evidence = (
+                f"layer {first or '<root>'} gets gradient norm {first_norm:.3g}, "
+                f"{first_norm / last_norm:.3g} "
+                f"times the last layer {last or '<root>'}'s {last_norm:.3g} (rule: ratio > {self.ratio:g}, "
+                f"AutoTrainer ICSE 2021)"
+            )
+        else:
+            names = tuple(record.params)
+            evidence = (
+                f"the total gradient norm grew at each of the last {self.steps} steps, from "
+                f"{self.totals[0]:.3g} to {self.totals[-1]:.3g} (TheDeepChecker's sustained-growth rule)"
+            )
+        message = (
+            f"exploding gradients for {self.steps} steps (up to step {record.step}): {evidence}. Fix: clip "
+            f"the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)) before "
+            f"optimizer.step(), lower the learning rate, use gated recurrent units (LSTM/GRU) or shorter "
+            f"sequences (truncated BPTT), normalisation layers."
+        )
+        return [Finding("exploding_grad", record.step, names, message)]
