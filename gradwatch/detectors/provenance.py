@@ -91,11 +91,19 @@ class Provenance:
         self._observe(i, g)
 
     def check(self, i: int, param: torch.Tensor) -> None:
-        """Look at ``param.grad`` outside a backward pass: notice a reset since the last observation."""
+        """Look at ``param.grad`` just before its optimizer steps: notice a reset since the last observation.
+
+        Between a backward pass and the optimizer step, in-place writes to ``.grad`` are expected
+        (``clip_grad_norm_``, ``GradScaler.unscale_``), so only a replaced or removed ``.grad`` counts as
+        a reset here; the new version becomes the base for the next observation.
+        """
         g = param.grad
-        if self._ref[i] is not None and not self._kept(i, g, accumulated=False):
+        ref = self._ref[i]
+        if ref is None:
+            return
+        if g is None or ref() is not g:
             self._reset(i)
-            self._observe(i, g)
+        self._observe(i, g)
 
     def use(self, i: int, param: torch.Tensor, step: int, owner: str, observe: bool) -> None:
         """The owner used ``param.grad`` at ``step``; with ``observe``, its current state is the new base."""
