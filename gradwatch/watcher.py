@@ -777,7 +777,8 @@ class Watcher:
                     for kind, pats in self._suppressed
                 )
             )
-            if not kept:
+            whole_kind = any(kind == f.kind and "*" in pats for kind, pats in self._suppressed)
+            if (f.params and not kept) or (not f.params and whole_kind):
                 continue
             if kept != f.params:
                 f = dataclasses.replace(f, params=kept)

@@ -42,9 +42,15 @@ def cnn_batchnorm_inplace_relu():
     x = torch.randn(16, 3, 12, 12)
     y = (x.mean(dim=(1, 2, 3)) > 0).long()
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
@@ -92,7 +98,9 @@ class TinyLM(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.zeros(16, dim))
-        self.block = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True)
+        self.block = nn.TransformerEncoderLayer(
+            dim, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True
+        )
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, vocab, bias=False)
         self.out.weight = self.emb.weight
@@ -141,10 +149,12 @@ def finetune_frozen_backbone():
 def gan():
     torch.manual_seed(0)
     real = torch.randn(256, 2) * 0.5 + torch.tensor([2.0, -1.0])
-    model = nn.ModuleDict({
-        "G": nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)),
-        "D": nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1)),
-    })
+    model = nn.ModuleDict(
+        {
+            "G": nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)),
+            "D": nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1)),
+        }
+    )
     opt_g = torch.optim.Adam(model["G"].parameters(), lr=2e-3, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(model["D"].parameters(), lr=2e-3, betas=(0.5, 0.999))
     bce = nn.BCEWithLogitsLoss()
@@ -297,9 +307,19 @@ def decorator_two_optimizers():
 HEALTHY = {
     f.__name__: f
     for f in (
-        mlp_adam, cnn_batchnorm_inplace_relu, lstm_with_clipping, transformer_weight_tying,
-        finetune_frozen_backbone, gan, grad_accumulation, amp_bf16_cpu, lbfgs, embedding_bag_of_words,
-        branch_every_other_step, manual_tensor_loop, decorator_two_optimizers,
+        mlp_adam,
+        cnn_batchnorm_inplace_relu,
+        lstm_with_clipping,
+        transformer_weight_tying,
+        finetune_frozen_backbone,
+        gan,
+        grad_accumulation,
+        amp_bf16_cpu,
+        lbfgs,
+        embedding_bag_of_words,
+        branch_every_other_step,
+        manual_tensor_loop,
+        decorator_two_optimizers,
     )
 }
 

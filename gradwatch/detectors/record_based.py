@@ -51,13 +51,13 @@ class NonfiniteGradDetector(Detector):
             order = record.backward_order
             ranked = sorted(bad, key=lambda n: order.get(n, math.inf))
             origin_layer = record.layer_of(ranked[0])
-            origin = [n for n in ranked if record.layer_of(n) == origin_layer]
+            origin = [n for n in params if n in bad and record.layer_of(n) == origin_layer]
             nearer = [n for n in params if order.get(n, math.inf) < order.get(ranked[0], math.inf)]
             nearer_finite = [n for n in nearer if n not in bad]
             new = [n for n in ranked if n not in self.reported]
             if new:
                 self.reported.update(new)
-                propagated = [n for n in ranked if n not in origin]
+                propagated = [n for n in params if n in bad and n not in origin]
                 if nearer_finite:
                     born = (
                         f"born in layer {origin_layer or '<root>'}'s backward: the layers nearer the loss "
@@ -77,7 +77,10 @@ class NonfiniteGradDetector(Detector):
                     )
                 )
                 counts = ", ".join(
-                    f"{n}: {params[n].nan_count} NaN, {params[n].inf_count} Inf" for n in origin[:4]
+                    f"{n}: {params[n].nan_count} NaN, {params[n].inf_count} Inf"
+                    if params[n].nan_count or params[n].inf_count
+                    else f"{n}: finite entries up to {params[n].grad_max_abs:.3g} whose norm overflows"
+                    for n in origin[:4]
                 )
                 message = (
                     f"non-finite gradient at step {record.step} in {_short(origin)} ({counts}); {born}; "
@@ -87,7 +90,7 @@ class NonfiniteGradDetector(Detector):
                     "origin layer's forward (add an epsilon: torch.sqrt(x + 1e-8), x.clamp_min(eps)), "
                     "overflow in fp16 (use bf16 or torch.amp.GradScaler), or a too-high learning rate."
                 )
-                names = tuple(origin + [n for n in new if n not in origin])
+                names = tuple(origin + [n for n in propagated if n in new])
                 findings.append(Finding("nonfinite_grad", record.step, names, message))
         else:
             # finite gradients, but the update made a weight non-finite
@@ -200,7 +203,8 @@ class VanishingGradDetector(_Persistent):
         hit = False
         if len(layers) >= 2:
             (last, last_norm), (first, first_norm) = layers[0], layers[-1]
-            hit = last_norm > 0 and first_norm / last_norm < self.ratio and first_norm < self.norm
+            # exactly 0 is all_zero_grad's case (dead units), not a vanishing one
+            hit = last_norm > 0 and 0 < first_norm < self.norm and first_norm / last_norm < self.ratio
         ready = self._update({"*"} if hit else set(), ["*"])
         if not ready:
             return []
@@ -253,7 +257,11 @@ class ExplodingGradDetector(_Persistent):
             and all(b > a for a, b in zip(self.totals, self.totals[1:]))
             and self.totals[-1] > self.ratio * self.totals[0]
         )
-        ready = self._update({"*"} if (ratio_hit or growth_hit) else set(), ["*"])
+        # the growth rule already spans `steps` steps; the ratio rule must persist for `steps` steps
+        ready = self._update({"*"} if ratio_hit else set(), ["*"])
+        if growth_hit and "*" not in self.reported:
+            self.reported.add("*")
+            ready = ["*"]
         if not ready:
             return []
         if ratio_hit:
