@@ -26,7 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import torch
+
 __all__ = ["BoundaryCallbacks", "StepTracker"]
+
+
+def _graph_task() -> int:
+    """Id of the backward pass running in this thread, or -1 (``torch._C._current_graph_task_id``)."""
+    return torch._C._current_graph_task_id()
 
 
 class BoundaryCallbacks(Protocol):
@@ -70,6 +77,7 @@ class StepTracker:
         self.backward_seen = False  # a gradient was accumulated since this step began
         self.closed = False  # an optimizer stepped over this step's gradients (unmarked mode)
         self.in_backward = False
+        self.task = -1  # graph task id of the backward pass in progress
         self.opt_depth = 0
         self.backward_in_opt = False
         self.user_marks = False  # the user marks steps (decorator or step())
@@ -80,10 +88,19 @@ class StepTracker:
         """Whether the user's marks, not optimizer steps, end steps."""
         return self.user_marks or self.user_depth > 0
 
+    def _settle(self) -> None:
+        """Close a backward pass whose end callback never ran (it raised, or was interrupted)."""
+        if self.in_backward and _graph_task() == -1:
+            self.backward_end()
+
     def grad(self) -> None:
         """A gradient was accumulated into a watched ``.grad`` (post-accumulate hook)."""
+        task = _graph_task()
+        if self.in_backward and task != self.task:
+            self.backward_end()  # the previous pass died before its end callback
         if not self.in_backward:
             self.in_backward = True
+            self.task = task
             self.owner.queue_end_of_backward(self.backward_end)
             if self.closed or (
                 self.backward_seen
@@ -103,14 +120,16 @@ class StepTracker:
         self.owner.backward_ended(self.step)
 
     def optimizer_pre(self, optimizer: object) -> None:
-        """A watched optimizer's ``step()`` starts."""
-        self.opt_depth += 1
+        """A watched optimizer's ``step()`` starts (``step()`` calls do not nest)."""
+        self._settle()
+        self.opt_depth = 1
         self.backward_in_opt = False
         self.owner.optimizer_pre(optimizer, self.step)
 
     def optimizer_post(self, optimizer: object) -> None:
         """A watched optimizer's ``step()`` returned."""
-        self.opt_depth = max(0, self.opt_depth - 1)
+        self._settle()
+        self.opt_depth = 0
         self.owner.optimizer_post(optimizer, self.step, self.backward_in_opt)
         if not self.marked_mode and self.backward_seen:
             self.closed = True
@@ -128,11 +147,13 @@ class StepTracker:
     def mark(self) -> None:
         """An explicit boundary (``Watcher.step()`` or a decorated call returning)."""
         self.user_marks = True
+        self._settle()
         if self.backward_seen or self.closed:
             self._seal()
 
     def flush(self, final: bool) -> None:
         """Seal a step whose boundary was already seen; with ``final`` (close), any pending backward."""
+        self._settle()
         if self.closed or (
             self.backward_seen
             and not self.in_backward

@@ -97,17 +97,22 @@ def grad_stats(grads: Sequence[torch.Tensor | None]) -> list[Block]:
         rows = []
         for chunk in _chunks(idx, grads):
             g = [_prepare(grads[i], cdt) for i in chunk]  # type: ignore[arg-type]
-            norm = torch._foreach_norm(g, 2)
+            # sums accumulate in float64: float32 accumulation loses the mean of 1e6 entries near 1e3
+            # and overflows the sum of squares of entries past 1e19
+            f64 = torch.float64
+            norm = torch._foreach_norm(g, 2, dtype=f64)
             nonzero = torch._foreach_norm(g, 0)  # count of entries != 0
             a = torch._foreach_abs(g)
             max_abs = torch._foreach_max(a)
-            abs_sum = torch._foreach_norm(a, 1)
+            abs_sum = torch._foreach_norm(a, 1, dtype=f64)
             pos = torch._foreach_clamp_min(g, 0.0)
-            pos_sum = torch._foreach_norm(pos, 1)
+            pos_sum = torch._foreach_norm(pos, 1, dtype=f64)
             del pos
             n = len(chunk)
             # one stack of all per-tensor scalars (stacking each list separately costs 6x the dispatches)
-            flat = torch.stack([*norm, *max_abs, *pos_sum, *abs_sum, *nonzero]).view(5, n).to(torch.float64)
+            wide = torch.stack([*norm, *pos_sum, *abs_sum])  # float64 already
+            narrow = torch.stack([*max_abs, *nonzero]).to(f64)
+            flat = torch.cat([wide[:n], narrow[:n], wide[n:], narrow[n:]]).view(5, n)
             if g[0].device.type == "cpu" and bool(flat[0].sum().isfinite()):
                 # on the CPU reading a value costs no device sync: a finite norm means nothing to count
                 counts = flat.new_zeros(2, n)

@@ -204,6 +204,7 @@ class Watcher:
         self._prov = Provenance(len(self.names))
         cfg = self.config
         by_layer = targets.module is not None  # layer-ratio rules need layers (modules), not loose tensors
+        self._discarded = DiscardedGradDetector(self._prov, self.names)
         self._no_grad = NoGradDetector(self._prov, self.names, cfg.no_grad_steps)
         self._not_updated = NotUpdatedDetector(
             self.names,
@@ -217,7 +218,7 @@ class Watcher:
         )
         self._detectors: list[Detector] = [
             MissingZeroGradDetector(self._prov, self.names, self._norm_at),
-            DiscardedGradDetector(self._prov, self.names),
+            self._discarded,
             self._no_grad,
             self._not_updated,
             self._freeze,
@@ -386,6 +387,16 @@ class Watcher:
         return self._history
 
     @property
+    def skipped_steps(self) -> list[int]:
+        """Steps where gradients holding NaN/Inf were dropped without an optimizer step.
+
+        That is what an AMP ``GradScaler`` does when it skips ``step()``: not a bug, so not a finding;
+        shown by :meth:`report`. Only known when an optimizer is watched (the last 1000).
+        """
+        self._sync_reads()
+        return list(self._discarded.skipped_steps)
+
+    @property
     def findings(self) -> list[Finding]:
         """Findings so far, oldest first (a copy)."""
         self._sync_reads()
@@ -406,6 +417,13 @@ class Watcher:
         lines.append(f"gradwatch report: {len(findings)} finding(s)")
         for f in findings:
             lines.append(f"  ! {f}")
+        skipped = self._discarded.skipped_steps
+        if skipped:
+            lines.append(
+                f"  {len(skipped)} optimizer step(s) skipped because the gradients were not finite (an AMP "
+                f"GradScaler lowering its scale), around steps {', '.join(map(str, skipped[:10]))}"
+                + (" ..." if len(skipped) > 10 else "")
+            )
         if not self._history:
             lines.append("no step recorded yet")
             return "\n".join(lines)

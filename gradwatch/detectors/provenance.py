@@ -49,6 +49,8 @@ class Provenance:
         self.used_passes: set[int] = set()
         #: backward pass -> parameters whose contribution from it was reset before any use
         self.reset_unused: dict[int, set[int]] = {}
+        #: backward passes with non-finite gradients reset without an optimizer step (AMP skips)
+        self.skipped = 0
         #: backward pass -> parameters it accumulated into
         self.touched: dict[int, set[int]] = {}
         #: backward pass -> 0-dim bool tensors, all True if every gradient it touched was finite
@@ -137,6 +139,7 @@ class Provenance:
                 continue  # part of the pass is still held; an optimizer may yet use it
             del self.reset_unused[p]
             if not all(bool(f) for f in self.pass_finite.get(p, ())):
+                self.skipped += 1
                 continue
             out[p] = params
         for p in [p for p in self.touched if p in self.used_passes]:

@@ -105,9 +105,17 @@ class DiscardedGradDetector(Detector):
         self.prov = provenance
         self.names = names
         self.reported: set[int] = set()
+        #: steps at which a backward pass with non-finite gradients was dropped without an optimizer
+        #: step (an AMP GradScaler skip), at most the last 1000
+        self.skipped_steps: list[int] = []
 
     def _judge(self, step: int) -> list[Finding]:
+        before = self.prov.skipped
         passes = self.prov.discarded_passes()
+        if self.prov.skipped > before:
+            # not a bug: the optimizer step was skipped (AMP GradScaler found inf/NaN); noted, not reported
+            self.skipped_steps.extend([step] * (self.prov.skipped - before))
+            del self.skipped_steps[:-1000]
         lost = sorted({i for params in passes.values() for i in params} - self.reported)
         if not lost:
             return []
