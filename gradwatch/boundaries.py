@@ -48,6 +48,9 @@ class BoundaryCallbacks(Protocol):
     def backward_ended(self, step: int) -> None:
         """A backward pass that accumulated into watched gradients has finished."""
 
+    def backward_aborted(self) -> None:
+        """The backward pass in progress raised or was interrupted before its end."""
+
     def optimizer_pre(self, optimizer: object, step: int) -> None:
         """``optimizer.step()`` is about to run within step ``step``."""
 
@@ -91,13 +94,33 @@ class StepTracker:
     def _settle(self) -> None:
         """Close a backward pass whose end callback never ran (it raised, or was interrupted)."""
         if self.in_backward and _graph_task() == -1:
+            self.owner.backward_aborted()
             self.backward_end()
+
+    def incoming(self) -> None:
+        """A gradient is about to reach a watched leaf (tensor hook, before accumulation).
+
+        Ends the previous step first if its boundary was already seen, so that whatever the new
+        gradient finds in ``.grad`` is judged against the right step. Also runs for
+        ``torch.autograd.grad`` calls, which is harmless: such a boundary was already seen.
+        """
+        if self.in_backward and _graph_task() == self.task:
+            return
+        if self.closed or (
+            self.backward_seen
+            and not self.in_backward
+            and not self.has_optimizers
+            and not self.marked_mode
+            and self.owner.parameters_changed()
+        ):
+            self._seal()
 
     def grad(self) -> None:
         """A gradient was accumulated into a watched ``.grad`` (post-accumulate hook)."""
         task = _graph_task()
         if self.in_backward and task != self.task:
-            self.backward_end()  # the previous pass died before its end callback
+            self.owner.backward_aborted()  # the previous pass died before its end callback
+            self.backward_end()
         if not self.in_backward:
             self.in_backward = True
             self.task = task

@@ -64,11 +64,14 @@ class at_steps:
         [0, 5, 7]
     """
 
-    def __init__(self, *steps: int) -> None:
-        for s in steps:
+    def __init__(self, *steps: int | Iterable[int]) -> None:
+        flat: list[Any] = []
+        for s in steps:  # at_steps(1, 2) and at_steps([1, 2]) both work
+            flat.extend(s if isinstance(s, Iterable) and not isinstance(s, (str, bytes)) else [s])
+        for s in flat:
             if isinstance(s, bool) or not isinstance(s, int) or s < 0:
                 raise ValueError(f"at_steps(): steps must be ints >= 0, got {s!r}")
-        self.steps = frozenset(steps)
+        self.steps = frozenset(flat)
 
     def __call__(self, step: int) -> bool:
         """Whether the schedule fires at ``step``."""

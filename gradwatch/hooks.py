@@ -9,6 +9,8 @@ Hooks used (see the PyTorch docs of each):
 
 * ``Tensor.register_post_accumulate_grad_hook`` (PyTorch >= 2.1): runs after a gradient was accumulated
   into a leaf's ``.grad``; never for ``torch.autograd.grad`` calls, which do not accumulate.
+* ``Tensor.register_hook`` on the same leaves: runs just before that accumulation, while ``.grad`` still
+  shows what the previous step left there (``None`` after ``zero_grad(set_to_none=True)``).
 * ``Optimizer.register_step_pre_hook`` / ``register_step_post_hook``: run around ``optimizer.step()``.
 * ``Variable._execution_engine.queue_callback``: run once at the end of the current backward pass
   (the mechanism ``DistributedDataParallel`` uses to finish gradient reduction).
@@ -31,6 +33,7 @@ class HandleGroup:
     def __init__(self) -> None:
         self._handles: list[RemovableHandle] = []
         self._restore_none: list[torch.Tensor] = []
+        self._restore_none_backward: list[torch.Tensor] = []
 
     def __len__(self) -> int:
         return len(self._handles)
@@ -40,6 +43,16 @@ class HandleGroup:
         if tensor._post_accumulate_grad_hooks is None:
             self._restore_none.append(tensor)
         self._handles.append(tensor.register_post_accumulate_grad_hook(hook))
+
+    def before_accumulate(self, tensor: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> None:
+        """Register ``hook(incoming_grad)`` to run before a gradient is accumulated into a leaf's ``.grad``.
+
+        (``Tensor.register_hook`` on a leaf; it also runs for ``torch.autograd.grad`` calls that take the
+        leaf as an input, which accumulate nothing.) The hook must return ``None``.
+        """
+        if tensor._backward_hooks is None:
+            self._restore_none_backward.append(tensor)
+        self._handles.append(tensor.register_hook(hook))
 
     def optimizer_step(
         self,
@@ -58,8 +71,12 @@ class HandleGroup:
         for tensor in self._restore_none:
             if not tensor._post_accumulate_grad_hooks:
                 tensor._post_accumulate_grad_hooks = None  # type: ignore[assignment]
+        for tensor in self._restore_none_backward:
+            if not tensor._backward_hooks:
+                tensor._backward_hooks = None  # type: ignore[assignment]
         self._handles.clear()
         self._restore_none.clear()
+        self._restore_none_backward.clear()
 
 
 def queue_end_of_backward(callback: Callable[[], None]) -> None:

@@ -66,6 +66,12 @@ def _check_leaf(name: str, t: Any, where: str) -> torch.Tensor:
             f"nothing. Watch (and update) the tensor it was computed from, or create it directly as a leaf, "
             f"e.g. torch.zeros(3, 1, dtype=torch.float32, requires_grad=True)"
         )
+    if not t.requires_grad and not (t.is_floating_point() or t.is_complex()):
+        raise ValueError(
+            f"{where}: {name!r} has dtype {t.dtype}, and only floating-point (or complex) tensors can "
+            f"have gradients; create it as a float tensor, e.g. torch.zeros(..., dtype=torch.float32, "
+            f"requires_grad=True)"
+        )
     if not t.requires_grad:
         raise ValueError(
             f"{where}: {name!r} does not require grad ({_describe(t)}), so it can never get a gradient; "
@@ -112,6 +118,11 @@ def resolve_target(target: Any) -> Targets:
                 f"trainable layers (or a dict of leaf tensors)"
             )
         return Targets(names, params, layers, frozen, target)
+    if isinstance(target, torch.optim.Optimizer):
+        raise TypeError(
+            f"watch() got the optimizer {type(target).__name__} as its target; the model comes first: "
+            f"gradwatch.watch(model, optimizer)"
+        )
     if isinstance(target, torch.Tensor):
         raise TypeError(
             f"watch() got a single tensor ({_describe(target)}); pass a mapping of named leaf tensors such "
@@ -132,7 +143,13 @@ def resolve_target(target: Any) -> Targets:
             items.append((key, value))
         where = "watch() mapping"
     elif isinstance(target, Iterable):
-        items = [(str(i), t) for i, t in enumerate(target)]
+        raw = list(target)
+        named = raw and all(
+            isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], str) and isinstance(t[1], torch.Tensor)
+            for t in raw
+        )
+        # model.named_parameters() (name, tensor) pairs keep their names; plain tensors are numbered
+        items = list(raw) if named else [(str(i), t) for i, t in enumerate(raw)]
         where = "watch() iterable"
     else:
         raise TypeError(

@@ -9,6 +9,7 @@ import difflib
 import fnmatch
 import functools
 import logging
+import numbers
 import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -166,7 +167,10 @@ class Watcher:
         self.disabled = _disabled_by_env()
         self.names: tuple[str, ...] = tuple(targets.names)
         self.frozen: tuple[str, ...] = tuple(targets.frozen)
-        self._param_refs = [weakref.ref(p) for p in targets.params]
+        # Parameters are held strongly only while attached (a module target is re-read on attach), so a
+        # detached watcher keeps no model alive and no weak reference blocks module.to() in swap mode.
+        self._tensors = None if targets.module is not None else list(targets.params)
+        self._params: list[torch.Tensor] | None = None
         self._index = {id(p): i for i, p in enumerate(targets.params)}
         self._layer_of = tuple(targets.layers)
         self._numels = tuple(p.numel() for p in targets.params)
@@ -217,7 +221,7 @@ class Watcher:
             self._module if self._module is not None else (lambda: None), self.names
         )
         self._detectors: list[Detector] = [
-            MissingZeroGradDetector(self._prov, self.names, self._norm_at),
+            MissingZeroGradDetector(self._prov, self.names, self._norm_at, self._numels),
             self._discarded,
             self._no_grad,
             self._not_updated,
@@ -228,6 +232,7 @@ class Watcher:
             ExplodingGradDetector(cfg.persistence, cfg.exploding_ratio, by_layer),
         ]
         self._unjudged: list[StepRecord] = []  # sealed records the detectors have not read yet
+        self._closure_step = False  # the optimizer step in progress was given a closure (LBFGS)
         self._graph_checked = False
         self._suppressed: list[tuple[str, tuple[str, ...]]] = list(self.config.suppress)
 
@@ -245,10 +250,14 @@ class Watcher:
             return self
         if self._closed:
             raise GradWatchError("this Watcher is closed; create a new one with gradwatch.watch(...)")
-        params = self._live_params()
+        params = self._resolve_params()
+        self._params = params
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self._owned_key.clear()
         try:
             for i, p in enumerate(params):
                 if p.requires_grad:
+                    self._handles.before_accumulate(p, functools.partial(self._on_incoming_grad, i, p))
                     self._handles.post_accumulate_grad(p, functools.partial(self._on_grad, i))
             for ref in self._optimizers:
                 opt = ref()
@@ -261,6 +270,7 @@ class Watcher:
                 self._sink = TensorBoardSink(self.config.logdir, self._writer)
         except BaseException:
             self._handles.remove()
+            self._params = None
             raise
         self._attached = True
         _LIVE.add(self)
@@ -279,6 +289,7 @@ class Watcher:
         finally:
             self._handles.remove()
             self._attached = False
+            self._params = None
 
     def close(self) -> None:
         """Record the last step, detach, and flush (and close, if gradwatch opened it) the writer.
@@ -370,7 +381,7 @@ class Watcher:
             if self._attached and not self._failed and not self._graph_checked:
                 self._graph_checked = True  # once: the walk costs O(graph size) on the host
                 self._guard(self._check_graph, loss)
-        elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        elif isinstance(loss, numbers.Real) and not isinstance(loss, bool):  # int, float, numpy scalars
             self._cur.loss = float(loss)
         else:
             raise TypeError(f"record_loss() needs a scalar tensor or a number, got {type(loss).__name__}")
@@ -472,6 +483,17 @@ class Watcher:
         )
 
     # ------------------------------------------------------------------ hooks (training thread)
+    def _on_incoming_grad(self, index: int, param: torch.Tensor, _grad: torch.Tensor) -> None:
+        if self._failed:
+            return
+        try:
+            self._tracker.incoming()
+            self._prov.before_accumulate(index, param)
+        except (GradientError, GradWatchWarning):  # the user's policy, not our failure
+            raise
+        except Exception as err:
+            self._fail(err)
+
     def _on_grad(self, index: int, param: torch.Tensor) -> None:
         if self._failed:
             return
@@ -488,7 +510,11 @@ class Watcher:
         except Exception as err:
             self._fail(err)
 
-    def _on_opt_pre(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+    def _on_opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # the hook's args are step()'s positional arguments, the optimizer itself first
+        pos = [a for a in (args or ()) if a is not optimizer]
+        closure = pos[0] if pos else (kwargs or {}).get("closure")
+        self._closure_step = callable(closure)
         if not self._failed:
             self._guard(self._tracker.optimizer_pre, optimizer)
 
@@ -508,6 +534,10 @@ class Watcher:
 
     def backward_started(self, inside_optimizer: bool) -> None:  # noqa: D102
         self._prov.new_pass(inside_optimizer)
+
+    def backward_aborted(self) -> None:  # noqa: D102
+        # a pass that raised (or was interrupted) half-way is not the user's accumulation bug
+        self._prov.used_passes.add(self._prov.pass_id)
 
     def backward_ended(self, step: int) -> None:  # noqa: D102
         params = self._live_params()
@@ -532,12 +562,23 @@ class Watcher:
         for i in owned:
             self._prov.check(i, params[i])
         name = self._opt_names.get(id(optimizer), type(optimizer).__name__)
-        findings = [f for d in self._detectors for f in d.on_optimizer_pre(name, owned, step)]
+        findings = []
+        if not self._closure_step:  # with a closure the gradients are computed inside step(): judge after
+            findings = [f for d in self._detectors for f in d.on_optimizer_pre(name, owned, step)]
         if self.config.every(step):
             self._capture(owned, params, step)
             if self.config.update_ratio:
                 self._cur.snaps[id(optimizer)] = (owned, stats.snapshot([params[i] for i in owned]))
-        self._emit(findings)
+        try:
+            self._emit(findings)
+        except BaseException:
+            # on_finding="raise" (or a warning filter set to error) aborts this optimizer step: no post
+            # hook will run, so close it here, and count its gradients as seen (already reported)
+            self._tracker.opt_depth = 0
+            self._cur.snaps.pop(id(optimizer), None)
+            for i in owned:
+                self._prov.use(i, params[i], step, name, observe=True)
+            raise
 
     def optimizer_post(self, optimizer: Any, step: int, backward_inside: bool) -> None:  # noqa: D102
         owned = self._owned_by(optimizer)
@@ -545,7 +586,10 @@ class Watcher:
             return
         params = self._live_params()
         name = self._opt_names.get(id(optimizer), type(optimizer).__name__)
-        findings = [f for d in self._detectors for f in d.on_optimizer_post(name, owned, step)]
+        findings = []
+        if self._closure_step:
+            findings += [f for d in self._detectors for f in d.on_optimizer_pre(name, owned, step)]
+        findings += [f for d in self._detectors for f in d.on_optimizer_post(name, owned, step)]
         for i in owned:
             self._prov.use(i, params[i], step, name, observe=True)
         findings += [f for d in self._detectors for f in d.on_optimizer_used(name, owned, step)]
@@ -651,11 +695,25 @@ class Watcher:
             self._sink.write_step(record, grad_hist, param_hist)
 
     # ------------------------------------------------------------------ internals
+    def _resolve_params(self) -> list[torch.Tensor]:
+        if self._tensors is not None:
+            return self._tensors
+        model = self._module() if self._module is not None else None
+        if model is None:
+            raise GradWatchError("the watched model no longer exists; create a new watcher for a new model")
+        named = dict(model.named_parameters())
+        missing = [n for n in self.names if n not in named]
+        if missing:
+            raise GradWatchError(
+                f"parameter(s) {', '.join(missing[:5])} are no longer in the model (layers replaced since "
+                f"the watcher was created); create a new watcher with gradwatch.watch(model, ...)"
+            )
+        return [named[n] for n in self.names]
+
     def _live_params(self) -> list[torch.Tensor]:
-        params = [r() for r in self._param_refs]
-        if any(p is None for p in params):
-            raise GradWatchError("a watched parameter no longer exists (was the model deleted?)")
-        return params  # type: ignore[return-value]
+        if self._params is None:
+            raise GradWatchError("the watcher is not attached")
+        return self._params
 
     def _refresh_ownership(self) -> None:
         owned_any: set[int] = set()

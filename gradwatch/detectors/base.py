@@ -31,7 +31,11 @@ class Detector:
         return []
 
     def on_optimizer_pre(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
-        """An optimizer (``name``, e.g. ``"SGD#0"``) is about to update the parameters ``owned``."""
+        """An optimizer (``name``, e.g. ``"SGD#0"``) is about to update the parameters ``owned``.
+
+        For a step given a closure (LBFGS), whose gradients only exist once the closure ran, this
+        event comes after the step instead, just before ``on_optimizer_post``.
+        """
         return []
 
     def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:

@@ -16,7 +16,6 @@ step boundary when no optimizer holds it), and whether it received a new gradien
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import torch
@@ -36,7 +35,10 @@ class Provenance:
     """
 
     def __init__(self, n: int) -> None:
-        self._ref: list[weakref.ref[torch.Tensor] | None] = [None] * n
+        # id() of the .grad tensor last seen (no reference to it: a weak reference would make
+        # torch.utils.swap_tensors, used by module.to() in swap mode, refuse the gradient). Only compared
+        # while the old tensor is known to be alive or just replaced, where ids cannot be reused.
+        self._ref: list[int | None] = [None] * n
         self._ver = [0] * n
         #: content includes a gradient the owner already used at step ``used_at[i]``
         self.holds_used = [False] * n
@@ -66,8 +68,7 @@ class Provenance:
         ref = self._ref[i]
         if ref is None:
             return g is None
-        old = ref()
-        if old is None or old is not g or g is None:
+        if g is None or id(g) != ref:
             return False
         return g._version == self._ver[i] + (1 if accumulated else 0)
 
@@ -79,18 +80,26 @@ class Provenance:
         self.holds_used[i] = False
 
     def _observe(self, i: int, g: torch.Tensor | None) -> None:
-        self._ref[i] = None if g is None else weakref.ref(g)
+        self._ref[i] = None if g is None else id(g)
         self._ver[i] = 0 if g is None else g._version
+
+    def before_accumulate(self, i: int, param: torch.Tensor) -> None:
+        """A gradient is about to be accumulated into ``param.grad`` (tensor hook on the leaf).
+
+        ``.grad`` still holds what was there: ``None`` (reset by ``set_to_none``), another tensor (the
+        user assigned one; it was created while the old one was alive, so ``id`` cannot collide), or the
+        same tensor with a newer version (written in place: ``zero_()``).
+        """
+        if self._ref[i] is not None and not self._kept(i, param.grad, accumulated=False):
+            self._reset(i)
+            self._observe(i, param.grad)
 
     def accumulated(self, i: int, param: torch.Tensor) -> None:
         """A gradient of the current pass was accumulated into ``param.grad`` (post-accumulate hook)."""
-        g = param.grad
-        if self._ref[i] is not None and not self._kept(i, g, accumulated=True):
-            self._reset(i)
         self._passes[i].add(self.pass_id)
         self.touched.setdefault(self.pass_id, set()).add(i)
         self.fresh[i] = True
-        self._observe(i, g)
+        self._observe(i, param.grad)
 
     def check(self, i: int, param: torch.Tensor) -> None:
         """Look at ``param.grad`` just before its optimizer steps: notice a reset since the last observation.
@@ -103,7 +112,7 @@ class Provenance:
         ref = self._ref[i]
         if ref is None:
             return
-        if g is None or ref() is not g:
+        if g is None or id(g) != ref:
             self._reset(i)
         self._observe(i, g)
 

@@ -40,11 +40,14 @@ class MissingZeroGradDetector(Detector):
 
     kinds = ("missing_zero_grad",)
 
-    def __init__(self, provenance: Provenance, names: Sequence[str], norm_at: NormLookup) -> None:
+    def __init__(
+        self, provenance: Provenance, names: Sequence[str], norm_at: NormLookup, numels: Sequence[int] = ()
+    ) -> None:
         self.prov = provenance
         self.names = names
         self.norm_at = norm_at
-        self.reported: set[int] = set()
+        # an empty parameter has nothing to carry over
+        self.reported: set[int] = {i for i, n in enumerate(numels) if n == 0}
 
     def _judge(self, owner: str, idx: Sequence[int], step: int, fix_owner: str) -> list[Finding]:
         stale = [i for i in self.prov.stale(idx) if i not in self.reported]

@@ -46,6 +46,8 @@ class History(Sequence[StepRecord]):
     def __getitem__(self, index: int | slice) -> StepRecord | list[StepRecord]:
         if isinstance(index, slice):
             return list(self._records)[index]
+        if not self._records:
+            raise IndexError("the history is empty: no step has been recorded yet")
         return self._records[index]
 
     def __len__(self) -> int:
