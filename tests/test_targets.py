@@ -53,6 +53,12 @@ def test_frozen_module_parameters_are_not_watched() -> None:
         (torch.zeros(2, requires_grad=True), TypeError, r"single tensor.*\{'w': w\}"),
         ("model", TypeError, r"got the string 'model'"),
         (42, TypeError, r"cannot watch int 42"),
+        (
+            torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
+            TypeError,
+            r"optimizer SGD as its target.*watch\(model, optimizer\)",
+        ),
+        ({"w": torch.zeros(2, dtype=torch.long)}, ValueError, r"dtype torch.int64.*only floating-point"),
     ],
     ids=[
         "class",
@@ -67,6 +73,8 @@ def test_frozen_module_parameters_are_not_watched() -> None:
         "bare-tensor",
         "string",
         "int",
+        "optimizer-first",
+        "int-tensor",
     ],
 )
 def test_bad_targets(target, exc, match) -> None:
@@ -144,3 +152,18 @@ def test_record_loss_validation() -> None:
         w.record_loss(torch.ones(2))
     with pytest.raises(TypeError, match="scalar tensor or a number, got str"):
         w.record_loss("0.5")
+
+
+def test_named_parameters_generator_keeps_names() -> None:
+    m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    assert gw.Watcher(m.named_parameters()).names == ("0.weight", "0.bias", "1.weight", "1.bias")
+
+
+def test_at_steps_accepts_a_list_and_record_loss_numpy_scalars() -> None:
+    import numpy as np
+
+    assert gw.at_steps([1, 2], 5).steps == frozenset({1, 2, 5})
+    w = gw.Watcher(nn.Linear(2, 1))
+    w.record_loss(np.float32(0.5))
+    with pytest.raises(IndexError, match="history is empty"):
+        w.history[-1]
