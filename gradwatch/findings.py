@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["FINDING_KINDS", "RAW_COLUMNS", "Finding", "ParamStats", "StepRecord"]
+__all__ = ["FINDING_KINDS", "PARAM_COL", "RAW_COLUMNS", "UPDATE_COL", "Finding", "ParamStats", "StepRecord"]
 
 #: Every finding kind gradwatch knows, most severe first (the order ``Watcher.report()`` uses).
 FINDING_KINDS: tuple[str, ...] = (
@@ -34,9 +34,12 @@ RAW_COLUMNS: tuple[str, ...] = (
     "nonzero",
     "nonfinite",
     "nan",
+    "centered",
     "param_norm",
     "update_norm",
 )
+#: Column of the parameter norm and of the update norm in :data:`RAW_COLUMNS`.
+PARAM_COL, UPDATE_COL = 7, 8
 
 #: One piece of a record: parameter positions, first column, and a ``[len(positions), k]`` tensor
 #: (on the host, or being copied there).
@@ -64,8 +67,7 @@ class Finding:
         return f"[{self.kind}] step {self.step}: {self.message}"
 
 
-@dataclass(frozen=True)
-class ParamStats:
+class ParamStats(NamedTuple):
     """Gradient and weight statistics of one parameter at one recorded step.
 
     All values are Python numbers. Gradient statistics describe ``param.grad`` at the step boundary
@@ -182,16 +184,16 @@ class StepRecord:
         return self._loss
 
     def raw(self) -> list[list[float]]:
-        """The ``[num_params][8]`` host buffer (:data:`RAW_COLUMNS`); waits for the copy if needed."""
-        import torch
-
+        """The ``[num_params][9]`` host buffer (:data:`RAW_COLUMNS`); waits for the copy if needed."""
         if self._event is not None:
             self._event.synchronize()
-        buf = torch.zeros(len(self._names), len(RAW_COLUMNS), dtype=torch.float64)
-        buf[:, 6:] = math.nan
-        for positions, col, values in self._parts:
-            buf[list(positions), col : col + values.shape[1]] = values.to(torch.float64)
-        return buf.tolist()
+        nan = math.nan
+        rows = [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, nan, nan] for _ in self._names]
+        for positions, col, values in self._parts:  # later parts overwrite earlier ones
+            end = col + values.shape[1]
+            for pos, vals in zip(positions, values.tolist()):
+                rows[pos][col:end] = vals
+        return rows
 
     @property
     def params(self) -> Mapping[str, ParamStats]:
@@ -199,12 +201,19 @@ class StepRecord:
         if self._params is None:
             out: dict[str, ParamStats] = {}
             for name, row, n, got in zip(self._names, self.raw(), self._numels, self._has_grad):
-                norm, max_abs, total, nonzero, nonfinite, nan, pn, un = row
+                norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, un = row
                 if n == 0:  # an empty parameter: every norm is 0
                     pn = 0.0 if math.isnan(pn) else pn
                 mean = total / n if n else 0.0
-                var = norm * norm / n - mean * mean if n else 0.0
-                std = math.sqrt(var) if var > 0 else (var if math.isnan(var) else 0.0)
+                if not n:
+                    std = 0.0
+                elif centered >= 0 or math.isinf(centered):  # ||g - mean|| measured directly
+                    std = centered / math.sqrt(n)
+                elif math.isnan(centered) and not (math.isfinite(norm) and math.isfinite(mean)):
+                    std = math.nan  # non-finite gradient
+                else:  # derived from the sums (cancels when |mean| >> std)
+                    var = norm * norm / n - mean * mean
+                    std = math.sqrt(var) if var > 0 else 0.0
                 ratio = None
                 if not math.isnan(un):
                     ratio = un / pn if pn > 0 else (0.0 if un == 0 else math.inf)

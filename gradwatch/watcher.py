@@ -34,7 +34,7 @@ from gradwatch.detectors import (
     VanishingGradDetector,
 )
 from gradwatch.errors import GradientError, GradWatchError, GradWatchWarning
-from gradwatch.findings import FINDING_KINDS, Finding, Part, StepRecord
+from gradwatch.findings import FINDING_KINDS, PARAM_COL, UPDATE_COL, Finding, Part, StepRecord
 from gradwatch.hooks import HandleGroup, queue_end_of_backward
 from gradwatch.sinks import FindingReporter, History
 from gradwatch.targets import resolve_optimizers, resolve_target
@@ -607,7 +607,7 @@ class Watcher:
         snap = self._cur.snaps.pop(id(optimizer), None)
         if snap is not None:
             idx, before = snap
-            self._add_blocks(idx, 7, stats.update_norms([params[i] for i in idx], before))
+            self._add_blocks(idx, UPDATE_COL, stats.update_norms([params[i] for i in idx], before))
 
     def seal(self, step: int) -> None:  # noqa: D102
         cur, self._cur = self._cur, _StepState(len(self.names))
@@ -648,7 +648,7 @@ class Watcher:
         if cur.unowned_snap is not None:
             idx, before = cur.unowned_snap
             cur.parts.extend(
-                (([idx[j] for j in pos]), 7, t)
+                (([idx[j] for j in pos]), UPDATE_COL, t)
                 for pos, t in stats.update_norms([params[i] for i in idx], before)
             )
         param_hist = None
@@ -749,7 +749,7 @@ class Watcher:
         ps = [params[i] for i in idx]
         grads = [p.grad for p in ps]
         self._add_blocks(idx, 0, stats.grad_stats(grads))
-        self._add_blocks(idx, 6, stats.norms(ps))
+        self._add_blocks(idx, PARAM_COL, stats.norms(ps))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)

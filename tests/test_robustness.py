@@ -125,9 +125,11 @@ def test_mean_and_std_hold_when_the_mean_dominates(n: int, mean: float, std: flo
         w.step()
     s = w.history[0].params["p"]
     ref = grad.double().numpy()
-    assert s.grad_mean == pytest.approx(ref.mean(), rel=1e-9)
-    assert s.grad_norm == pytest.approx(np.linalg.norm(ref), rel=1e-9)
-    assert s.grad_std == pytest.approx(ref.std(), rel=5e-3)  # float64 sums; cancellation bounded
+    # float32 reductions (as torch's own): relative precision ~1e-7 on the mean and the norm, and the
+    # standard deviation is measured as ||g - mean|| / sqrt(n), so it does not cancel
+    assert s.grad_mean == pytest.approx(ref.mean(), rel=1e-6)
+    assert s.grad_norm == pytest.approx(np.linalg.norm(ref), rel=1e-6)
+    assert s.grad_std == pytest.approx(ref.std(), rel=1e-3)
 
 
 def test_huge_finite_gradients_have_finite_norms() -> None:

@@ -136,7 +136,7 @@ def test_grad_stats_nonfinite_and_zeros(dtype: torch.dtype) -> None:
     assert idx == [0, 1, 2, 3]
     got = block.tolist()
     for row, g in zip(got, grads):
-        norm, max_abs, total, nonzero, nonfinite, n_nan = row
+        norm, max_abs, total, nonzero, nonfinite, n_nan, _centered = row
         ref = g.double()
         assert nonzero == int((ref != 0).sum())
         assert nonfinite == int((~torch.isfinite(ref)).sum())
@@ -182,3 +182,34 @@ def test_keep_grads_keeps_cpu_copies_of_named_parameters() -> None:
         torch.testing.assert_close(record.params["net.0.weight"].grad, kept[k], rtol=0, atol=0)
         assert record.params["net.2.weight"].grad is None
     assert w.history.by_step(2).params["net.0.weight"].grad.device.type == "cpu"
+
+
+@pytest.mark.parametrize("path", ["_cpu_chunk", "_device_chunk"], ids=["cpu-path", "foreach-path"])
+def test_both_reduction_paths_match_reference(path: str) -> None:
+    """The foreach path is what CUDA runs; here it runs on CPU tensors against the same reference."""
+    g = torch.Generator().manual_seed(0)
+    inf, nan = float("inf"), float("nan")
+    grads = [
+        torch.randn(300, generator=g),
+        torch.randn(7, 5, generator=g) * 1e-3 + 2.0,
+        torch.tensor([0.0, 0.0, 1.5, -2.5]),
+        torch.tensor([1.0, nan, -inf, 0.0, 3.0]),
+    ]
+    rows = getattr(stats, path)(grads).tolist()
+    for row, t in zip(rows, grads):
+        norm, max_abs, total, nonzero, nonfinite, n_nan, centered = row
+        ref = t.double()
+        assert nonzero == int((ref != 0).sum())
+        assert nonfinite == int((~torch.isfinite(ref)).sum()) and n_nan == int(torch.isnan(ref).sum())
+        if torch.isfinite(ref).all():
+            assert norm == pytest.approx(ref.norm().item(), rel=1e-6)
+            assert max_abs == pytest.approx(ref.abs().max().item(), rel=1e-6)
+            # the foreach path sums as 2 sum(g+) - sum|g|: float32 error relative to sum|g|
+            assert total == pytest.approx(ref.sum().item(), rel=1e-5, abs=1e-6 * ref.abs().sum().item())
+            if centered >= 0:  # measured directly on the CPU path
+                assert centered == pytest.approx((ref - ref.mean()).norm().item(), rel=1e-5)
+            else:
+                assert path == "_device_chunk"
+        else:
+            assert norm != norm or norm == inf
+            assert max_abs != max_abs  # NaN propagates
