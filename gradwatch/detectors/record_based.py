@@ -169,6 +169,21 @@ class AllZeroGradDetector(_Persistent):
         return [Finding("all_zero_grad", record.step, tuple(ready), message)]
 
 
+def _update_band(record: StepRecord) -> str:
+    """Evidence from the update-to-weight ratios against TheDeepChecker's healthy band 1e-4..1e-1."""
+    ratios = sorted(
+        s.update_ratio for s in record.params.values() if s.update_ratio is not None and s.update_ratio > 0
+    )
+    if not ratios:
+        return ""
+    outside = sum(1 for r in ratios if not 1e-4 <= r <= 1e-1)
+    median = ratios[len(ratios) // 2]
+    return (
+        f" Update-to-weight ratios this step: median {median:.2g}, {outside} of {len(ratios)} parameters "
+        f"outside the healthy band 1e-4..1e-1 (TheDeepChecker)."
+    )
+
+
 def _layer_norms_in_backward_order(record: StepRecord) -> list[tuple[str, float]]:
     """(layer, gradient norm), nearest the loss first, for layers that got a gradient this step."""
     order = record.backward_order
@@ -217,7 +232,8 @@ class VanishingGradDetector(_Persistent):
             f"{first or '<root>'} gets gradient norm {first_norm:.3g}, {first_norm / last_norm:.2g} "
             f"times the last layer {last or '<root>'}'s {last_norm:.3g} (rule: ratio < {self.ratio:g} and "
             f"first-layer norm < "
-            f"{self.norm:g}, AutoTrainer ICSE 2021); {len(weak)} layer(s) below the ratio. Fix: ReLU-family "
+            f"{self.norm:g}, AutoTrainer ICSE 2021); {len(weak)} layer(s) below the ratio."
+            f"{_update_band(record)} Fix: ReLU-family "
             f"activations instead of sigmoid/tanh in deep stacks, residual connections, normalisation "
             f"layers, He/Xavier initialisation, fewer layers."
         )
@@ -282,7 +298,8 @@ class ExplodingGradDetector(_Persistent):
                 f"{self.totals[0]:.3g} to {self.totals[-1]:.3g} (TheDeepChecker's sustained-growth rule)"
             )
         message = (
-            f"exploding gradients for {self.steps} steps (up to step {record.step}): {evidence}. Fix: clip "
+            f"exploding gradients for {self.steps} steps (up to step {record.step}): {evidence}."
+            f"{_update_band(record)} Fix: clip "
             f"the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)) before "
             f"optimizer.step(), lower the learning rate, use gated recurrent units (LSTM/GRU) or shorter "
             f"sequences (truncated BPTT), normalisation layers."
