@@ -91,6 +91,8 @@ class ParamStats(NamedTuple):
             across the step, or ``None`` when not measured (no update seen, or the option is off).
         grad: a CPU copy of ``.grad`` at the boundary when ``keep_grads`` asked for this parameter,
             else ``None``.
+        grad_is_none: ``.grad`` was ``None`` when the statistics were read (e.g. set to ``None`` between
+            the backward pass and the optimizer step), so they are those of an all-zero gradient.
     """
 
     grad_norm: float
@@ -104,6 +106,7 @@ class ParamStats(NamedTuple):
     param_norm: float
     update_ratio: float | None
     grad: torch.Tensor | None = None
+    grad_is_none: bool = False
 
 
 class StepRecord:
@@ -119,6 +122,7 @@ class StepRecord:
 
     __slots__ = (
         "_event",
+        "_grad_none",
         "_grads",
         "_has_grad",
         "_layer_map",
@@ -145,6 +149,7 @@ class StepRecord:
         loss: float | torch.Tensor | None,
         event: Any = None,
         order: Sequence[int] = (),
+        grad_none: Sequence[bool] = (),
     ) -> None:
         self.step = step
         self._loss = loss
@@ -158,6 +163,7 @@ class StepRecord:
         self._params: dict[str, ParamStats] | None = None
         self._layers: dict[str, float] | None = None
         self._order = order
+        self._grad_none = grad_none
         self._layer_map: dict[str, str] | None = None
 
     @property
@@ -200,7 +206,10 @@ class StepRecord:
         """Per-parameter statistics, keyed by parameter name, in ``named_parameters()`` order."""
         if self._params is None:
             out: dict[str, ParamStats] = {}
-            for name, row, n, got in zip(self._names, self.raw(), self._numels, self._has_grad):
+            none = self._grad_none or [False] * len(self._names)
+            for name, row, n, got, is_none in zip(
+                self._names, self.raw(), self._numels, self._has_grad, none
+            ):
                 norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, un = row
                 if n == 0:  # an empty parameter: every norm is 0
                     pn = 0.0 if math.isnan(pn) else pn
@@ -229,6 +238,7 @@ class StepRecord:
                     param_norm=pn,
                     update_ratio=ratio,
                     grad=self._grads.get(name),
+                    grad_is_none=bool(is_none),
                 )
             self._params = out
         return self._params

@@ -94,6 +94,7 @@ class _StepState:
         self.kept: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | float | None = None
         self.order = [-1] * n  # rank of each parameter's first gradient in this step (backward order)
+        self.grad_none = [True] * n  # .grad was None (or never read) when the statistics were taken
         self.ranked = 0
 
 
@@ -684,6 +685,7 @@ class Watcher:
             loss,
             event,
             cur.order,
+            cur.grad_none,
         )
         self._history.append(record)
         self._unjudged.append(record)
@@ -748,6 +750,8 @@ class Watcher:
         """Statistics of the gradients of ``params[i] for i in idx`` as they are now, into this step."""
         ps = [params[i] for i in idx]
         grads = [p.grad for p in ps]
+        for i, g in zip(idx, grads):
+            self._cur.grad_none[i] = g is None
         self._add_blocks(idx, 0, stats.grad_stats(grads))
         self._add_blocks(idx, PARAM_COL, stats.norms(ps))
         for i, g in zip(idx, grads):

@@ -1,8 +1,10 @@
-"""The public training-loop cases in ../shared/cases, run against gradwatch.
+"""Training-loop cases run against gradwatch: the shared public ones and the project's own.
 
-Each ``cNN`` case is a real reported bug with the findings gradwatch must report; each ``hNN`` case a
-healthy loop where gradwatch must stay silent. The cases live beside the repository (they are shared
-with the people who file issues); the tests are skipped when that folder is absent.
+Each ``cNN`` case is a bug with the findings gradwatch must report; each ``hNN`` case a healthy loop
+where gradwatch must stay silent. ``../shared/cases`` (beside the repository, shared with the people who
+file issues) holds public bug reports rewritten as small loops; ``tests/cases`` holds other loops of the
+same kinds, written to catch a tool that only fits the shared ones. Both are judged by the shared
+``check.py``; the tests are skipped when that folder is absent.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import SHARED_CASES
@@ -25,7 +28,14 @@ sys.modules[_spec.name] = check  # type: ignore[union-attr]
 _spec.loader.exec_module(check)  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("path", check.discover(SHARED_CASES), ids=lambda p: p.stem)
+OWN_CASES = Path(__file__).resolve().parent / "cases"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*check.discover(SHARED_CASES), *check.discover(OWN_CASES)],
+    ids=lambda p: f"{p.parent.parent.name}/{p.stem}" if p.parent == OWN_CASES else f"shared/{p.stem}",
+)
 def test_shared_case(path) -> None:
     ok, why = check.check_case(path, functools.partial(gw.watch, on_finding="ignore"))
     assert ok, why

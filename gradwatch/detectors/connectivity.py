@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Sequence
 
@@ -103,9 +104,12 @@ class NotUpdatedDetector(Detector):
     * Not held by any watched optimizer (a layer kept in a plain Python list, a layer replaced after the
       optimizer was built, a param group that forgot a layer): reported at the first recorded step where
       it has a nonzero gradient, naming the optimizers that do not hold it.
-    * Held by an optimizer but unchanged (update norm exactly 0) for ``not_updated_steps`` (default 5)
-      recorded steps in a row while its gradient is nonzero: learning rate 0, or an outside mask or hook
-      that restores the weights. Only judged where an update would be visible in the parameter's dtype
+    * Held by an optimizer but unchanged for ``not_updated_steps`` (default 5) recorded steps in a row
+      while its gradient is nonzero: the update norm is exactly 0 (learning rate 0, a mask inside the
+      step), or the update is undone before the next step (its norm before the step equals, bit for
+      bit, its norm before the previous one although that step moved it: ``load_state_dict``, ``copy_``
+      or an EMA copied back after ``optimizer.step()``; only after an update ratio above 1e-4).
+      Only judged where an update would be visible in the parameter's dtype
       (``lr * ||g|| / ||theta||`` above the dtype's resolution), so tiny (vanishing) gradients are left to
       ``vanishing_grad``.
 
@@ -134,6 +138,8 @@ class NotUpdatedDetector(Detector):
         self.optimizer_names = optimizer_names
         self.steps = steps
         self.still = [0] * len(names)
+        self.undone = [False] * len(names)
+        self.last: list[tuple[float, float | None] | None] = [None] * len(names)
         self.reported: set[int] = set()
 
     def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
@@ -167,10 +173,23 @@ class NotUpdatedDetector(Detector):
         for i, name in enumerate(self.names):
             s = params[name]
             lr = lrs.get(i)
+            before, self.last[i] = self.last[i], (s.param_norm, s.update_ratio)
             if i in unowned_set or s.update_ratio is None or lr is None or not s.has_grad:
                 continue
             visible = s.param_norm == 0 or lr * s.grad_norm / s.param_norm > 1e-6 or lr == 0
-            if s.update_ratio == 0 and s.grad_norm > 0 and math.isfinite(s.grad_norm) and visible:
+            # the last update was undone before this step: the weights are back, bit for bit, to where
+            # they were before it (load_state_dict, a copy_ or a mask after each step)
+            # (only after an update of relative size > 1e-4, which moves a float32 norm far beyond its
+            # resolution: a tiny update can leave the norm bit-identical without being undone)
+            undone = (
+                before is not None
+                and before[1] is not None
+                and before[1] > 1e-4
+                and s.param_norm == before[0]
+            )
+            self.undone[i] = undone
+            moving = s.grad_norm > 0 and math.isfinite(s.grad_norm)
+            if moving and ((s.update_ratio == 0 and visible) or undone):
                 self.still[i] += 1
                 if self.still[i] >= self.steps and i not in self.reported:
                     stuck.append(i)
@@ -180,11 +199,17 @@ class NotUpdatedDetector(Detector):
             self.reported.update(stuck)
             names = tuple(self.names[i] for i in stuck)
             zero_lr = [self.names[i] for i in stuck if lrs.get(i) == 0]
-            cause = (
-                f"their learning rate is 0 ({_short(zero_lr)})"
-                if zero_lr
-                else "something restores or masks them after each update (a hook, p.data = ..., a mask)"
-            )
+            restored = [self.names[i] for i in stuck if self.undone[i]]
+            if zero_lr:
+                cause = f"their learning rate is 0 ({_short(zero_lr)})"
+            elif restored:
+                cause = (
+                    f"each update is undone before the next step: the weights of {_short(restored)} are back "
+                    f"exactly to their previous values (load_state_dict, param.copy_(...), an EMA or mask "
+                    f"copied back after optimizer.step())"
+                )
+            else:
+                cause = "something restores or masks them after each update (a hook, p.data = ..., a mask)"
             message = (
                 f"{_short(list(names))} have nonzero gradients but did not change in {self.steps} optimizer "
                 f"steps (up to step {record.step}): {cause}. Fix: check the param group's lr and scheduler, "
@@ -206,14 +231,23 @@ class NotUpdatedDetector(Detector):
         return [Finding("not_updated", step, (), message)]
 
 
-_MISSPELT = (
-    "require_grad",
-    "requires_grads",
-    "require_grads",
-    "requiresgrad",
-    "requires_gradient",
-    "requires_grad_",
-)
+def _freeze_attrs(obj: object, exact: bool) -> list[tuple[str, object]]:
+    """Falsy, non-callable instance attributes that look like ``requires_grad`` (a freeze attempt).
+
+    ``exact`` also accepts the exact name (on a module, where ``requires_grad`` is not a real switch).
+    Near misses are judged by ``difflib`` similarity >= 0.8 (``requries_grad``, ``require_grad``,
+    ``requires_grads``, ``requiresgrad`` ...).
+    """
+    found: list[tuple[str, object]] = []
+    for key, value in vars(obj).items() if hasattr(obj, "__dict__") else ():
+        if callable(value) or not isinstance(value, (bool, int)) or value:
+            continue
+        if key == "requires_grad":
+            if exact:
+                found.append((key, value))
+        elif difflib.SequenceMatcher(None, key.lower().strip("_"), "requires_grad").ratio() >= 0.8:
+            found.append((key, value))
+    return found
 
 
 class IneffectiveFreezeDetector(Detector):
@@ -245,8 +279,9 @@ class IneffectiveFreezeDetector(Detector):
             return []
         findings = []
         for mod_name, mod in model.named_modules():
-            flag = vars(mod).get("requires_grad", None)
-            if flag is not None and not callable(flag) and not flag:
+            attrs = _freeze_attrs(mod, exact=True)
+            if attrs:
+                attr, flag = attrs[0]
                 prefix = f"{mod_name}." if mod_name else ""
                 hit = [
                     prefix + n
@@ -257,7 +292,7 @@ class IneffectiveFreezeDetector(Detector):
                     self.reported.update(hit)
                     where = f"model.{mod_name}" if mod_name else "model"
                     message = (
-                        f"{where}.requires_grad = {flag!r} only set a Python attribute on the "
+                        f"{where}.{attr} = {flag!r} only set a Python attribute on the "
                         f"{type(mod).__name__} module: nn.Module has no such switch, so {_short(hit)} still "
                         f"require grad and keep training. Fix: {where}.requires_grad_(False) (note the "
                         f"trailing underscore), or set p.requires_grad = False on each parameter."
@@ -266,12 +301,11 @@ class IneffectiveFreezeDetector(Detector):
         for name, p in model.named_parameters():
             if name not in self.names or name in self.reported or not p.requires_grad:
                 continue
-            attrs = vars(p) if hasattr(p, "__dict__") else {}
-            wrong = [a for a in _MISSPELT if a in attrs and not callable(attrs[a]) and not attrs[a]]
+            wrong = _freeze_attrs(p, exact=False)
             if wrong:
                 self.reported.add(name)
                 message = (
-                    f"{name}.{wrong[0]} = {attrs[wrong[0]]!r} sets a misspelt attribute, so {name} still "
+                    f"{name}.{wrong[0][0]} = {wrong[0][1]!r} sets a misspelt attribute, so {name} still "
                     f"requires grad and keeps training. Fix: {name}.requires_grad = False, or "
                     f"requires_grad_(False)."
                 )

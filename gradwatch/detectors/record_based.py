@@ -152,7 +152,9 @@ class AllZeroGradDetector(_Persistent):
 
     def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
         zero = {
-            n for n, s in record.params.items() if s.has_grad and s.zero_fraction == 1.0 and s.grad_norm == 0
+            n
+            for n, s in record.params.items()
+            if s.has_grad and not s.grad_is_none and s.zero_fraction == 1.0 and s.grad_norm == 0
         }
         live_layers = {record.layer_of(n) for n in record.params if n not in zero}
         hits = {n for n in zero if record.layer_of(n) not in live_layers}
@@ -247,7 +249,9 @@ class ExplodingGradDetector(_Persistent):
     (reached last by backward) is more than ``exploding_ratio`` (70) times the last layer's, for
     ``persistence`` (5) consecutive recorded steps; or, following TheDeepChecker (Ben Braiek & Khomh,
     2022), the total gradient norm grows at every one of ``persistence`` consecutive recorded steps and
-    ends more than ``exploding_ratio`` times above where the growth started. Names the parameters of
+    ends more than ``exploding_ratio`` times above where the growth started *and* above every level
+    recorded before it (so a norm climbing back from a dip, as momentum carries the weights through a
+    minimum, is not an explosion). Names the parameters of
     every layer whose norm is more than ``exploding_ratio`` times the last layer's. The layer-ratio rule
     needs a module target (``by_layer``); the growth rule applies to any target.
     """
@@ -258,6 +262,7 @@ class ExplodingGradDetector(_Persistent):
         super().__init__(steps)
         self.ratio, self.by_layer = ratio, by_layer
         self.totals: list[float] = []
+        self.peak_before = 0.0  # largest total norm recorded before the current growth window
 
     def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
         layers = _layer_norms_in_backward_order(record) if self.by_layer else []
@@ -272,7 +277,12 @@ class ExplodingGradDetector(_Persistent):
             and all(math.isfinite(t) and t > 0 for t in self.totals)
             and all(b > a for a, b in zip(self.totals, self.totals[1:]))
             and self.totals[-1] > self.ratio * self.totals[0]
+            # climbing back from a dip (momentum passing through a minimum) is not an explosion:
+            # the norm must also leave behind every level seen before the run of growth
+            and self.totals[-1] > self.ratio * self.peak_before
         )
+        if len(self.totals) == self.steps + 1 and math.isfinite(self.totals[0]):
+            self.peak_before = max(self.peak_before, self.totals[0])
         # the growth rule already spans `steps` steps; the ratio rule must persist for `steps` steps
         ready = self._update({"*"} if ratio_hit else set(), ["*"])
         if growth_hit and "*" not in self.reported:
