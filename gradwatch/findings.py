@@ -36,10 +36,11 @@ RAW_COLUMNS: tuple[str, ...] = (
     "nan",
     "centered",
     "param_norm",
+    "param_l1",
     "update_norm",
 )
-#: Column of the parameter norm and of the update norm in :data:`RAW_COLUMNS`.
-PARAM_COL, UPDATE_COL = 7, 8
+#: First column of the parameter norms (L2, then L1) and column of the update norm in :data:`RAW_COLUMNS`.
+PARAM_COL, UPDATE_COL = 7, 9
 
 #: One piece of a record: parameter positions, first column, and a ``[len(positions), k]`` tensor
 #: (on the host, or being copied there).
@@ -91,6 +92,8 @@ class ParamStats(NamedTuple):
             across the step, or ``None`` when not measured (no update seen, or the option is off).
         grad: a CPU copy of ``.grad`` at the boundary when ``keep_grads`` asked for this parameter,
             else ``None``.
+        param_l1_norm: L1 norm of the parameter at the boundary, before the update (a second
+            fingerprint of the weights besides ``param_norm``).
         grad_is_none: ``.grad`` was ``None`` when the statistics were read (e.g. set to ``None`` between
             the backward pass and the optimizer step), so they are those of an all-zero gradient.
     """
@@ -107,6 +110,7 @@ class ParamStats(NamedTuple):
     update_ratio: float | None
     grad: torch.Tensor | None = None
     grad_is_none: bool = False
+    param_l1_norm: float = math.nan
 
 
 class StepRecord:
@@ -190,11 +194,11 @@ class StepRecord:
         return self._loss
 
     def raw(self) -> list[list[float]]:
-        """The ``[num_params][9]`` host buffer (:data:`RAW_COLUMNS`); waits for the copy if needed."""
+        """The ``[num_params][10]`` host buffer (:data:`RAW_COLUMNS`); waits for the copy if needed."""
         if self._event is not None:
             self._event.synchronize()
         nan = math.nan
-        rows = [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, nan, nan] for _ in self._names]
+        rows = [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, nan, nan, nan] for _ in self._names]
         for positions, col, values in self._parts:  # later parts overwrite earlier ones
             end = col + values.shape[1]
             for pos, vals in zip(positions, values.tolist()):
@@ -210,7 +214,7 @@ class StepRecord:
             for name, row, n, got, is_none in zip(
                 self._names, self.raw(), self._numels, self._has_grad, none
             ):
-                norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, un = row
+                norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, pl1, un = row
                 if n == 0:  # an empty parameter: every norm is 0
                     pn = 0.0 if math.isnan(pn) else pn
                 mean = total / n if n else 0.0
@@ -239,6 +243,7 @@ class StepRecord:
                     update_ratio=ratio,
                     grad=self._grads.get(name),
                     grad_is_none=bool(is_none),
+                    param_l1_norm=pl1,
                 )
             self._params = out
         return self._params

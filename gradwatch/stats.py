@@ -25,6 +25,7 @@ __all__ = [
     "grad_stats",
     "histograms",
     "norms",
+    "param_norms",
     "snapshot",
     "update_norms",
 ]
@@ -196,6 +197,20 @@ def norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
         for chunk in _chunks(idx, tensors):
             t = [_prepare(tensors[i], cdt) for i in chunk]  # type: ignore[arg-type]
             rows.append(torch.stack(torch._foreach_norm(t, 2)).to(torch.float64)[:, None])
+        blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
+    return blocks
+
+
+def param_norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
+    """L2 and L1 norm of each tensor: blocks of ``[n, 2]`` float64 tensors (one foreach call each)."""
+    blocks: list[Block] = []
+    for (_, dtype), idx in _groups(tensors).items():
+        cdt = _compute_dtype(dtype)
+        rows = []
+        for chunk in _chunks(idx, tensors):
+            t = [_prepare(tensors[i], cdt) for i in chunk]  # type: ignore[arg-type]
+            both = torch.stack([*torch._foreach_norm(t, 2), *torch._foreach_norm(t, 1)])
+            rows.append(both.view(2, len(chunk)).T.to(torch.float64))
         blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
     return blocks
 

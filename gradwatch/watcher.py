@@ -753,7 +753,7 @@ class Watcher:
         for i, g in zip(idx, grads):
             self._cur.grad_none[i] = g is None
         self._add_blocks(idx, 0, stats.grad_stats(grads))
-        self._add_blocks(idx, PARAM_COL, stats.norms(ps))
+        self._add_blocks(idx, PARAM_COL, stats.param_norms(ps))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)

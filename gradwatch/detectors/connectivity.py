@@ -106,8 +106,8 @@ class NotUpdatedDetector(Detector):
       it has a nonzero gradient, naming the optimizers that do not hold it.
     * Held by an optimizer but unchanged for ``not_updated_steps`` (default 5) recorded steps in a row
       while its gradient is nonzero: the update norm is exactly 0 (learning rate 0, a mask inside the
-      step), or the update is undone before the next step (its norm before the step equals, bit for
-      bit, its norm before the previous one although that step moved it: ``load_state_dict``, ``copy_``
+      step), or the update is undone before the next step (its L2 and L1 norms before the step equal, bit
+      for bit, those before the previous one although that step moved it: ``load_state_dict``, ``copy_``
       or an EMA copied back after ``optimizer.step()``; only after an update ratio above 1e-4).
       Only judged where an update would be visible in the parameter's dtype
       (``lr * ||g|| / ||theta||`` above the dtype's resolution), so tiny (vanishing) gradients are left to
@@ -139,7 +139,7 @@ class NotUpdatedDetector(Detector):
         self.steps = steps
         self.still = [0] * len(names)
         self.undone = [False] * len(names)
-        self.last: list[tuple[float, float | None] | None] = [None] * len(names)
+        self.last: list[tuple[float, float | None, float] | None] = [None] * len(names)
         self.reported: set[int] = set()
 
     def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
@@ -173,7 +173,7 @@ class NotUpdatedDetector(Detector):
         for i, name in enumerate(self.names):
             s = params[name]
             lr = lrs.get(i)
-            before, self.last[i] = self.last[i], (s.param_norm, s.update_ratio)
+            before, self.last[i] = self.last[i], (s.param_norm, s.update_ratio, s.param_l1_norm)
             if i in unowned_set or s.update_ratio is None or lr is None or not s.has_grad:
                 continue
             visible = s.param_norm == 0 or lr * s.grad_norm / s.param_norm > 1e-6 or lr == 0
@@ -186,6 +186,7 @@ class NotUpdatedDetector(Detector):
                 and before[1] is not None
                 and before[1] > 1e-4
                 and s.param_norm == before[0]
+                and s.param_l1_norm == before[2]  # a norm-preserving projection changes the L1 norm
             )
             self.undone[i] = undone
             moving = s.grad_norm > 0 and math.isfinite(s.grad_norm)
@@ -293,9 +294,21 @@ class IneffectiveFreezeDetector(Detector):
                     where = f"model.{mod_name}" if mod_name else "model"
                     message = (
                         f"{where}.{attr} = {flag!r} only set a Python attribute on the "
-                        f"{type(mod).__name__} module: nn.Module has no such switch, so {_short(hit)} still "
-                        f"require grad and keep training. Fix: {where}.requires_grad_(False) (note the "
-                        f"trailing underscore), or set p.requires_grad = False on each parameter."
+                        f"{type(mod).__name__} module"
+                        + (
+                            " and hid its requires_grad_() method"
+                            if attr == "requires_grad_"
+                            else ": nn.Module has no such switch"
+                        )
+                        + f", so {_short(hit)} still "
+                        f"require grad and keep training. Fix: "
+                        + (
+                            f"delete that assignment (del {where}.{attr}), then "
+                            if attr != "requires_grad"
+                            else ""
+                        )
+                        + f"{where}.requires_grad_(False) (a method call, with the trailing underscore), "
+                        f"or set p.requires_grad = False on each parameter."
                     )
                     findings.append(Finding("ineffective_freeze", step, tuple(hit), message))
         for name, p in model.named_parameters():
@@ -306,8 +319,13 @@ class IneffectiveFreezeDetector(Detector):
                 self.reported.add(name)
                 message = (
                     f"{name}.{wrong[0][0]} = {wrong[0][1]!r} sets a misspelt attribute, so {name} still "
-                    f"requires grad and keeps training. Fix: {name}.requires_grad = False, or "
-                    f"requires_grad_(False)."
+                    f"requires grad and keeps training. Fix: "
+                    + (
+                        "delete that assignment (it hides the method), then "
+                        if wrong[0][0] == "requires_grad_"
+                        else ""
+                    )
+                    + f"{name}.requires_grad = False (or {name}.requires_grad_(False))."
                 )
                 findings.append(Finding("ineffective_freeze", step, (name,), message))
         return findings

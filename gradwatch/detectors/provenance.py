@@ -46,6 +46,8 @@ class Provenance:
         self.used_by = [""] * n
         #: received a new gradient since the owner's last use
         self.fresh = [False] * n
+        #: the owner is about to step again on the untouched gradient it already used
+        self.restep = [False] * n
         self._passes: list[set[int]] = [set() for _ in range(n)]
         self.pass_id = 0
         self.used_passes: set[int] = set()
@@ -110,10 +112,15 @@ class Provenance:
         """
         g = param.grad
         ref = self._ref[i]
+        self.restep[i] = False
         if ref is None:
             return
         if g is None or id(g) != ref:
             self._reset(i)
+        elif self.holds_used[i] and not self.fresh[i] and g._version == self._ver[i]:
+            # untouched since the owner used it, no new gradient: the owner is about to step again on
+            # exactly the gradient it already applied
+            self.restep[i] = True
         self._observe(i, g)
 
     def use(self, i: int, param: torch.Tensor, step: int, owner: str, observe: bool) -> None:
@@ -129,8 +136,11 @@ class Provenance:
             self._observe(i, g)
 
     def stale(self, idx: Sequence[int]) -> list[int]:
-        """Of ``idx``, the parameters whose content mixes a used gradient with a new one."""
-        return [i for i in idx if self.holds_used[i] and self.fresh[i]]
+        """Of ``idx``, the parameters whose gradient the owner already used and is about to use again.
+
+        Either mixed with a new gradient (``fresh``), or untouched (``restep``, set by :meth:`check`).
+        """
+        return [i for i in idx if self.holds_used[i] and (self.fresh[i] or self.restep[i])]
 
     def discarded_passes(self) -> dict[int, set[int]]:
         """Backward passes all of whose gradients were reset before any optimizer used any of them.

@@ -296,6 +296,7 @@ class ExplodingGradDetector(_Persistent):
             names = tuple(n for n in record.params if record.layer_of(n) in big)
             first, first_norm = layers[-1]
             evidence = (
+                f"(gradients as the optimizer sees them, after any clipping) "
                 f"layer {first or '<root>'} gets gradient norm {first_norm:.3g}, "
                 f"{first_norm / last_norm:.3g} "
                 f"times the last layer {last or '<root>'}'s {last_norm:.3g} (rule: ratio > {self.ratio:g}, "

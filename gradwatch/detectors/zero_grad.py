@@ -62,11 +62,18 @@ class MissingZeroGradDetector(Detector):
             if carried
             else "the carried-over part was not recorded (step outside the `every` schedule)"
         )
-        message = (
-            f"{owner} at step {step} uses {_names(self.names, stale)} holding the step-{prev} gradient plus "
-            f"this step's contribution: the gradient was not zeroed after it was used at step {prev}, so "
-            f"every update re-applies all earlier gradients ({evidence}). Fix: {fix_owner}"
-        )
+        if all(self.prov.restep[i] and not self.prov.fresh[i] for i in stale):
+            message = (
+                f"{owner} at step {step} steps again on {_names(self.names, stale)} unchanged since it used "
+                f"them at step {prev}, with no backward pass in between: the same gradient is applied twice "
+                f"({evidence}). Fix: call backward() (and zero_grad()) between optimizer steps, or step once."
+            )
+        else:
+            message = (
+                f"{owner} at step {step} uses {_names(self.names, stale)} holding the step-{prev} gradient "
+                f"plus this step's contribution: the gradient was not zeroed after it was used at step "
+                f"{prev}, so every update re-applies all earlier gradients ({evidence}). Fix: {fix_owner}"
+            )
         return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in stale), message)]
 
     def on_optimizer_pre(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
@@ -125,11 +132,12 @@ class DiscardedGradDetector(Detector):
         self.reported.update(lost)
         message = (
             f"at step {step}, the gradients of {len(passes)} backward pass(es) into "
-            f"{_names(self.names, lost)} "
-            f"were reset (zero_grad() or .grad = None) before any optimizer used them, while the step went "
-            f"on with later backward passes: the update sees only the last micro-batch(es). Fix: in "
-            f"gradient accumulation call zero_grad() only after optimizer.step(), once per N micro-batches, "
-            f"and do not zero the model's gradients inside the accumulation window."
+            f"{_names(self.names, lost)} were reset (zero_grad() or .grad = None) before any optimizer "
+            f"used them: the update sees only what later backward passes left, or nothing at all if "
+            f"zero_grad() runs between backward() and step(). Fix: call zero_grad() before backward() or "
+            f"after optimizer.step(); in gradient accumulation, once per N micro-batches, after the step. "
+            f"If that pass was a deliberate probe (a saliency map, a gradient check), silence it with "
+            f"w.suppress('discarded_grad')."
         )
         return [Finding("discarded_grad", step, tuple(self.names[i] for i in lost), message)]
 
