@@ -524,23 +524,28 @@ class Watcher:
             self._guard(self._tracker.optimizer_post, optimizer)
 
     # ------------------------------------------------------------------ BoundaryCallbacks
-    def queue_end_of_backward(self, callback: Callable[[], None]) -> None:  # noqa: D102
+    def queue_end_of_backward(self, callback: Callable[[], None]) -> None:
+        """Internal (BoundaryCallbacks): run ``callback`` when the running backward pass ends."""
         queue_end_of_backward(lambda: self._guard(callback))
 
-    def parameters_changed(self) -> bool:  # noqa: D102
+    def parameters_changed(self) -> bool:
+        """Internal (BoundaryCallbacks): whether a watched parameter changed in place since then."""
         if not self._versions:
             return False
         params = self._live_params()
         return any(p._version != v for p, v in zip(params, self._versions))
 
-    def backward_started(self, inside_optimizer: bool) -> None:  # noqa: D102
+    def backward_started(self, inside_optimizer: bool) -> None:
+        """Internal (BoundaryCallbacks): a backward pass reached its first watched parameter."""
         self._prov.new_pass(inside_optimizer)
 
-    def backward_aborted(self) -> None:  # noqa: D102
+    def backward_aborted(self) -> None:
+        """Internal (BoundaryCallbacks): the running backward pass raised or was interrupted."""
         # a pass that raised (or was interrupted) half-way is not the user's accumulation bug
         self._prov.used_passes.add(self._prov.pass_id)
 
-    def backward_ended(self, step: int) -> None:  # noqa: D102
+    def backward_ended(self, step: int) -> None:
+        """Internal (BoundaryCallbacks): a backward pass ended; capture what no optimizer will read."""
         params = self._live_params()
         if not self._optimizers:
             self._versions = [p._version for p in params]
@@ -555,7 +560,8 @@ class Watcher:
             if self.config.update_ratio:
                 self._cur.unowned_snap = (self._unowned, stats.snapshot([params[i] for i in self._unowned]))
 
-    def optimizer_pre(self, optimizer: Any, step: int) -> None:  # noqa: D102
+    def optimizer_pre(self, optimizer: Any, step: int) -> None:
+        """Internal (BoundaryCallbacks): read and judge the gradients an optimizer is about to use."""
         owned = self._owned_by(optimizer)
         if not owned:
             return
@@ -581,7 +587,8 @@ class Watcher:
                 self._prov.use(i, params[i], step, name, observe=True)
             raise
 
-    def optimizer_post(self, optimizer: Any, step: int, backward_inside: bool) -> None:  # noqa: D102
+    def optimizer_post(self, optimizer: Any, step: int, backward_inside: bool) -> None:
+        """Internal (BoundaryCallbacks): measure the update, mark the gradients used."""
         owned = self._owned_by(optimizer)
         if not owned:
             return
@@ -610,7 +617,8 @@ class Watcher:
             idx, before = snap
             self._add_blocks(idx, UPDATE_COL, stats.update_norms([params[i] for i in idx], before))
 
-    def seal(self, step: int) -> None:  # noqa: D102
+    def seal(self, step: int) -> None:
+        """Internal (BoundaryCallbacks): record step ``step`` and hand it to the detectors and sinks."""
         cur, self._cur = self._cur, _StepState(len(self.names))
         params = self._live_params()
         findings: list[Finding] = []
