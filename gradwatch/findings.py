@@ -36,10 +36,10 @@ RAW_COLUMNS: tuple[str, ...] = (
     "nan",
     "centered",
     "param_norm",
-    "param_l1",
+    "param_sum",
     "update_norm",
 )
-#: First column of the parameter norms (L2, then L1) and column of the update norm in :data:`RAW_COLUMNS`.
+#: First column of the parameter statistics (L2 norm, then sum) and column of the update norm.
 PARAM_COL, UPDATE_COL = 7, 9
 
 #: One piece of a record: parameter positions, first column, and a ``[len(positions), k]`` tensor
@@ -92,7 +92,7 @@ class ParamStats(NamedTuple):
             across the step, or ``None`` when not measured (no update seen, or the option is off).
         grad: a CPU copy of ``.grad`` at the boundary when ``keep_grads`` asked for this parameter,
             else ``None``.
-        param_l1_norm: L1 norm of the parameter at the boundary, before the update (a second
+        param_sum: sum of the parameter's entries at the boundary, before the update (a second
             fingerprint of the weights besides ``param_norm``).
         grad_is_none: ``.grad`` was ``None`` when the statistics were read (e.g. set to ``None`` between
             the backward pass and the optimizer step), so they are those of an all-zero gradient.
@@ -110,7 +110,7 @@ class ParamStats(NamedTuple):
     update_ratio: float | None
     grad: torch.Tensor | None = None
     grad_is_none: bool = False
-    param_l1_norm: float = math.nan
+    param_sum: float = math.nan
 
 
 class StepRecord:
@@ -214,7 +214,7 @@ class StepRecord:
             for name, row, n, got, is_none in zip(
                 self._names, self.raw(), self._numels, self._has_grad, none
             ):
-                norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, pl1, un = row
+                norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, psum, un = row
                 if n == 0:  # an empty parameter: every norm is 0
                     pn = 0.0 if math.isnan(pn) else pn
                 mean = total / n if n else 0.0
@@ -243,7 +243,7 @@ class StepRecord:
                     update_ratio=ratio,
                     grad=self._grads.get(name),
                     grad_is_none=bool(is_none),
-                    param_l1_norm=pl1,
+                    param_sum=psum,
                 )
             self._params = out
         return self._params

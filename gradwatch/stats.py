@@ -202,17 +202,33 @@ def norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
 
 
 def param_norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
-    """L2 and L1 norm of each tensor: blocks of ``[n, 2]`` float64 tensors (one foreach call each)."""
+    """L2 norm and sum of entries of each tensor: blocks of ``[n, 2]`` float64 tensors.
+
+    The sum is a second fingerprint of the weights (a norm-preserving change moves it). On the CPU it is
+    PyTorch's cascade ``sum`` per tensor; elsewhere ``2 sum(max(p, 0)) - sum|p|`` with foreach kernels.
+    """
     blocks: list[Block] = []
     for (_, dtype), idx in _groups(tensors).items():
         cdt = _compute_dtype(dtype)
         rows = []
         for chunk in _chunks(idx, tensors):
             t = [_prepare(tensors[i], cdt) for i in chunk]  # type: ignore[arg-type]
-            both = torch.stack([*torch._foreach_norm(t, 2), *torch._foreach_norm(t, 1)])
-            rows.append(both.view(2, len(chunk)).T.to(torch.float64))
+            n = len(chunk)
+            if t[0].device.type == "cpu":
+                both = torch.stack([*torch._foreach_norm(t, 2), *(x.sum() for x in t)]).view(2, n)
+            else:
+                both = _device_norm_and_sum(t)
+            rows.append(both.T.to(torch.float64))
         blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
     return blocks
+
+
+def _device_norm_and_sum(t: list[torch.Tensor]) -> torch.Tensor:
+    """``[2, n]``: L2 norm and sum of each tensor with foreach kernels (there is no foreach sum)."""
+    n = len(t)
+    pos = torch._foreach_norm(torch._foreach_clamp_min(t, 0.0), 1)
+    both = torch.stack([*torch._foreach_norm(t, 2), *pos, *torch._foreach_norm(t, 1)]).view(3, n)
+    return torch.stack([both[0], 2 * both[1] - both[2]])
 
 
 def snapshot(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

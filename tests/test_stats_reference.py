@@ -213,3 +213,14 @@ def test_both_reduction_paths_match_reference(path: str) -> None:
         else:
             assert norm != norm or norm == inf
             assert max_abs != max_abs  # NaN propagates
+
+
+def test_parameter_norm_and_sum_both_paths() -> None:
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(50, 7, generator=g), torch.randn(3, generator=g) + 4.0, torch.zeros(2)]
+    ((_idx, cpu),) = stats.param_norms(params)
+    foreach = stats._device_norm_and_sum(params).T.double()
+    for rows in (cpu, foreach):
+        for row, p in zip(rows.tolist(), params):
+            assert row[0] == pytest.approx(p.double().norm().item(), rel=1e-6)
+            assert row[1] == pytest.approx(p.double().sum().item(), rel=1e-5, abs=1e-6 * p.abs().sum().item())

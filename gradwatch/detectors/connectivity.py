@@ -106,8 +106,8 @@ class NotUpdatedDetector(Detector):
       it has a nonzero gradient, naming the optimizers that do not hold it.
     * Held by an optimizer but unchanged for ``not_updated_steps`` (default 5) recorded steps in a row
       while its gradient is nonzero: the update norm is exactly 0 (learning rate 0, a mask inside the
-      step), or the update is undone before the next step (its L2 and L1 norms before the step equal, bit
-      for bit, those before the previous one although that step moved it: ``load_state_dict``, ``copy_``
+      step), or the update is undone before the next step (its L2 norm and its sum before the step equal,
+      bit for bit, those before the previous one although that step moved it: ``load_state_dict``, ``copy_``
       or an EMA copied back after ``optimizer.step()``; only after an update ratio above 1e-4).
       Only judged where an update would be visible in the parameter's dtype
       (``lr * ||g|| / ||theta||`` above the dtype's resolution), so tiny (vanishing) gradients are left to
@@ -173,7 +173,7 @@ class NotUpdatedDetector(Detector):
         for i, name in enumerate(self.names):
             s = params[name]
             lr = lrs.get(i)
-            before, self.last[i] = self.last[i], (s.param_norm, s.update_ratio, s.param_l1_norm)
+            before, self.last[i] = self.last[i], (s.param_norm, s.update_ratio, s.param_sum)
             if i in unowned_set or s.update_ratio is None or lr is None or not s.has_grad:
                 continue
             visible = s.param_norm == 0 or lr * s.grad_norm / s.param_norm > 1e-6 or lr == 0
@@ -186,7 +186,7 @@ class NotUpdatedDetector(Detector):
                 and before[1] is not None
                 and before[1] > 1e-4
                 and s.param_norm == before[0]
-                and s.param_l1_norm == before[2]  # a norm-preserving projection changes the L1 norm
+                and s.param_sum == before[2]  # a norm-preserving projection moves the sum
             )
             self.undone[i] = undone
             moving = s.grad_norm > 0 and math.isfinite(s.grad_norm)
