@@ -13,7 +13,7 @@ ever has to be sent to the device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -79,6 +79,21 @@ def _prepare(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def _blocks(
+    tensors: Sequence[torch.Tensor | None], reduce: Callable[[list[torch.Tensor]], torch.Tensor]
+) -> list[Block]:
+    """Apply ``reduce`` (a chunk of prepared tensors -> ``[n, k]`` tensor) per (device, dtype) chunk."""
+    blocks: list[Block] = []
+    for (_, dtype), idx in _groups(tensors).items():
+        cdt = _compute_dtype(dtype)
+        rows = [
+            reduce([_prepare(tensors[i], cdt) for i in chunk])  # type: ignore[arg-type]
+            for chunk in _chunks(idx, tensors)
+        ]
+        blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
+    return blocks
+
+
 def grad_stats(grads: Sequence[torch.Tensor | None]) -> list[Block]:
     """Raw statistics of each tensor in ``grads``, batched per (device, dtype).
 
@@ -94,15 +109,7 @@ def grad_stats(grads: Sequence[torch.Tensor | None]) -> list[Block]:
 
     Computed with 6 batched reductions and 2 transient buffers the size of one chunk.
     """
-    blocks: list[Block] = []
-    for (_, dtype), idx in _groups(grads).items():
-        cdt = _compute_dtype(dtype)
-        rows = []
-        for chunk in _chunks(idx, grads):
-            g = [_prepare(grads[i], cdt) for i in chunk]  # type: ignore[arg-type]
-            rows.append(_cpu_chunk(g) if g[0].device.type == "cpu" else _device_chunk(g))
-        blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
-    return blocks
+    return _blocks(grads, lambda g: _cpu_chunk(g) if g[0].device.type == "cpu" else _device_chunk(g))
 
 
 def _cpu_chunk(g: list[torch.Tensor]) -> torch.Tensor:
@@ -174,31 +181,18 @@ def _nonfinite_counts(g: list[torch.Tensor]) -> torch.Tensor:
 
 
 def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
-    """0-dim bool tensors (one per device and dtype), True where every entry of those tensors is finite.
+    """0-dim bool tensors (one per device and dtype chunk), True where every entry of those tensors is finite.
 
-    One batched L2 norm per group: the norm is finite exactly when no entry is NaN or +-Inf (barring an
+    One batched L2 norm per chunk: the norm is finite exactly when no entry is NaN or +-Inf (barring an
     overflow of the sum of squares, which float32 reaches only past about 1e19 per entry).
     """
-    flags = []
-    for (_, dtype), idx in _groups(tensors).items():
-        cdt = _compute_dtype(dtype)
-        for chunk in _chunks(idx, tensors):
-            t = [_prepare(tensors[i], cdt) for i in chunk]  # type: ignore[arg-type]
-            flags.append(torch.stack(torch._foreach_norm(t, 2)).sum().isfinite())
-    return flags
+    blocks = _blocks(tensors, lambda t: torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1))
+    return [flags.all() for _, flags in blocks]
 
 
 def norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
     """L2 norm of each tensor, as blocks of ``[n, 1]`` float64 tensors on the tensors' devices."""
-    blocks: list[Block] = []
-    for (_, dtype), idx in _groups(tensors).items():
-        cdt = _compute_dtype(dtype)
-        rows = []
-        for chunk in _chunks(idx, tensors):
-            t = [_prepare(tensors[i], cdt) for i in chunk]  # type: ignore[arg-type]
-            rows.append(torch.stack(torch._foreach_norm(t, 2)).to(torch.float64)[:, None])
-        blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
-    return blocks
+    return _blocks(tensors, lambda t: torch.stack(torch._foreach_norm(t, 2)).to(torch.float64)[:, None])
 
 
 def param_norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
@@ -207,20 +201,15 @@ def param_norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
     The sum is a second fingerprint of the weights (a norm-preserving change moves it). On the CPU it is
     PyTorch's cascade ``sum`` per tensor; elsewhere ``2 sum(max(p, 0)) - sum|p|`` with foreach kernels.
     """
-    blocks: list[Block] = []
-    for (_, dtype), idx in _groups(tensors).items():
-        cdt = _compute_dtype(dtype)
-        rows = []
-        for chunk in _chunks(idx, tensors):
-            t = [_prepare(tensors[i], cdt) for i in chunk]  # type: ignore[arg-type]
-            n = len(chunk)
-            if t[0].device.type == "cpu":
-                both = torch.stack([*torch._foreach_norm(t, 2), *(x.sum() for x in t)]).view(2, n)
-            else:
-                both = _device_norm_and_sum(t)
-            rows.append(both.T.to(torch.float64))
-        blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
-    return blocks
+
+    def reduce(t: list[torch.Tensor]) -> torch.Tensor:
+        if t[0].device.type == "cpu":
+            both = torch.stack([*torch._foreach_norm(t, 2), *(x.sum() for x in t)]).view(2, len(t))
+        else:
+            both = _device_norm_and_sum(t)
+        return both.T.to(torch.float64)
+
+    return _blocks(tensors, reduce)
 
 
 def _device_norm_and_sum(t: list[torch.Tensor]) -> torch.Tensor:
