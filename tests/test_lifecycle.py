@@ -222,3 +222,20 @@ def test_internal_failure_is_logged_once_and_training_goes_on(monkeypatch, caplo
     errors = [r for r in caplog.records if "internal error" in r.getMessage()]
     assert len(errors) == 1 and "simulated bug" in errors[0].getMessage()
     assert not w.attached
+
+
+def test_reattach_errors_name_the_cause() -> None:
+    model = MLP()
+    w = gw.Watcher(model)
+    model.net[0] = nn.Linear(6, 16)  # same names, new tensors: fine, they are watched from now on
+    w.attach()
+    w.detach()
+    del model.net[4]  # a watched parameter disappears
+    with pytest.raises(gw.GradWatchError, match=r"net\.4\.weight.*no longer in the model"):
+        w.attach()
+    model2 = MLP()
+    w2 = gw.Watcher(model2)
+    del model2
+    gc.collect()
+    with pytest.raises(gw.GradWatchError, match="model no longer exists"):
+        w2.attach()
