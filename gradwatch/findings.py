@@ -188,15 +188,15 @@ class StepRecord:
     def loss(self) -> float | None:
         """The loss given to ``Watcher.record_loss`` (or returned by a decorated train step), or None."""
         if self._loss is not None and not isinstance(self._loss, float):
-            if self._event is not None:
-                self._event.synchronize()
+            if self._event is not None and not self._event.query():
+                self._event.synchronize()  # the copy is not done yet: wait for it
             self._loss = float(self._loss)
         return self._loss
 
     def raw(self) -> list[list[float]]:
         """The ``[num_params][10]`` host buffer (:data:`RAW_COLUMNS`); waits for the copy if needed."""
-        if self._event is not None:
-            self._event.synchronize()
+        if self._event is not None and not self._event.query():
+            self._event.synchronize()  # the copy is not done yet: wait (a finished one needs no call)
         nan = math.nan
         rows = [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, nan, nan, nan] for _ in self._names]
         for positions, col, values in self._parts:  # later parts overwrite earlier ones
