@@ -169,17 +169,7 @@ def fit_decorator(
             _show(step, "model[0].weight.grad", seen_w[-1], rec, "0.weight")
             _show(step, "model[0].bias.grad", seen_b[-1], rec, "0.bias")
     watcher.close()
-    return {
-        "watcher": watcher,
-        "w": model[0].weight.item(),
-        "b": model[0].bias.item(),
-        "grad_pairs": {
-            "0.weight": _pairs(seen_w, watcher, "0.weight"),
-            "0.bias": _pairs(seen_b, watcher, "0.bias"),
-        },
-        "loss_pairs": losses,
-        "steps": steps,
-    }
+    return {**_linear_result(watcher, model, seen_w, seen_b, steps), "loss_pairs": losses}
 
 
 def fit_explicit(
@@ -206,6 +196,13 @@ def fit_explicit(
             _show(step, "model[0].bias.grad", seen_b[-1], rec, "0.bias")
     watcher.detach()  # records the last step; the model and optimizer are left as found
     watcher.close()  # flushes and closes the TensorBoard writer
+    return _linear_result(watcher, model, seen_w, seen_b, steps)
+
+
+def _linear_result(
+    watcher: gw.Watcher, model: nn.Sequential, seen_w: list, seen_b: list, steps: int
+) -> dict[str, Any]:
+    """What the nn.Linear parts return: the fit, and the tutorial's .grad next to gradwatch's record."""
     return {
         "watcher": watcher,
         "w": model[0].weight.item(),
