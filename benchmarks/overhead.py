@@ -103,14 +103,16 @@ def loss_of(name: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
-def run_model(name: str, steps: int, warmup: int, device: torch.device, tmp: Path) -> dict:
+def run_model(
+    name: str, steps: int, warmup: int, device: torch.device, tmp: Path, variants: tuple[str, ...] = VARIANTS
+) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     base, batch = make(name, device)
     n_params = sum(p.numel() for p in base.parameters())
     n_tensors = len(list(base.parameters()))
     runs = {}
-    for v in VARIANTS:
+    for v in variants:
         model = copy.deepcopy(base)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         watcher = writer = None
@@ -148,7 +150,7 @@ def run_model(name: str, steps: int, warmup: int, device: torch.device, tmp: Pat
         return time.perf_counter() - t0
 
     for k in range(warmup + steps):
-        order = VARIANTS[k % len(VARIANTS) :] + VARIANTS[: k % len(VARIANTS)]
+        order = variants[k % len(variants) :] + variants[: k % len(variants)]
         for v in order:
             dt = step(v, k)
             if k >= warmup:
@@ -166,8 +168,9 @@ def run_model(name: str, steps: int, warmup: int, device: torch.device, tmp: Pat
             r["watcher"].close()
         if r["writer"] is not None:
             r["writer"].close()
-    peer, ours = out["variants"]["peer-hist1"]["added_ms"], out["variants"]["stats+hist1"]["added_ms"]
-    out["peer_hist1_added_over_ours"] = peer / ours if ours > 0 else float("inf")
+    if "peer-hist1" in runs and "stats+hist1" in runs:
+        peer, ours = out["variants"]["peer-hist1"]["added_ms"], out["variants"]["stats+hist1"]["added_ms"]
+        out["peer_hist1_added_over_ours"] = peer / ours if ours > 0 else float("inf")
     return out
 
 
@@ -180,6 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated subset (unwatched is always run)"
+    )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     results = {
@@ -190,7 +196,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            res = run_model(name, args.steps, args.warmup, device, Path(tmp))
+            chosen = {"unwatched", *args.variants.split(",")}
+            unknown = chosen - set(VARIANTS)
+            if unknown:
+                ap.error(
+                    f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}"
+                )
+            variants = tuple(v for v in VARIANTS if v in chosen)
+            res = run_model(name, args.steps, args.warmup, device, Path(tmp), variants)
             results["models"][name] = res
             print(
                 f"\n{name}: {res['params'] / 1e6:.2f} M parameters in {res['tensors']} tensors, "
@@ -199,10 +212,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {'variant':15s} {'median ms':>10s} {'ratio':>7s} {'added ms':>9s}")
             for v, r in res["variants"].items():
                 print(f"  {v:15s} {r['median_ms']:10.2f} {r['ratio']:7.3f} {r['added_ms']:9.2f}")
-            print(
-                f"  hand-written add_histogram every step adds {res['peer_hist1_added_over_ours']:.1f}x the "
-                f"time gradwatch's every-step histograms add"
-            )
+            if "peer_hist1_added_over_ours" in res:
+                print(
+                    f"  hand-written add_histogram every step adds {res['peer_hist1_added_over_ours']:.1f}x "
+                    f"the time gradwatch's every-step histograms add"
+                )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["FINDING_KINDS", "PARAM_COL", "RAW_COLUMNS", "UPDATE_COL", "Finding", "ParamStats", "StepRecord"]
+__all__ = [
+    "FINDING_KINDS",
+    "PARAM_COL",
+    "RAW_COLUMNS",
+    "RESTORE_COL",
+    "UPDATE_COL",
+    "Finding",
+    "ParamStats",
+    "StepRecord",
+]
 
 #: Every finding kind gradwatch knows, most severe first (the order ``Watcher.report()`` uses).
 FINDING_KINDS: tuple[str, ...] = (
@@ -26,7 +35,9 @@ FINDING_KINDS: tuple[str, ...] = (
 )
 
 #: Columns of the host buffer a :class:`StepRecord` is built from: the raw gradient columns of
-#: :data:`gradwatch.stats.RAW_FIELDS`, then the parameter norm and the update norm.
+#: :data:`gradwatch.stats.RAW_FIELDS`, then the parameter norm, the L2 norm of the update of the sampled
+#: entries, and the largest change of those entries since the previous recorded boundary (the weights
+#: are back exactly where they were when it is 0).
 RAW_COLUMNS: tuple[str, ...] = (
     "norm",
     "max_abs",
@@ -36,11 +47,11 @@ RAW_COLUMNS: tuple[str, ...] = (
     "nan",
     "centered",
     "param_norm",
-    "param_sum",
     "update_norm",
+    "restore_diff",
 )
-#: First column of the parameter statistics (L2 norm, then sum) and column of the update norm.
-PARAM_COL, UPDATE_COL = 7, 9
+#: Columns of the parameter norm, of the sampled update norm, and of the change since the last record.
+PARAM_COL, UPDATE_COL, RESTORE_COL = 7, 8, 9
 
 #: One piece of a record: parameter positions, first column, and a ``[len(positions), k]`` tensor
 #: (on the host, or being copied there).
@@ -90,10 +101,15 @@ class ParamStats(NamedTuple):
         param_norm: L2 norm of the parameter at the boundary, before the optimizer's update.
         update_ratio: update-to-weight ratio ``||theta_after - theta_before|| / ||theta_before||``
             across the step, or ``None`` when not measured (no update seen, or the option is off).
+            Exact for parameters of at most ``gradwatch.stats.SAMPLE_SIZE`` (1024) entries; for larger
+            ones ``||theta_after - theta_before||`` is estimated from a fixed, evenly spread sample of at
+            most 1024 entries, scaled by ``sqrt(numel / sample size)`` (relative error about
+            ``1 / sqrt(2 * 1024)``, 2 %, for dense updates such as Adam's or SGD's on dense gradients).
         grad: a CPU copy of ``.grad`` at the boundary when ``keep_grads`` asked for this parameter,
             else ``None``.
-        param_sum: sum of the parameter's entries at the boundary, before the update (a second
-            fingerprint of the weights besides ``param_norm``).
+        weights_unchanged: the sampled entries of the parameter at this boundary are, bit for bit,
+            those at the previous recorded boundary (``None`` when there is no earlier sample to
+            compare with, or the update ratio is not measured).
         grad_is_none: ``.grad`` was ``None`` when the statistics were read (e.g. set to ``None`` between
             the backward pass and the optimizer step), so they are those of an all-zero gradient.
     """
@@ -110,14 +126,14 @@ class ParamStats(NamedTuple):
     update_ratio: float | None
     grad: torch.Tensor | None = None
     grad_is_none: bool = False
-    param_sum: float = math.nan
+    weights_unchanged: bool | None = None
 
 
 class StepRecord:
     """Everything recorded at one step.
 
     The statistics of all parameters arrive as a few device-to-host copies made once, at the end of the
-    step (asynchronous on CUDA); they are assembled into one ``[num_params, 8]`` float64 buffer
+    step (asynchronous on CUDA); they are assembled into one ``[num_params, 10]`` float64 buffer
     (:data:`RAW_COLUMNS`) and turned into Python objects on first access, then cached.
 
     Attributes:
@@ -138,6 +154,7 @@ class StepRecord:
         "_order",
         "_params",
         "_parts",
+        "_update_scale",
         "step",
     )
 
@@ -154,6 +171,7 @@ class StepRecord:
         event: Any = None,
         order: Sequence[int] = (),
         grad_none: Sequence[bool] = (),
+        update_scale: Sequence[float] = (),
     ) -> None:
         self.step = step
         self._loss = loss
@@ -168,6 +186,7 @@ class StepRecord:
         self._layers: dict[str, float] | None = None
         self._order = order
         self._grad_none = grad_none
+        self._update_scale = update_scale
         self._layer_map: dict[str, str] | None = None
 
     @property
@@ -211,10 +230,11 @@ class StepRecord:
         if self._params is None:
             out: dict[str, ParamStats] = {}
             none = self._grad_none or [False] * len(self._names)
-            for name, row, n, got, is_none in zip(
-                self._names, self.raw(), self._numels, self._has_grad, none
+            scales = self._update_scale or [1.0] * len(self._names)
+            for name, row, n, got, is_none, scale in zip(
+                self._names, self.raw(), self._numels, self._has_grad, none, scales
             ):
-                norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, psum, un = row
+                norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, un, moved = row
                 if n == 0:  # an empty parameter: every norm is 0
                     pn = 0.0 if math.isnan(pn) else pn
                 mean = total / n if n else 0.0
@@ -229,6 +249,7 @@ class StepRecord:
                     std = math.sqrt(var) if var > 0 else 0.0
                 ratio = None
                 if not math.isnan(un):
+                    un *= scale  # sampled update norm -> estimate over the whole tensor
                     ratio = un / pn if pn > 0 else (0.0 if un == 0 else math.inf)
                 out[name] = ParamStats(
                     grad_norm=norm,
@@ -243,7 +264,7 @@ class StepRecord:
                     update_ratio=ratio,
                     grad=self._grads.get(name),
                     grad_is_none=bool(is_none),
-                    param_sum=psum,
+                    weights_unchanged=None if math.isnan(moved) else moved == 0,
                 )
             self._params = out
         return self._params

@@ -13,6 +13,7 @@ ever has to be sent to the device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,13 +22,17 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "RAW_FIELDS",
     "Block",
+    "SAMPLE_SIZE",
     "all_finite",
+    "finite_check",
     "grad_stats",
     "histograms",
     "norms",
     "param_norms",
-    "snapshot",
-    "update_norms",
+    "sample_distances",
+    "sample_stride",
+    "sample_view",
+    "take_samples",
 ]
 
 #: Upper bound on the entries processed by one batched call; bounds the transient memory of
@@ -83,66 +88,141 @@ def _blocks(
     tensors: Sequence[torch.Tensor | None], reduce: Callable[[list[torch.Tensor]], torch.Tensor]
 ) -> list[Block]:
     """Apply ``reduce`` (a chunk of prepared tensors -> ``[n, k]`` tensor) per (device, dtype) chunk."""
+    return _blocks_at(tensors, lambda chunk, _positions: reduce(chunk))
+
+
+def _blocks_at(
+    tensors: Sequence[torch.Tensor | None], reduce: Callable[[list[torch.Tensor], list[int]], torch.Tensor]
+) -> list[Block]:
+    """As :func:`_blocks`; ``reduce`` also gets the chunk's positions in ``tensors``."""
     blocks: list[Block] = []
     for (_, dtype), idx in _groups(tensors).items():
         cdt = _compute_dtype(dtype)
         rows = [
-            reduce([_prepare(tensors[i], cdt) for i in chunk])  # type: ignore[arg-type]
+            reduce([_prepare(tensors[i], cdt) for i in chunk], chunk)  # type: ignore[arg-type]
             for chunk in _chunks(idx, tensors)
         ]
         blocks.append((idx, torch.cat(rows) if len(rows) > 1 else rows[0]))
     return blocks
 
 
-def grad_stats(grads: Sequence[torch.Tensor | None]) -> list[Block]:
+def grad_stats(grads: Sequence[torch.Tensor | None], sums: Sequence[torch.Tensor | None] = ()) -> list[Block]:
     """Raw statistics of each tensor in ``grads``, batched per (device, dtype).
 
     Args:
         grads: gradients (any floating dtype, any device, dense or sparse); ``None`` and empty tensors
             are skipped (they appear in no block).
+        sums: optional, aligned with ``grads``: a 0-dim tensor holding the sum of that gradient's entries
+            as it is now (from :func:`finite_check` on the same, unchanged tensor), or ``None``. Used on
+            the CPU path instead of summing again.
 
     Returns:
         Blocks ``(positions, stats)``: ``stats`` is a ``[len(positions), len(RAW_FIELDS)]`` float64
         tensor on the gradients' device. bf16/fp16 values are upcast to float32 before reducing; float64
         stays float64. NaN/Inf propagate into ``norm``, ``max_abs`` and ``sum`` and are counted in
         ``nonfinite``/``nan``.
-
-    Computed with 6 batched reductions and 2 transient buffers the size of one chunk.
     """
-    return _blocks(grads, lambda g: _cpu_chunk(g) if g[0].device.type == "cpu" else _device_chunk(g))
+    known = {i: s for i, s in enumerate(sums) if s is not None}
+
+    def reduce(g: list[torch.Tensor], pos: list[int]) -> torch.Tensor:
+        if g[0].device.type == "cpu":
+            return _cpu_chunk(g, [known.get(i) for i in pos])
+        return _device_chunk(g)
+
+    return _blocks_at(grads, reduce)
 
 
-def _cpu_chunk(g: list[torch.Tensor]) -> torch.Tensor:
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense tensor's entries in memory order (a copy only for overlapping/gappy strides)."""
+    if t.is_contiguous():
+        return t.view(-1)
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return t.reshape(-1)
+        expected *= size
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())  # channels_last and other dense layouts
+
+
+#: Row length for the sum of squares of a large tensor (see :func:`_sum_squares`).
+_ROW = 1024
+
+
+def _sum_squares(flat: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``sum(x * x)`` per 1-D tensor, as 0-dim float64 tensors: one memory pass, no temporary copy.
+
+    Up to 64 Ki entries: ``torch.dot``. Larger: the L2 norms of rows of 1024 entries
+    (``vector_norm(dim=1)``, vectorised and multi-threaded), squared and summed in float64, plus the
+    tail. Measured on 1-10 M float32 entries: relative error about 1e-9, against 1e-5 to 1e-4 for a
+    single ``torch.dot`` or ``torch.linalg.vector_norm`` over the whole tensor (their float32
+    accumulators drift), at the same speed as ``dot``.
+    """
+    out = []
+    for x in flat:
+        n = x.numel()
+        if n <= 64 * _ROW:
+            out.append(torch.dot(x, x).double())
+            continue
+        m = n // _ROW
+        rows = torch.linalg.vector_norm(x[: m * _ROW].view(m, _ROW), dim=1).double()
+        total = rows.dot(rows)
+        if m * _ROW < n:
+            tail = x[m * _ROW :]
+            total = total + torch.dot(tail, tail).double()
+        out.append(total)
+    return out
+
+
+def _cpu_chunk(g: list[torch.Tensor], sums: Sequence[torch.Tensor | None] = ()) -> torch.Tensor:
     """Raw columns on the CPU, where a kernel call costs no launch and reading a value no device sync.
 
-    Sums and min/max use PyTorch's own per-tensor reductions (cascade summation, exact min/max), which
-    are both faster on the CPU than the foreach kernels for the same statistic and more accurate.
+    Four memory passes per tensor, each one of PyTorch's own vectorised, multi-threaded reductions: the
+    sum (cascade summation; skipped when ``sums`` has it), the sum of squares (``torch.dot``), ``aminmax``
+    and ``count_nonzero``. The standard deviation is derived from the sum and the sum of squares except
+    where that cancels (``|mean| > std / 2`` roughly: ``n mean^2 > ||g||^2 / 4``), where ``||g - mean||``
+    is measured directly with ``torch.dist``. NaN/Inf counts are only taken when a sum is not finite.
     """
     n = len(g)
-    total = [t.sum() for t in g]  # cascade summation
-    means = [s / t.numel() for s, t in zip(total, g)]
-    centered = [torch.dist(t, m) for t, m in zip(g, means)]  # ||g - mean||, no cancellation
-    lo_hi = [torch.aminmax(t) for t in g]
-    nonzero = [torch.count_nonzero(t) for t in g]
-    flat = torch.stack([*total, *centered, *(x for pair in lo_hi for x in pair)]).to(torch.float64)
-    total_t, centered_t = flat[:n], flat[n : 2 * n]
-    lo, hi = flat[2 * n :: 2], flat[2 * n + 1 :: 2]
+    flat = [_flat(t) for t in g]
+    known = list(sums) or [None] * n
+    total = [s if s is not None else x.sum() for s, x in zip(known, flat)]  # cascade summation
+    squares = _sum_squares(flat)
+    lo_hi = [torch.aminmax(x) for x in flat]
+    nonzero = [torch.count_nonzero(x) for x in flat]
+    head = torch.stack([*total, *squares, *(v for pair in lo_hi for v in pair), *nonzero]).to(torch.float64)
+    total_t, sq_t = head[:n], head[n : 2 * n]
+    lo, hi = head[2 * n : 4 * n : 2], head[2 * n + 1 : 4 * n : 2]
+    nonzero_t = head[4 * n :]
     sizes = torch.tensor([t.numel() for t in g], dtype=torch.float64)
-    mean_t = total_t / sizes
-    # ||g||^2 = ||g - mean||^2 + n mean^2, exact in float64 from two accurate float32 reductions
-    norm_t = torch.sqrt(centered_t * centered_t + sizes * mean_t * mean_t)
     max_abs = torch.maximum(hi, -lo)
-    nonzero_t = torch.stack(nonzero).to(torch.float64)
-    if bool(norm_t.sum().isfinite()):  # a finite norm: nothing non-finite to count
-        counts = flat.new_zeros(2, n)
+    centered_t = torch.full((n,), -1.0, dtype=torch.float64)  # -1: derive the std from the sums
+    if bool(torch.isfinite(total_t).all()) and bool(torch.isfinite(sq_t).all()):
+        counts = head.new_zeros(2, n)
+        norm_t = torch.sqrt(sq_t)
     else:
         counts = _nonfinite_counts(g)
         bad = counts[0] > 0
+        # a finite tensor whose sum of squares overflowed float32: its norm in float64
+        norm_t = torch.stack(
+            [
+                torch.linalg.vector_norm(x, dtype=torch.float64) if not math.isfinite(q) else torch.sqrt(qt)
+                for x, q, qt in zip(flat, sq_t.tolist(), sq_t)
+            ]
+        )
         # propagate like the foreach kernels do: NaN/Inf in norm, max |g| and the centred norm
         direct = torch.stack(torch._foreach_norm(g, 2)).to(torch.float64)
         norm_t = torch.where(bad, direct, norm_t)
         max_abs = torch.where(bad & (counts[1] > 0), torch.nan, torch.where(bad, torch.inf, max_abs))
         centered_t = torch.where(bad, torch.nan, centered_t)
+    mean_t = total_t / sizes
+    # where the mean dominates, ||g||^2 / n - mean^2 cancels: measure ||g - mean|| directly there
+    cancels = (
+        torch.isfinite(norm_t) & torch.isfinite(mean_t) & (sizes * mean_t * mean_t > 0.25 * norm_t * norm_t)
+    )
+    for i in torch.nonzero(cancels).flatten().tolist():
+        centered_t[i] = torch.dist(flat[i], mean_t[i].to(flat[i].dtype)).double()
     return torch.stack([norm_t, max_abs, total_t, nonzero_t, counts[0], counts[1], centered_t], dim=1)
 
 
@@ -180,14 +260,41 @@ def _nonfinite_counts(g: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([*nonfinite, *nan]).view(2, n).to(torch.float64)
 
 
+def finite_check(
+    tensors: Sequence[torch.Tensor | None],
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Whether every entry of ``tensors`` is finite, without a host read; and what can be reused.
+
+    Returns:
+        ``(flags, sums)``: ``flags`` holds one 0-dim bool tensor per (device, dtype) chunk, True where
+        every entry of those tensors is finite; ``sums`` is aligned with ``tensors``: on the CPU the sum
+        of each tensor's entries (a 0-dim tensor, which :func:`grad_stats` reuses while the tensor is
+        unchanged), elsewhere ``None``.
+
+    On the CPU one cascade ``sum`` per tensor: a sum is finite exactly when no entry is NaN or +-Inf
+    (barring an overflow past about 3e38). Elsewhere one batched L2 norm per chunk (one kernel launch;
+    its sum of squares overflows only past about 1e19 per entry in float32).
+    """
+    sums: list[torch.Tensor | None] = [None] * len(tensors)
+
+    def reduce(t: list[torch.Tensor], pos: list[int]) -> torch.Tensor:
+        if t[0].device.type == "cpu":
+            chunk = [x.sum() for x in t]
+            for i, s in zip(pos, chunk):
+                sums[i] = s
+            return torch.stack(chunk).sum().isfinite().reshape(1, 1)
+        return torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1)
+
+    blocks = _blocks_at(tensors, reduce)
+    return [flags.all() for _, flags in blocks], sums
+
+
 def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
     """0-dim bool tensors (one per device and dtype chunk), True where every entry of those tensors is finite.
 
-    One batched L2 norm per chunk: the norm is finite exactly when no entry is NaN or +-Inf (barring an
-    overflow of the sum of squares, which float32 reaches only past about 1e19 per entry).
+    As the flags of :func:`finite_check`.
     """
-    blocks = _blocks(tensors, lambda t: torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1))
-    return [flags.all() for _, flags in blocks]
+    return finite_check(tensors)[0]
 
 
 def norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
@@ -196,83 +303,163 @@ def norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
 
 
 def param_norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
-    """L2 norm and sum of entries of each tensor: blocks of ``[n, 2]`` float64 tensors.
+    """L2 norm of each tensor (one memory pass each): blocks of ``[n, 1]`` float64 tensors.
 
-    The sum is a second fingerprint of the weights (a norm-preserving change moves it). On the CPU it is
-    PyTorch's cascade ``sum`` per tensor; elsewhere ``2 sum(max(p, 0)) - sum|p|`` with foreach kernels.
+    On the CPU ``sqrt`` of ``torch.dot(p, p)`` (multi-threaded BLAS, and more accurate than the CPU
+    ``vector_norm`` kernel for tensors of millions of entries); elsewhere ``torch._foreach_norm``.
     """
 
     def reduce(t: list[torch.Tensor]) -> torch.Tensor:
-        if t[0].device.type == "cpu":
-            both = torch.stack([*torch._foreach_norm(t, 2), *(x.sum() for x in t)]).view(2, len(t))
-        else:
-            both = _device_norm_and_sum(t)
-        return both.T.to(torch.float64)
+        if t[0].device.type != "cpu":
+            return torch.stack(torch._foreach_norm(t, 2)).to(torch.float64)[:, None]
+        flat = [_flat(x) for x in t]
+        sq = torch.stack(_sum_squares(flat)).to(torch.float64)
+        out = torch.sqrt(sq)
+        if not bool(torch.isfinite(sq).all()):  # overflow or NaN/Inf: the kernel's own norm in float64
+            out = torch.stack([torch.linalg.vector_norm(x, dtype=torch.float64) for x in flat])
+        return out[:, None]
 
     return _blocks(tensors, reduce)
 
 
-def _device_norm_and_sum(t: list[torch.Tensor]) -> torch.Tensor:
-    """``[2, n]``: L2 norm and sum of each tensor with foreach kernels (there is no foreach sum)."""
-    n = len(t)
-    pos = torch._foreach_norm(torch._foreach_clamp_min(t, 0.0), 1)
-    both = torch.stack([*torch._foreach_norm(t, 2), *pos, *torch._foreach_norm(t, 1)]).view(3, n)
-    return torch.stack([both[0], 2 * both[1] - both[2]])
+# ------------------------------------------------------------------------------ sampled update ratio
+#: Parameters with more entries than this have their update-to-weight ratio measured on a fixed,
+#: evenly spread sample of at most this many entries (4 KiB of float32 per tensor).
+SAMPLE_SIZE = 1024
 
 
-def snapshot(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """A detached copy of each parameter (one batched clone per device and dtype), for update ratios."""
-    out: list[torch.Tensor] = [torch.empty(0)] * len(params)
-    for _, idx in _groups(params).items():
-        for chunk in _chunks(idx, params):
-            copies = torch._foreach_clone([params[i].detach() for i in chunk])  # type: ignore[attr-defined]
-            for i, c in zip(chunk, copies):
-                out[i] = c
+def _is_prime(k: int) -> bool:
+    if k < 2:
+        return False
+    f = 2
+    while f * f <= k:
+        if k % f == 0:
+            return False
+        f += 1
+    return True
+
+
+def sample_stride(shape: Sequence[int]) -> int:
+    """Stride of the entries sampled from a tensor of ``shape`` (1: every entry).
+
+    For more than :data:`SAMPLE_SIZE` entries: the smallest prime ``s >= ceil(numel / SAMPLE_SIZE)``
+    that divides none of the tensor's row lengths (the products of its trailing dimensions), so the
+    sample ``flat[::s]`` (``ceil(numel / s) <= SAMPLE_SIZE`` entries) visits every column of every
+    trailing dimension instead of a few of them (systematic sampling with a stride coprime to the
+    layout).
+    """
+    numel = math.prod(shape)
+    if numel <= SAMPLE_SIZE:
+        return 1
+    rows = {math.prod(shape[k:]) for k in range(1, len(shape))} - {1}
+    s = -(-numel // SAMPLE_SIZE)
+    while not _is_prime(s) or any(r % s == 0 for r in rows):
+        s += 1
+    return s
+
+
+def sample_view(t: torch.Tensor, stride: int) -> torch.Tensor:
+    """The sampled entries of ``t`` as a 1-D view (no copy for dense layouts); see :func:`sample_stride`."""
+    flat = _flat(t.detach())
+    return flat if stride == 1 else flat[::stride]
+
+
+def take_samples(views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of the sample views (one batched clone per device and dtype): at most 4 KiB each."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(views)
+    for _, idx in _groups(views).items():
+        copies = torch._foreach_clone([views[i] for i in idx])  # type: ignore[attr-defined]
+        for i, c in zip(idx, copies):
+            out[i] = c
     return out
 
 
-def update_norms(params: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) -> list[Block]:
-    """``||params[i] - before[i]||`` for each i, as blocks like :func:`norms`.
+def sample_distances(
+    now: Sequence[torch.Tensor | None], before: Sequence[torch.Tensor | None], ord: float = 2.0
+) -> list[Block]:
+    """``||now[i] - before[i]||_ord`` per pair of equal-shape samples, as blocks of ``[n, 1]`` float64.
 
-    float32/float64 differences are taken in place in ``before`` (which is consumed); bf16/fp16 ones
-    are taken in float32, where the difference of two half-precision numbers is exact.
+    Differences of bf16/fp16 samples are taken in float32 (exact there). Pairs with a ``None`` side
+    are skipped.
     """
-    diffs: list[torch.Tensor | None] = [None] * len(params)
-    for (_, dtype), idx in _groups(params).items():
-        for chunk in _chunks(idx, params):
-            now = [params[i].detach() for i in chunk]
-            old = [before[i] for i in chunk]
-            out: Sequence[torch.Tensor]
-            if dtype in (torch.float32, torch.float64):
-                torch._foreach_sub_(old, now)
-                out = old
-            else:
-                out = torch._foreach_sub([t.float() for t in old], [t.float() for t in now])
-            for i, d in zip(chunk, out):
-                diffs[i] = d
-    return norms(diffs)
+    diffs: list[torch.Tensor | None] = [None] * len(now)
+    pairs = [n if n is not None and before[i] is not None else None for i, n in enumerate(now)]
+    for (_, dtype), idx in _groups(pairs).items():
+        a = [now[i] for i in idx]
+        b = [before[i] for i in idx]
+        if dtype not in (torch.float32, torch.float64):
+            a = [t.float() for t in a]  # type: ignore[union-attr]
+            b = [t.float() for t in b]  # type: ignore[union-attr]
+        for i, d in zip(idx, torch._foreach_sub(a, b)):  # type: ignore[arg-type]
+            diffs[i] = d
+    return _blocks(diffs, lambda t: torch.stack(torch._foreach_norm(t, ord)).to(torch.float64)[:, None])
 
 
-def _finite_histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
-    """A histogram row of an all-finite float64 vector with min ``lo`` and max ``hi`` (same rule as below)."""
-    flat = hi == lo
-    r_lo = torch.where(flat, lo - 0.5, lo)
-    r_hi = torch.where(flat, hi + 0.5, hi)
-    pos = x - r_lo
-    pos.mul_(bins).div_(r_hi - r_lo)  # (x - lo) * bins / (hi - lo), in this order, as torch.histc
-    counts = torch.bincount(pos.to(torch.int64).clamp_(0, bins - 1), minlength=bins).to(torch.float64)
-    edges = r_lo + (r_hi - r_lo) * torch.arange(1, bins + 1, dtype=torch.float64, device=x.device) / bins
-    num = torch.full((), float(x.numel()), dtype=torch.float64, device=x.device)
-    head = torch.stack([lo, hi, num, x.sum(), torch.dot(x, x)])
+#: Entries binned per pass of :func:`histograms` (bounds its scratch buffers to about 20 MiB, which the
+#: allocator keeps for reuse instead of mapping fresh, zero-filled pages at every call).
+HIST_CHUNK = 1 << 22
+
+
+def _bucket_counts(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
+    """Counts of the all-finite 1-D tensor ``x`` in ``bins`` buckets spanning ``[lo, hi]`` (``lo < hi``).
+
+    The rule and the arithmetic of ``torch.histc`` on ``x``'s dtype: bucket
+    ``trunc((x - lo) * bins / (hi - lo))``, the top edge in the last bucket, each operation rounded in
+    ``x``'s dtype. Four vectorised passes per chunk into reused buffers (subtract, multiply, divide,
+    convert to an 8-bit index) and a ``bincount`` of bytes: about 5x faster than ``torch.histc`` on the
+    CPU, with the same counts.
+    """
+    n = x.numel()
+    size = min(n, HIST_CHUNK)
+    scaled = torch.empty(size, dtype=x.dtype, device=x.device)
+    index = torch.empty(size, dtype=torch.uint8 if bins < 255 else torch.int64, device=x.device)
+    width = hi - lo
+    counts = torch.zeros(bins + 1, dtype=torch.int64, device=x.device)
+    for start in range(0, n, size):
+        piece = x[start : start + size]
+        k = piece.numel()
+        buf, idx = scaled[:k], index[:k]
+        torch.sub(piece, lo, out=buf)
+        buf.mul_(bins).div_(width)
+        idx.copy_(buf)  # truncation toward zero, as histc's static_cast
+        counts += torch.bincount(idx, minlength=bins + 1)
+    counts[bins - 1] += counts[bins]  # the maximum itself
+    return counts[:bins].to(torch.float64)
+
+
+def _histogram_row(
+    x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int, flat: bool
+) -> torch.Tensor:
+    """The row of :func:`histograms` for an all-finite, non-empty 1-D tensor with min ``lo``, max ``hi``.
+
+    ``flat``: ``lo == hi`` (known on the host).
+    """
+    lo64, hi64 = lo.double(), hi.double()
+    r_lo64, r_hi64 = lo64, hi64
+    if flat:  # numpy's range for a constant tensor (binned as histc(x, bins, v - 0.5, v + 0.5))
+        r_lo64, r_hi64 = lo64 - 0.5, hi64 + 0.5
+        lo, hi = r_lo64.to(x.dtype), r_hi64.to(x.dtype)
+    counts = _bucket_counts(x, lo, hi, bins)
+    edges = (
+        r_lo64 + (r_hi64 - r_lo64) * torch.arange(1, bins + 1, dtype=torch.float64, device=x.device) / bins
+    )
+    (sum_sq,) = _sum_squares([x])
+    if x.device.type == "cpu" and not bool(sum_sq.isfinite()):  # entries past ~1e19 overflow float32 squares
+        sum_sq = torch.linalg.vector_norm(x, dtype=torch.float64).square()
+    num = torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)
+    head = torch.stack([lo64, hi64, num, x.sum().double(), sum_sq])
     return torch.cat([head, edges, counts])
 
 
 def histograms(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor:
     """Histogram of the finite entries of each tensor, binned on the tensors' device.
 
-    Bins are ``bins`` equal-width buckets between the finite minimum and maximum of each tensor (the
-    rule of ``torch.histc``/``numpy.histogram``; a constant tensor gets the range ``[v - 0.5, v + 0.5]``
-    as in ``numpy.histogram``). NaN and +-Inf are left out of every bucket and of ``num``.
+    Bins are ``bins`` equal-width buckets between the finite minimum and maximum of each tensor, with
+    the rule and the arithmetic of ``torch.histc`` on the tensor's dtype (bf16/fp16 upcast to
+    float32): the same counts as ``torch.histc(x, bins, min, max)``. A constant tensor gets the range
+    ``[v - 0.5, v + 0.5]`` as in ``numpy.histogram`` (all entries in the middle bucket). A float32
+    tensor whose range ``max - min`` overflows float32 (entries near +-3e38, where ``histc`` itself
+    counts nothing) is binned in float64. NaN and +-Inf are left out of every bucket and of ``num``.
 
     Args:
         tensors: non-empty tensors, all on one device.
@@ -280,35 +467,33 @@ def histograms(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor:
 
     Returns:
         ``[len(tensors), 5 + 2 * bins]`` float64 tensor on that device; each row is
-        ``min, max, num, sum, sum_squares`` (of the finite entries), then ``bins`` right bucket edges,
-        then ``bins`` counts: the arguments of ``SummaryWriter.add_histogram_raw``.
+        ``min, max, num, sum, sum_squares`` (of the finite entries; the sums accumulated in the
+        tensor's dtype, cascade summation), then ``bins`` right bucket edges, then ``bins`` counts: the
+        arguments of ``SummaryWriter.add_histogram_raw``.
+
+    One host read per call (which tensors are all finite, constant, or of overflowing range), plus one
+    per tensor that holds NaN/Inf; histogram steps are written out anyway.
     """
-    xs64 = [_prepare(t, torch.float64).reshape(-1) for t in tensors]
-    ranges = [torch.aminmax(x) for x in xs64]  # NaN propagates, +-Inf shows in the range
-    # one host read per call (histogram steps are written out anyway): which tensors are all finite
-    all_finite = torch.stack([torch.stack(r) for r in ranges]).isfinite().all(dim=1).tolist()
+    xs = [_flat(_prepare(t, _compute_dtype(t.dtype))) for t in tensors]
+    ranges = [torch.aminmax(x) for x in xs]  # NaN propagates, +-Inf shows in the range
+
+    def kinds(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        finite = lo.isfinite() & hi.isfinite()
+        return torch.stack([finite, lo == hi, (hi - lo).isfinite()])
+
+    flags = torch.stack([kinds(lo, hi) for lo, hi in ranges]).tolist()
     rows = []
-    for x, (lo, hi), fast in zip(xs64, ranges, all_finite):
-        if fast:  # the usual case: no masking needed, about half the passes over the data
-            rows.append(_finite_histogram(x, lo, hi, bins))
-            continue
-        finite = torch.isfinite(x)
-        num = finite.sum().to(torch.float64)
-        lo = torch.where(finite, x, torch.inf).min()
-        hi = torch.where(finite, x, -torch.inf).max()
-        empty = num == 0
-        lo = data_lo = torch.where(empty, 0.0, lo)
-        hi = data_hi = torch.where(empty, 0.0, hi)
-        flat = hi == lo
-        lo = torch.where(flat, lo - 0.5, lo)
-        hi = torch.where(flat, hi + 0.5, hi)
-        xs = torch.where(finite, x, lo)
-        pos = ((xs - lo) * bins / (hi - lo)).to(torch.int64).clamp_(0, bins - 1)
-        counts = torch.zeros(bins, dtype=torch.float64, device=x.device)
-        counts.scatter_add_(0, pos, finite.to(torch.float64))
-        edges = lo + (hi - lo) * torch.arange(1, bins + 1, dtype=torch.float64, device=x.device) / bins
-        xf = torch.where(finite, x, 0.0)
-        # min/max of the data itself: (v - 0.5) + 0.5 is not always v in floating point
-        head = torch.stack([data_lo, data_hi, num, xf.sum(), (xf * xf).sum()])
-        rows.append(torch.cat([head, edges, counts]))
+    for x, (lo, hi), (fast, flat, fits) in zip(xs, ranges, flags):
+        if not fast:  # NaN/Inf present (rare): histogram of a copy of the finite entries
+            x = x[torch.isfinite(x)]
+            if x.numel() == 0:
+                zero = torch.zeros((), dtype=torch.float64, device=x.device)
+                edges = -0.5 + torch.arange(1, bins + 1, dtype=torch.float64, device=x.device) / bins
+                rows.append(torch.cat([zero.expand(5), edges, zero.expand(bins)]))
+                continue
+            lo, hi = torch.aminmax(x)
+            flat, fits = bool(lo == hi), bool((hi - lo).isfinite())
+        if not fits:
+            x, lo, hi = x.double(), lo.double(), hi.double()
+        rows.append(_histogram_row(x, lo, hi, bins, flat))
     return torch.stack(rows)

@@ -9,6 +9,7 @@ import difflib
 import fnmatch
 import functools
 import logging
+import math
 import numbers
 import os
 import weakref
@@ -34,7 +35,7 @@ from gradwatch.detectors import (
     VanishingGradDetector,
 )
 from gradwatch.errors import GradientError, GradWatchError, GradWatchWarning
-from gradwatch.findings import FINDING_KINDS, PARAM_COL, UPDATE_COL, Finding, Part, StepRecord
+from gradwatch.findings import FINDING_KINDS, PARAM_COL, RESTORE_COL, UPDATE_COL, Finding, Part, StepRecord
 from gradwatch.hooks import HandleGroup, queue_end_of_backward
 from gradwatch.sinks import FindingReporter, History
 from gradwatch.targets import resolve_optimizers, resolve_target
@@ -82,6 +83,24 @@ def _close_all_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
             log.exception("gradwatch: closing a watcher at exit failed")
 
 
+#: Attribute set on a ``.grad`` tensor: ``(its version, the sum of its entries)`` taken at the end of a
+#: backward pass (the finite check), reused by the statistics while the version is unchanged. Kept on the
+#: tensor itself, so it dies with it and can never describe another tensor.
+_SUM_TAG = "_gradwatch_sum"
+
+
+def _tag_sum(grad: torch.Tensor, total: torch.Tensor) -> None:
+    with contextlib.suppress(AttributeError, RuntimeError, TypeError):  # a type that takes no attributes
+        setattr(grad, _SUM_TAG, (grad._version, total))
+
+
+def _tagged_sum(grad: torch.Tensor | None) -> torch.Tensor | None:
+    tag = getattr(grad, _SUM_TAG, None) if grad is not None else None
+    if tag is None or tag[0] != grad._version:  # type: ignore[union-attr]
+        return None
+    return tag[1]  # type: ignore[no-any-return]
+
+
 class _StepState:
     """What the current step has gathered so far (device tensors until it is sealed)."""
 
@@ -123,10 +142,9 @@ class Watcher:
         on_finding: ``"warn"`` (default), ``"raise"`` or ``"ignore"``.
         keep_grads: ``True`` or a list of parameter names: keep CPU copies of those ``.grad`` tensors
             per recorded step (``w.history.by_step(7).params["0.weight"].grad``).
-        update_ratio: measure the update-to-weight ratio (default ``True``); costs a transient copy of
-            the parameters each optimizer updates, held only during that optimizer's ``step()`` on
-            recorded steps (for parameters no optimizer owns: from the end of the step's last backward
-            pass to the step boundary).
+        update_ratio: measure the update-to-weight ratio (default ``True``) on a fixed sample of at
+            most 1024 entries per parameter (all of them for smaller parameters): 4 KiB per float32
+            parameter tensor kept between recorded steps, and as much again during an update.
         start_step: number of the first step (default 0).
 
     Raises:
@@ -176,6 +194,11 @@ class Watcher:
         self._layer_of = tuple(targets.layers)
         self._numels = tuple(p.numel() for p in targets.params)
         self._shapes = tuple(tuple(p.shape) for p in targets.params)
+        self._strides = tuple(stats.sample_stride(shape) for shape in self._shapes)
+        sizes = [-(-n // s) if n else 0 for n, s in zip(self._numels, self._strides)]
+        self._update_scale = tuple(math.sqrt(n / k) if k else 1.0 for n, k in zip(self._numels, sizes))
+        self._views: list[tuple[int, torch.Tensor] | None] = [None] * len(self._numels)
+        self._prev_samples: dict[int, torch.Tensor] = {}
         if isinstance(self.config.keep_grads, frozenset):
             for name in sorted(self.config.keep_grads - set(self.names)):
                 close = difflib.get_close_matches(name, self.names, n=1)
@@ -217,6 +240,7 @@ class Watcher:
             self._learning_rates,
             lambda: list(self._opt_names.values()),
             cfg.not_updated_steps,
+            [k if s > 1 else None for k, s in zip(sizes, self._strides)],
         )
         self._freeze = IneffectiveFreezeDetector(
             self._module if self._module is not None else (lambda: None), self.names
@@ -291,6 +315,7 @@ class Watcher:
             self._handles.remove()
             self._attached = False
             self._params = None
+            self._views = [None] * len(self._numels)
 
     def close(self) -> None:
         """Record the last step, detach, and flush (and close, if gradwatch opened it) the writer.
@@ -552,13 +577,16 @@ class Watcher:
         else:  # one device flag per pass: tells an AMP-skipped step from discarded gradients
             touched = self._prov.touched.get(self._prov.pass_id)
             if touched:
-                self._prov.pass_finite[self._prov.pass_id] = stats.all_finite(
-                    [params[i].grad for i in touched]
-                )
+                grads = [params[i].grad for i in touched]
+                flags, sums = stats.finite_check(grads)
+                self._prov.pass_finite[self._prov.pass_id] = flags
+                for g, total in zip(grads, sums):
+                    if g is not None and total is not None:
+                        _tag_sum(g, total)
         if self._unowned and self.config.every(step):
             self._capture(self._unowned, params, step)
             if self.config.update_ratio:
-                self._cur.unowned_snap = (self._unowned, stats.snapshot([params[i] for i in self._unowned]))
+                self._cur.unowned_snap = (self._unowned, self._samples(self._unowned, params))
 
     def optimizer_pre(self, optimizer: Any, step: int) -> None:
         """Internal (BoundaryCallbacks): read and judge the gradients an optimizer is about to use."""
@@ -575,7 +603,7 @@ class Watcher:
         if self.config.every(step):
             self._capture(owned, params, step)
             if self.config.update_ratio:
-                self._cur.snaps[id(optimizer)] = (owned, stats.snapshot([params[i] for i in owned]))
+                self._cur.snaps[id(optimizer)] = (owned, self._samples(owned, params))
         try:
             self._emit(findings)
         except BaseException:
@@ -614,8 +642,7 @@ class Watcher:
             self._capture(owned, params, step)
         snap = self._cur.snaps.pop(id(optimizer), None)
         if snap is not None:
-            idx, before = snap
-            self._add_blocks(idx, UPDATE_COL, stats.update_norms([params[i] for i in idx], before))
+            self._cur.parts.extend(self._update_parts(*snap, params))
 
     def seal(self, step: int) -> None:
         """Internal (BoundaryCallbacks): record step ``step`` and hand it to the detectors and sinks."""
@@ -655,11 +682,7 @@ class Watcher:
 
     def _seal_record(self, cur: _StepState, params: list[torch.Tensor], step: int) -> None:
         if cur.unowned_snap is not None:
-            idx, before = cur.unowned_snap
-            cur.parts.extend(
-                (([idx[j] for j in pos]), UPDATE_COL, t)
-                for pos, t in stats.update_norms([params[i] for i in idx], before)
-            )
+            cur.parts.extend(self._update_parts(*cur.unowned_snap, params))
         param_hist = None
         if self._sink is not None and self.config.histogram_every(step):
             param_hist = self._named_hist(self._histograms(range(len(params)), params))
@@ -694,6 +717,7 @@ class Watcher:
             event,
             cur.order,
             cur.grad_none,
+            self._update_scale,
         )
         self._history.append(record)
         self._unjudged.append(record)
@@ -750,6 +774,48 @@ class Watcher:
                 self._refresh_ownership()
         return self._owned[id(optimizer)]
 
+    def _sample_views(self, idx: Sequence[int], params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Views of the sampled entries of ``params[i]`` (cached while the parameter keeps its storage)."""
+        out = []
+        for i in idx:
+            p = params[i]
+            cached = self._views[i]
+            if cached is not None and cached[0] == p.data_ptr():
+                out.append(cached[1])
+                continue
+            view = stats.sample_view(p, self._strides[i])
+            if view._is_view():  # a copy (an unusual layout) would go stale: rebuilt every time
+                self._views[i] = (p.data_ptr(), view)
+            out.append(view)
+        return out
+
+    def _samples(self, idx: list[int], params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Copies of the sampled entries of ``params[i]``, taken before an update."""
+        return stats.take_samples(self._sample_views(idx, params))
+
+    def _update_parts(
+        self, idx: list[int], before: list[torch.Tensor], params: list[torch.Tensor]
+    ) -> list[Part]:
+        """Record parts for the update of ``params[i]``: sampled update norm, change since the last record.
+
+        The change compares ``before`` (the sample taken before this step's update) with the one taken
+        before the previous recorded update, which it then replaces.
+        """
+        now = self._sample_views(idx, params)
+        parts: list[Part] = [
+            ([idx[j] for j in pos], UPDATE_COL, t) for pos, t in stats.sample_distances(now, before)
+        ]
+        prev = []
+        for i, b in zip(idx, before):
+            old = self._prev_samples.get(i)
+            prev.append(old if old is not None and old.shape == b.shape and old.dtype == b.dtype else None)
+            self._prev_samples[i] = b
+        parts += [
+            ([idx[j] for j in pos], RESTORE_COL, t)
+            for pos, t in stats.sample_distances(before, prev, math.inf)
+        ]
+        return parts
+
     def _add_blocks(self, idx: Sequence[int], col: int, blocks: list[stats.Block]) -> None:
         for pos, t in blocks:
             self._cur.parts.append(([idx[j] for j in pos], col, t))
@@ -760,7 +826,7 @@ class Watcher:
         grads = [p.grad for p in ps]
         for i, g in zip(idx, grads):
             self._cur.grad_none[i] = g is None
-        self._add_blocks(idx, 0, stats.grad_stats(grads))
+        self._add_blocks(idx, 0, stats.grad_stats(grads, [_tagged_sum(g) for g in grads]))
         self._add_blocks(idx, PARAM_COL, stats.param_norms(ps))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:

@@ -106,9 +106,13 @@ class NotUpdatedDetector(Detector):
       it has a nonzero gradient, naming the optimizers that do not hold it.
     * Held by an optimizer but unchanged for ``not_updated_steps`` (default 5) recorded steps in a row
       while its gradient is nonzero: the update norm is exactly 0 (learning rate 0, a mask inside the
-      step), or the update is undone before the next step (its L2 norm and its sum before the step equal,
-      bit for bit, those before the previous one although that step moved it: ``load_state_dict``, ``copy_``
-      or an EMA copied back after ``optimizer.step()``; only after an update ratio above 1e-4).
+      step), or the update is undone before the next step (the sampled entries the update ratio is
+      measured on are back, bit for bit, to their values at the previous recorded boundary although that
+      step moved them: ``load_state_dict``, ``copy_`` or an EMA copied back after ``optimizer.step()``).
+      For a parameter whose update is measured on a sample (more than 1024 entries), an update of 0 only
+      counts when at least 20 sampled entries are expected to have a nonzero gradient
+      (``(1 - zero_fraction) * sample size``), so a sparse update the sample misses (a few embedding
+      rows under plain SGD) is not taken for no update.
       Only judged where an update would be visible in the parameter's dtype
       (``lr * ||g|| / ||theta||`` above the dtype's resolution), so tiny (vanishing) gradients are left to
       ``vanishing_grad``.
@@ -120,6 +124,8 @@ class NotUpdatedDetector(Detector):
         lr_of: returns each parameter's learning rate (from its optimizer's ``param_groups``), or ``None``.
         optimizer_names: names of the watched optimizers, for the message.
         steps: the window.
+        sample_sizes: per parameter, the number of entries its update is measured on when sampled, or
+            ``None`` when measured on all of them.
     """
 
     kinds = ("not_updated",)
@@ -131,15 +137,17 @@ class NotUpdatedDetector(Detector):
         lr_of: Callable[[], dict[int, float]],
         optimizer_names: Callable[[], Sequence[str]],
         steps: int,
+        sample_sizes: Sequence[int | None] = (),
     ) -> None:
         self.names = names
+        self.sample_sizes = list(sample_sizes) or [None] * len(names)
         self.unowned = unowned
         self.lr_of = lr_of
         self.optimizer_names = optimizer_names
         self.steps = steps
         self.still = [0] * len(names)
         self.undone = [False] * len(names)
-        self.last: list[tuple[float, float | None, float] | None] = [None] * len(names)
+        self.last: list[float | None] = [None] * len(names)
         self.reported: set[int] = set()
 
     def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
@@ -173,21 +181,16 @@ class NotUpdatedDetector(Detector):
         for i, name in enumerate(self.names):
             s = params[name]
             lr = lrs.get(i)
-            before, self.last[i] = self.last[i], (s.param_norm, s.update_ratio, s.param_sum)
+            before, self.last[i] = self.last[i], s.update_ratio
             if i in unowned_set or s.update_ratio is None or lr is None or not s.has_grad:
                 continue
             visible = s.param_norm == 0 or lr * s.grad_norm / s.param_norm > 1e-6 or lr == 0
-            # the last update was undone before this step: the weights are back, bit for bit, to where
-            # they were before it (load_state_dict, a copy_ or a mask after each step)
-            # (only after an update of relative size > 1e-4, which moves a float32 norm far beyond its
-            # resolution: a tiny update can leave the norm bit-identical without being undone)
-            undone = (
-                before is not None
-                and before[1] is not None
-                and before[1] > 1e-4
-                and s.param_norm == before[0]
-                and s.param_sum == before[2]  # a norm-preserving projection moves the sum
-            )
+            k = self.sample_sizes[i]
+            if k is not None and (1.0 - s.zero_fraction) * k < 20:
+                visible = lr == 0  # the sample may miss a sparse update: only a zero lr is sure
+            # the last update was undone before this step: the sampled weights it moved are back, bit
+            # for bit, to where they were before it (load_state_dict, a copy_ or a mask after each step)
+            undone = before is not None and before > 0 and s.weights_unchanged is True
             self.undone[i] = undone
             moving = s.grad_norm > 0 and math.isfinite(s.grad_norm)
             if moving and ((s.update_ratio == 0 and visible) or undone):
