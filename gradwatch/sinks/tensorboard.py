@@ -19,6 +19,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -168,12 +169,12 @@ class TensorBoardSink:
         if record.loss is not None:
             scalars.append(("gradwatch/loss", record.loss))
         self._scalars(scalars, step)
+        time.sleep(0)  # let the training thread take the GIL (its hooks wait for it otherwise)
         for prefix, hist in (("gradients", grad_hist), ("parameters", param_hist)):
-            if hist is None:
-                continue
-            names, rows = hist
-            for name, row in zip(names, rows.tolist()):
-                self._histogram(f"{prefix}/{name}", row, step)
+            if hist is not None:
+                names, rows = hist
+                self._histograms([(f"{prefix}/{name}", row) for name, row in zip(names, rows.tolist())], step)
+                time.sleep(0)
 
     def _scalars(self, scalars: list[tuple[str, float]], step: int) -> None:
         """Write all of a step's scalars as one event (one ``Summary`` with many values).
@@ -191,21 +192,39 @@ class TensorBoardSink:
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars])
         file_writer().add_summary(summary, step)
 
-    def _histogram(self, tag: str, row: list[float], step: int) -> None:
-        lo, hi, num, total, sum_sq = row[:5]
-        bins = (len(row) - 5) // 2
-        if num == 0 or not math.isfinite(total) or not math.isfinite(sum_sq):
-            return  # nothing finite to show; the counts went to nan_count/inf_count
-        limits = row[5 : 5 + bins]
-        counts = row[5 + bins :]
-        self.writer.add_histogram_raw(
-            tag,
-            min=lo,
-            max=hi,
-            num=int(num),
-            sum=total,
-            sum_squares=sum_sq,
-            bucket_limits=limits,
-            bucket_counts=counts,
-            global_step=step,
-        )
+    def _histograms(self, rows: list[tuple[str, list[float]]], step: int) -> None:
+        """Write histogram rows (from :func:`gradwatch.stats.histograms`) as one event.
+
+        Each becomes the ``HistogramProto`` that ``add_histogram_raw`` writes, all in one ``Summary``;
+        a writer without ``_get_file_writer`` gets ``add_histogram_raw`` calls. Rows with nothing
+        finite are skipped (their counts went to ``nan_count``/``inf_count``).
+        """
+        file_writer = getattr(self.writer, "_get_file_writer", None)
+        from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+
+        values = []
+        for tag, row in rows:
+            lo, hi, num, total, sum_sq = row[:5]
+            bins = (len(row) - 5) // 2
+            if num == 0 or not math.isfinite(total) or not math.isfinite(sum_sq):
+                continue
+            limits, counts = row[5 : 5 + bins], row[5 + bins :]
+            if file_writer is None:
+                self.writer.add_histogram_raw(
+                    tag,
+                    min=lo,
+                    max=hi,
+                    num=int(num),
+                    sum=total,
+                    sum_squares=sum_sq,
+                    bucket_limits=limits,
+                    bucket_counts=counts,
+                    global_step=step,
+                )
+                continue
+            histo = HistogramProto(
+                min=lo, max=hi, num=num, sum=total, sum_squares=sum_sq, bucket_limit=limits, bucket=counts
+            )
+            values.append(Summary.Value(tag=tag, histo=histo))
+        if values and file_writer is not None:
+            file_writer().add_summary(Summary(value=values), step)
