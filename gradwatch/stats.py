@@ -76,7 +76,8 @@ def _chunks(idx: list[int], tensors: Sequence[torch.Tensor | None]) -> list[list
 
 
 def _prepare(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     if t.is_sparse:
         t = t.to_dense()
     if t.is_complex():
@@ -151,19 +152,19 @@ _ROW = 1024
 
 
 def _sum_squares(flat: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``sum(x * x)`` per 1-D tensor, as 0-dim float64 tensors: one memory pass, no temporary copy.
+    """``sum(x * x)`` per 1-D tensor, as 0-dim tensors: one memory pass, no temporary copy.
 
-    Up to 64 Ki entries: ``torch.dot``. Larger: the L2 norms of rows of 1024 entries
-    (``vector_norm(dim=1)``, vectorised and multi-threaded), squared and summed in float64, plus the
-    tail. Measured on 1-10 M float32 entries: relative error about 1e-9, against 1e-5 to 1e-4 for a
-    single ``torch.dot`` or ``torch.linalg.vector_norm`` over the whole tensor (their float32
-    accumulators drift), at the same speed as ``dot``.
+    Up to 64 Ki entries: ``torch.dot`` (in ``x``'s dtype). Larger (float64 results): the L2 norms of
+    rows of 1024 entries (``vector_norm(dim=1)``, vectorised and multi-threaded), squared and summed in
+    float64, plus the tail. Measured on 1-10 M float32 entries: relative error about 1e-9, against
+    1e-5 to 1e-4 for a single ``torch.dot`` or ``torch.linalg.vector_norm`` over the whole tensor
+    (their float32 accumulators drift), at the same speed as ``dot``.
     """
     out = []
     for x in flat:
         n = x.numel()
         if n <= 64 * _ROW:
-            out.append(torch.dot(x, x).double())
+            out.append(torch.dot(x, x))  # the caller stacks and converts to float64 once
             continue
         m = n // _ROW
         rows = torch.linalg.vector_norm(x[: m * _ROW].view(m, _ROW), dim=1).double()
@@ -443,7 +444,7 @@ def _histogram_row(
     edges = (
         r_lo64 + (r_hi64 - r_lo64) * torch.arange(1, bins + 1, dtype=torch.float64, device=x.device) / bins
     )
-    (sum_sq,) = _sum_squares([x])
+    sum_sq = _sum_squares([x])[0].double()
     if x.device.type == "cpu" and not bool(sum_sq.isfinite()):  # entries past ~1e19 overflow float32 squares
         sum_sq = torch.linalg.vector_norm(x, dtype=torch.float64).square()
     num = torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)
