@@ -18,7 +18,7 @@ Variants:
 
 Usage:
   python benchmarks/overhead.py [--models digits,cnn,transformer] [--steps 30] [--warmup 3]
-                                [--json benchmarks/results/overhead.json]
+                                [--json benchmarks/results/overhead.json] [--memory-steps 20]
 """
 
 from __future__ import annotations
@@ -174,6 +174,55 @@ def run_model(
     return out
 
 
+def _peak_rss(name: str, variant: str, steps: int, logdir: str) -> int:
+    """Peak resident memory (bytes) of a fresh process that trains ``steps`` steps of one variant."""
+    import resource
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    model, batch = make(name, torch.device("cpu"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    watcher = writer = None
+    if variant.startswith("stats"):
+        every = {"stats": None, "stats+hist100": 100, "stats+hist1": 1}[variant]
+        extra = {} if every is None else {"logdir": logdir, "histogram_every": every}
+        watcher = gw.watch(model, opt, on_finding="ignore", **extra)
+    elif variant == "peer-hist1":
+        writer = SummaryWriter(logdir)
+    for k in range(steps):
+        x, y = batch(k)
+        opt.zero_grad()
+        loss_of(name, model(x), y).backward()
+        if writer is not None:
+            for pname, p in model.named_parameters():
+                writer.add_histogram(f"gradients/{pname}", p.grad, k)
+                writer.add_histogram(f"parameters/{pname}", p, k)
+        opt.step()
+    if watcher is not None:
+        watcher.close()
+    if writer is not None:
+        writer.close()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def peak_memory(name: str, steps: int, tmp: Path) -> dict:
+    """Peak memory added by each variant over the unwatched loop, in bytes per parameter (CPU, RSS).
+
+    Each variant runs alone in a fresh process (``multiprocessing`` spawn), so peaks do not mix.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    variants = ("unwatched", "stats", "stats+hist100", "stats+hist1", "peer-hist1")
+    with ctx.Pool(1, maxtasksperchild=1) as pool:
+        peaks = {
+            v: pool.apply(_peak_rss, (name, v, steps, str(tmp / f"mem-{name}-{v.replace('+', '_')}")))
+            for v in variants
+        }
+    n_params = sum(p.numel() for p in make(name, torch.device("cpu"))[0].parameters())
+    return {v: (peaks[v] - peaks["unwatched"]) / n_params for v in variants if v != "unwatched"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print a table per model and return (and optionally save) the numbers."""
     warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
@@ -183,6 +232,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--memory-steps",
+        type=int,
+        default=0,
+        help="also measure peak memory added (bytes per parameter; CPU RSS, one process per variant)",
+    )
     ap.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset (unwatched is always run)"
     )
@@ -212,6 +267,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {'variant':15s} {'median ms':>10s} {'ratio':>7s} {'added ms':>9s}")
             for v, r in res["variants"].items():
                 print(f"  {v:15s} {r['median_ms']:10.2f} {r['ratio']:7.3f} {r['added_ms']:9.2f}")
+            if args.memory_steps and device.type == "cpu":
+                res["peak_bytes_per_param"] = peak_memory(name, args.memory_steps, Path(tmp))
+                added = ", ".join(f"{v} {b:+.2f}" for v, b in res["peak_bytes_per_param"].items())
+                print(f"  peak memory added, bytes per parameter: {added}")
             if "peer_hist1_added_over_ours" in res:
                 print(
                     f"  hand-written add_histogram every step adds {res['peer_hist1_added_over_ours']:.1f}x "
