@@ -148,8 +148,9 @@ class Config:
         on_finding: ``"warn"`` (default), ``"raise"`` or ``"ignore"``.
         keep_grads: ``True`` keeps a CPU copy of every ``.grad`` per recorded step, a collection of
             parameter names keeps those only; default ``False``. Costs the gradients' size per kept step.
-        update_ratio: measure the update-to-weight ratio on recorded steps (default ``True``); costs a
-            transient copy of the parameters an optimizer updates, only during that optimizer's step.
+        update_ratio: measure the update-to-weight ratio on recorded steps (default ``True``), on a
+            fixed sample of at most 1024 entries per parameter (exact for smaller ones; 4 KiB kept
+            per tensor); see ``ParamStats.update_ratio``.
         start_step: number of the first step (default 0), e.g. when resuming from a checkpoint.
         suppress: findings never to report: ``(kind, name patterns)`` pairs; patterns are ``fnmatch``
             style (``"encoder.*"``), ``"*"`` for every parameter.

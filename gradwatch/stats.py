@@ -361,7 +361,12 @@ def sample_stride(shape: Sequence[int]) -> int:
 
 def sample_view(t: torch.Tensor, stride: int) -> torch.Tensor:
     """The sampled entries of ``t`` as a 1-D view (no copy for dense layouts); see :func:`sample_stride`."""
-    flat = _flat(t.detach())
+    t = t.detach()
+    if t.is_sparse:  # rare: a copy, rebuilt at every use
+        t = t.to_dense()
+    if t.is_complex():  # real and imaginary parts side by side (stride 1 still covers every entry)
+        t = torch.view_as_real(t)
+    flat = _flat(t)
     return flat if stride == 1 else flat[::stride]
 
 
