@@ -28,7 +28,6 @@ __all__ = [
     "grad_stats",
     "histograms",
     "norms",
-    "param_norms",
     "sample_distances",
     "sample_stride",
     "sample_view",
@@ -107,7 +106,11 @@ def _blocks_at(
     return blocks
 
 
-def grad_stats(grads: Sequence[torch.Tensor | None], sums: Sequence[torch.Tensor | None] = ()) -> list[Block]:
+def grad_stats(
+    grads: Sequence[torch.Tensor | None],
+    sums: Sequence[torch.Tensor | None] = (),
+    strides: Sequence[int] = (),
+) -> list[Block]:
     """Raw statistics of each tensor in ``grads``, batched per (device, dtype).
 
     Args:
@@ -116,19 +119,23 @@ def grad_stats(grads: Sequence[torch.Tensor | None], sums: Sequence[torch.Tensor
         sums: optional, aligned with ``grads``: a 0-dim tensor holding the sum of that gradient's entries
             as it is now (from :func:`finite_check` on the same, unchanged tensor), or ``None``. Used on
             the CPU path instead of summing again.
+        strides: optional, aligned with ``grads``: count the nonzero entries only among the sampled
+            entries ``flat[::stride]`` (:func:`sample_stride`); 1 or absent: among all of them.
 
     Returns:
         Blocks ``(positions, stats)``: ``stats`` is a ``[len(positions), len(RAW_FIELDS)]`` float64
         tensor on the gradients' device. bf16/fp16 values are upcast to float32 before reducing; float64
         stays float64. NaN/Inf propagate into ``norm``, ``max_abs`` and ``sum`` and are counted in
-        ``nonfinite``/``nan``.
+        ``nonfinite``/``nan``. ``nonzero`` counts within the sample when a stride is given.
     """
     known = {i: s for i, s in enumerate(sums) if s is not None}
+    step = list(strides) or [1] * len(grads)
 
     def reduce(g: list[torch.Tensor], pos: list[int]) -> torch.Tensor:
+        chunk_strides = [step[i] for i in pos]
         if g[0].device.type == "cpu":
-            return _cpu_chunk(g, [known.get(i) for i in pos])
-        return _device_chunk(g)
+            return _cpu_chunk(g, [known.get(i) for i in pos], chunk_strides)
+        return _device_chunk(g, chunk_strides)
 
     return _blocks_at(grads, reduce)
 
@@ -176,14 +183,17 @@ def _sum_squares(flat: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def _cpu_chunk(g: list[torch.Tensor], sums: Sequence[torch.Tensor | None] = ()) -> torch.Tensor:
+def _cpu_chunk(
+    g: list[torch.Tensor], sums: Sequence[torch.Tensor | None] = (), strides: Sequence[int] = ()
+) -> torch.Tensor:
     """Raw columns on the CPU, where a kernel call costs no launch and reading a value no device sync.
 
-    Four memory passes per tensor, each one of PyTorch's own vectorised, multi-threaded reductions: the
-    sum (cascade summation; skipped when ``sums`` has it), the sum of squares (``torch.dot``), ``aminmax``
-    and ``count_nonzero``. The standard deviation is derived from the sum and the sum of squares except
-    where that cancels (``|mean| > std / 2`` roughly: ``n mean^2 > ||g||^2 / 4``), where ``||g - mean||``
-    is measured directly with ``torch.dist``. NaN/Inf counts are only taken when a sum is not finite.
+    Three memory passes per tensor, each one of PyTorch's own vectorised, multi-threaded reductions: the
+    sum (cascade summation; skipped when ``sums`` has it), the sum of squares (:func:`_sum_squares`) and
+    ``aminmax``; ``count_nonzero`` over the sampled entries (``strides``). The standard deviation is
+    derived from the sum and the sum of squares except where that cancels (``|mean| > std / 2``
+    roughly: ``n mean^2 > ||g||^2 / 4``), where ``||g - mean||`` is measured directly with
+    ``torch.dist``. NaN/Inf counts are only taken when a sum is not finite.
     """
     n = len(g)
     flat = [_flat(t) for t in g]
@@ -191,7 +201,7 @@ def _cpu_chunk(g: list[torch.Tensor], sums: Sequence[torch.Tensor | None] = ()) 
     total = [s if s is not None else x.sum() for s, x in zip(known, flat)]  # cascade summation
     squares = _sum_squares(flat)
     lo_hi = [torch.aminmax(x) for x in flat]
-    nonzero = [torch.count_nonzero(x) for x in flat]
+    nonzero = [torch.count_nonzero(x if s == 1 else x[::s]) for x, s in zip(flat, list(strides) or [1] * n)]
     head = torch.stack([*total, *squares, *(v for pair in lo_hi for v in pair), *nonzero]).to(torch.float64)
     total_t, sq_t = head[:n], head[n : 2 * n]
     lo, hi = head[2 * n : 4 * n : 2], head[2 * n + 1 : 4 * n : 2]
@@ -227,11 +237,12 @@ def _cpu_chunk(g: list[torch.Tensor], sums: Sequence[torch.Tensor | None] = ()) 
     return torch.stack([norm_t, max_abs, total_t, nonzero_t, counts[0], counts[1], centered_t], dim=1)
 
 
-def _device_chunk(g: list[torch.Tensor]) -> torch.Tensor:
+def _device_chunk(g: list[torch.Tensor], strides: Sequence[int] = ()) -> torch.Tensor:
     """Raw columns with the foreach kernels: one launch per statistic for the whole chunk (CUDA)."""
     n = len(g)
     norm = torch._foreach_norm(g, 2)
-    nonzero = torch._foreach_norm(g, 0)  # count of entries != 0
+    sampled = [t if s == 1 else _flat(t)[::s] for t, s in zip(g, list(strides) or [1] * n)]
+    nonzero = torch._foreach_norm(sampled, 0)  # count of entries != 0 (among the sampled ones)
     a = torch._foreach_abs(g)
     max_abs = torch._foreach_max(a)
     abs_sum = torch._foreach_norm(a, 1)
@@ -301,26 +312,6 @@ def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
 def norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
     """L2 norm of each tensor, as blocks of ``[n, 1]`` float64 tensors on the tensors' devices."""
     return _blocks(tensors, lambda t: torch.stack(torch._foreach_norm(t, 2)).to(torch.float64)[:, None])
-
-
-def param_norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
-    """L2 norm of each tensor (one memory pass each): blocks of ``[n, 1]`` float64 tensors.
-
-    On the CPU ``sqrt`` of ``torch.dot(p, p)`` (multi-threaded BLAS, and more accurate than the CPU
-    ``vector_norm`` kernel for tensors of millions of entries); elsewhere ``torch._foreach_norm``.
-    """
-
-    def reduce(t: list[torch.Tensor]) -> torch.Tensor:
-        if t[0].device.type != "cpu":
-            return torch.stack(torch._foreach_norm(t, 2)).to(torch.float64)[:, None]
-        flat = [_flat(x) for x in t]
-        sq = torch.stack(_sum_squares(flat)).to(torch.float64)
-        out = torch.sqrt(sq)
-        if not bool(torch.isfinite(sq).all()):  # overflow or NaN/Inf: the kernel's own norm in float64
-            out = torch.stack([torch.linalg.vector_norm(x, dtype=torch.float64) for x in flat])
-        return out[:, None]
-
-    return _blocks(tensors, reduce)
 
 
 # ------------------------------------------------------------------------------ sampled update ratio

@@ -196,7 +196,7 @@ class Watcher:
         self._shapes = tuple(tuple(p.shape) for p in targets.params)
         self._strides = tuple(stats.sample_stride(shape) for shape in self._shapes)
         sizes = [-(-n // s) if n else 0 for n, s in zip(self._numels, self._strides)]
-        self._update_scale = tuple(math.sqrt(n / k) if k else 1.0 for n, k in zip(self._numels, sizes))
+        self._sample_sizes = tuple(sizes)
         self._views: list[tuple[int, torch.Tensor] | None] = [None] * len(self._numels)
         self._prev_samples: dict[int, torch.Tensor] = {}
         if isinstance(self.config.keep_grads, frozenset):
@@ -717,7 +717,7 @@ class Watcher:
             event,
             cur.order,
             cur.grad_none,
-            self._update_scale,
+            self._sample_sizes,
         )
         self._history.append(record)
         self._unjudged.append(record)
@@ -826,8 +826,9 @@ class Watcher:
         grads = [p.grad for p in ps]
         for i, g in zip(idx, grads):
             self._cur.grad_none[i] = g is None
-        self._add_blocks(idx, 0, stats.grad_stats(grads, [_tagged_sum(g) for g in grads]))
-        self._add_blocks(idx, PARAM_COL, stats.param_norms(ps))
+        strides = [self._strides[i] for i in idx]
+        self._add_blocks(idx, 0, stats.grad_stats(grads, [_tagged_sum(g) for g in grads], strides))
+        self._add_blocks(idx, PARAM_COL, stats.norms(self._sample_views(idx, params)))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)

@@ -203,3 +203,34 @@ def test_zero_learning_rate_on_a_large_parameter_is_found() -> None:
     found = [f for f in w.findings if f.kind == "not_updated"]
     assert len(found) == 1 and set(found[0].params) == {"0.weight", "0.bias"}
     assert "learning rate is 0" in found[0].message
+
+
+def test_param_norm_and_zero_fraction_of_large_parameters_are_sample_estimates() -> None:
+    # a ReLU layer with many dead units: about 40 % of the first weight's gradient entries are 0
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(300, 200), nn.ReLU(), nn.Linear(200, 7))
+    with torch.no_grad():
+        model[0].bias[:80] = -100.0  # 80 of 200 units never fire
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batch = batches(300, 7)
+    seen = []
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for k in range(3):
+            x, y = batch(k)
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            seen.append({n: (p.detach().clone(), p.grad.clone()) for n, p in model.named_parameters()})
+            opt.step()
+    zero_tol = 4 * 0.5 / math.sqrt(stats.SAMPLE_SIZE)  # four standard errors of a proportion
+    for record, params in zip(w.history, seen, strict=True):
+        for name, (p, g) in params.items():
+            s = record.params[name]
+            exact_zero = (g == 0).double().mean().item()
+            if p.numel() <= stats.SAMPLE_SIZE:
+                assert s.param_norm == pytest.approx(p.double().norm().item(), rel=1e-6)
+                assert s.zero_fraction == pytest.approx(exact_zero, abs=1e-12)
+            else:
+                assert s.param_norm == pytest.approx(p.double().norm().item(), rel=SAMPLED_REL)
+                assert s.zero_fraction == pytest.approx(exact_zero, abs=zero_tol)
+            assert s.grad_norm == pytest.approx(g.double().norm().item(), rel=1e-6)  # always exact
+    assert record.params["0.weight"].zero_fraction > 0.3
