@@ -36,7 +36,7 @@ FINDING_KINDS: tuple[str, ...] = (
 
 #: Columns of the host buffer a :class:`StepRecord` is built from: the raw gradient columns of
 #: :data:`gradwatch.stats.RAW_FIELDS`, then the parameter norm, the L2 norm of the update of the sampled
-#: entries, and the largest change of those entries since the previous recorded boundary (the weights
+#: entries, and the L1 norm of the change of those entries since the previous recorded boundary (the weights
 #: are back exactly where they were when it is 0).
 RAW_COLUMNS: tuple[str, ...] = (
     "norm",

@@ -29,6 +29,7 @@ __all__ = [
     "histograms",
     "norms",
     "sample_distances",
+    "sample_norms",
     "sample_stride",
     "sample_view",
     "take_samples",
@@ -154,6 +155,10 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((t.numel(),), (1,), t.storage_offset())  # channels_last and other dense layouts
 
 
+#: Tensors of at most this many entries are reduced together, stacked by shape, with row-wise kernels
+#: (one call per statistic per shape instead of one per tensor: per-call overhead dominates them).
+_SMALL = 1 << 16
+
 #: Row length for the sum of squares of a large tensor (see :func:`_sum_squares`).
 _ROW = 1024
 
@@ -198,14 +203,46 @@ def _cpu_chunk(
     n = len(g)
     flat = [_flat(t) for t in g]
     known = list(sums) or [None] * n
-    total = [s if s is not None else x.sum() for s, x in zip(known, flat)]  # cascade summation
-    squares = _sum_squares(flat)
-    lo_hi = [torch.aminmax(x) for x in flat]
-    nonzero = [torch.count_nonzero(x if s == 1 else x[::s]) for x, s in zip(flat, list(strides) or [1] * n)]
-    head = torch.stack([*total, *squares, *(v for pair in lo_hi for v in pair), *nonzero]).to(torch.float64)
-    total_t, sq_t = head[:n], head[n : 2 * n]
-    lo, hi = head[2 * n : 4 * n : 2], head[2 * n + 1 : 4 * n : 2]
-    nonzero_t = head[4 * n :]
+    step = list(strides) or [1] * n
+    head = torch.empty(5, n, dtype=torch.float64)  # sum, sum of squares, min, max, nonzero (sampled)
+    small: dict[tuple[int, int], list[int]] = {}
+    large: list[int] = []
+    for i, x in enumerate(flat):
+        if x.numel() <= _SMALL:
+            small.setdefault((x.numel(), step[i]), []).append(i)
+        else:
+            large.append(i)
+    for (_, s), idx in small.items():  # many small tensors: a few row-wise reductions per shape
+        rows = torch.stack([flat[i] for i in idx])
+        head[:, idx] = torch.stack(
+            [
+                rows.sum(1),
+                torch.linalg.vector_norm(rows, dim=1).square(),
+                rows.amin(1),
+                rows.amax(1),
+                torch.count_nonzero(rows if s == 1 else rows[:, ::s], dim=1),
+            ]
+        ).to(torch.float64)
+    if large:
+        big = [flat[i] for i in large]
+        total: list[torch.Tensor] = [
+            t if (t := known[i]) is not None else flat[i].sum()
+            for i in large  # cascade summation
+        ]
+        lo_hi = [torch.aminmax(x) for x in big]
+        nonzero = [torch.count_nonzero(x[:: step[i]]) for i, x in zip(large, big)]
+        values = torch.stack([*total, *_sum_squares(big), *(v for pair in lo_hi for v in pair), *nonzero])
+        m = len(large)
+        head[:, large] = torch.stack(
+            [
+                values[:m],
+                values[m : 2 * m],
+                values[2 * m : 4 * m : 2],
+                values[2 * m + 1 : 4 * m : 2],
+                values[4 * m :],
+            ]
+        ).to(torch.float64)
+    total_t, sq_t, lo, hi, nonzero_t = head
     sizes = torch.tensor([t.numel() for t in g], dtype=torch.float64)
     max_abs = torch.maximum(hi, -lo)
     centered_t = torch.full((n,), -1.0, dtype=torch.float64)  # -1: derive the std from the sums
@@ -280,8 +317,8 @@ def finite_check(
     Returns:
         ``(flags, sums)``: ``flags`` holds one 0-dim bool tensor per (device, dtype) chunk, True where
         every entry of those tensors is finite; ``sums`` is aligned with ``tensors``: on the CPU the sum
-        of each tensor's entries (a 0-dim tensor, which :func:`grad_stats` reuses while the tensor is
-        unchanged), elsewhere ``None``.
+        of each tensor of more than 64 Ki entries (a 0-dim tensor, which :func:`grad_stats` reuses while
+        the tensor is unchanged), elsewhere ``None`` (small tensors are summed stacked, row-wise).
 
     On the CPU one cascade ``sum`` per tensor: a sum is finite exactly when no entry is NaN or +-Inf
     (barring an overflow past about 3e38). Elsewhere one batched L2 norm per chunk (one kernel launch;
@@ -290,12 +327,19 @@ def finite_check(
     sums: list[torch.Tensor | None] = [None] * len(tensors)
 
     def reduce(t: list[torch.Tensor], pos: list[int]) -> torch.Tensor:
-        if t[0].device.type == "cpu":
-            chunk = [x.sum() for x in t]
-            for i, s in zip(pos, chunk):
-                sums[i] = s
-            return torch.stack(chunk).sum().isfinite().reshape(1, 1)
-        return torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1)
+        if t[0].device.type != "cpu":
+            return torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1)
+        parts = []
+        small: dict[int, list[torch.Tensor]] = {}
+        for i, x in zip(pos, t):
+            if x.numel() <= _SMALL:  # stacked by size below; their sums are not kept for reuse
+                small.setdefault(x.numel(), []).append(_flat(x))
+            else:
+                total = x.sum()
+                sums[i] = total
+                parts.append(total.reshape(1))
+        parts += [torch.stack(rows).sum(1) for rows in small.values()]
+        return torch.cat(parts).sum().isfinite().reshape(1, 1)
 
     blocks = _blocks_at(tensors, reduce)
     return [flags.all() for _, flags in blocks], sums
@@ -371,25 +415,40 @@ def take_samples(views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def sample_norms(samples: Sequence[torch.Tensor | None]) -> list[Block]:
+    """L2 norm of each 1-D sample, as blocks of ``[n, 1]`` float64 (stacked per device, dtype, length)."""
+    return sample_distances(samples, [None if t is None else _ZERO for t in samples])
+
+
+#: Stands for an all-zero sample in :func:`sample_norms` (broadcasts against any row).
+_ZERO = torch.zeros(())
+
+
 def sample_distances(
     now: Sequence[torch.Tensor | None], before: Sequence[torch.Tensor | None], ord: float = 2.0
 ) -> list[Block]:
-    """``||now[i] - before[i]||_ord`` per pair of equal-shape samples, as blocks of ``[n, 1]`` float64.
+    """``||now[i] - before[i]||_ord`` per pair of equal-shape 1-D samples, as blocks of ``[n, 1]`` float64.
 
-    Differences of bf16/fp16 samples are taken in float32 (exact there). Pairs with a ``None`` side
-    are skipped.
+    Samples of one device, dtype and length are stacked and reduced row-wise: a few calls per group
+    instead of a few per tensor (samples are at most :data:`SAMPLE_SIZE` entries, so the copies are
+    small). Differences of bf16/fp16 samples are taken in float32 (exact there). Pairs with a ``None``
+    side are skipped.
     """
-    diffs: list[torch.Tensor | None] = [None] * len(now)
-    pairs = [n if n is not None and before[i] is not None else None for i, n in enumerate(now)]
-    for (_, dtype), idx in _groups(pairs).items():
-        a = [now[i] for i in idx]
-        b = [before[i] for i in idx]
+    groups: dict[tuple[torch.device, torch.dtype, int], list[int]] = {}
+    for i, (a, b) in enumerate(zip(now, before)):
+        if a is not None and b is not None and a.numel():
+            groups.setdefault((a.device, a.dtype, a.numel()), []).append(i)
+    blocks: list[Block] = []
+    for (_, dtype, _), idx in groups.items():
+        a = torch.stack([now[i] for i in idx])  # type: ignore[misc]
         if dtype not in (torch.float32, torch.float64):
-            a = [t.float() for t in a]  # type: ignore[union-attr]
-            b = [t.float() for t in b]  # type: ignore[union-attr]
-        for i, d in zip(idx, torch._foreach_sub(a, b)):  # type: ignore[arg-type]
-            diffs[i] = d
-    return _blocks(diffs, lambda t: torch.stack(torch._foreach_norm(t, ord)).to(torch.float64)[:, None])
+            a = a.float()
+        if before[idx[0]] is not _ZERO:
+            b = torch.stack([before[i] for i in idx])  # type: ignore[misc]
+            a = a - (b if b.dtype == a.dtype else b.float())
+        dist = torch.linalg.vector_norm(a, ord, dim=1)
+        blocks.append((idx, dist.to(torch.float64)[:, None]))
+    return blocks
 
 
 #: Entries binned per pass of :func:`histograms` (bounds its scratch buffers to about 20 MiB, which the

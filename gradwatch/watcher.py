@@ -9,7 +9,6 @@ import difflib
 import fnmatch
 import functools
 import logging
-import math
 import numbers
 import os
 import weakref
@@ -811,8 +810,7 @@ class Watcher:
             prev.append(old if old is not None and old.shape == b.shape and old.dtype == b.dtype else None)
             self._prev_samples[i] = b
         parts += [
-            ([idx[j] for j in pos], RESTORE_COL, t)
-            for pos, t in stats.sample_distances(before, prev, math.inf)
+            ([idx[j] for j in pos], RESTORE_COL, t) for pos, t in stats.sample_distances(before, prev, 1.0)
         ]
         return parts
 
@@ -828,7 +826,7 @@ class Watcher:
             self._cur.grad_none[i] = g is None
         strides = [self._strides[i] for i in idx]
         self._add_blocks(idx, 0, stats.grad_stats(grads, [_tagged_sum(g) for g in grads], strides))
-        self._add_blocks(idx, PARAM_COL, stats.norms(self._sample_views(idx, params)))
+        self._add_blocks(idx, PARAM_COL, stats.sample_norms(self._sample_views(idx, params)))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)
