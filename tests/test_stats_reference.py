@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import MLP, ResCNN, TiedLM, assert_stats_close, reference_stats
@@ -226,3 +228,33 @@ def test_sum_of_squares_is_accurate_on_large_tensors() -> None:
     ref = torch.dot(x.double(), x.double()).item()
     assert sq.dtype == torch.float64
     assert sq.item() == pytest.approx(ref, rel=1e-8)
+
+
+def test_cpu_path_stacks_same_shape_tensors_without_mixing_them() -> None:
+    # many small tensors of one shape are reduced row-wise as one stacked tensor, larger ones one by one
+    g = torch.Generator().manual_seed(3)
+    nan, inf = float("nan"), float("inf")
+    small = [torch.randn(40, 50, generator=g) * (k + 1) for k in range(6)]
+    small[2][3, 4] = nan
+    small[4][0, 0] = -inf
+    small[5].zero_()
+    small[1] += 100.0  # the mean dominates: centred norm measured directly
+    large = [torch.randn(70_000, generator=g)]
+    grads = [small[0], large[0], *small[1:]]
+    strides = [stats.sample_stride(t.shape) for t in grads]
+    rows = stats._cpu_chunk(grads, (), strides).tolist()
+    for row, t, s in zip(rows, grads, strides):
+        norm, max_abs, total, nonzero, nonfinite, n_nan, centered = row
+        ref = t.double().reshape(-1)
+        assert nonzero == int((ref[::s] != 0).sum())  # counted among the sampled entries
+        assert nonfinite == int((~torch.isfinite(ref)).sum()) and n_nan == int(torch.isnan(ref).sum())
+        if torch.isfinite(ref).all():
+            assert norm == pytest.approx(ref.norm().item(), rel=1e-6)
+            assert max_abs == pytest.approx(ref.abs().max().item(), rel=1e-7)
+            assert total == pytest.approx(ref.sum().item(), rel=1e-5, abs=1e-6 * ref.abs().sum().item())
+            if centered >= 0:
+                assert centered == pytest.approx((ref - ref.mean()).norm().item(), rel=1e-5)
+        else:
+            assert not math.isfinite(norm)
+    assert rows[2][6] >= 0  # small[1]: mean-dominated, measured directly
+    assert rows[6][0] == 0 and rows[6][3] == 0  # the all-zero tensor
