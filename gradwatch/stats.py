@@ -484,11 +484,16 @@ def _bucket_counts(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: in
 
 
 def _histogram_row(
-    x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int, flat: bool
+    x: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    bins: int,
+    flat: bool,
+    known: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The row of :func:`histograms` for an all-finite, non-empty 1-D tensor with min ``lo``, max ``hi``.
 
-    ``flat``: ``lo == hi`` (known on the host).
+    ``flat``: ``lo == hi`` (known on the host). ``known``: its sum and sum of squares, if computed.
     """
     lo64, hi64 = lo.double(), hi.double()
     r_lo64, r_hi64 = lo64, hi64
@@ -499,15 +504,22 @@ def _histogram_row(
     edges = (
         r_lo64 + (r_hi64 - r_lo64) * torch.arange(1, bins + 1, dtype=torch.float64, device=x.device) / bins
     )
-    sum_sq = _sum_squares([x])[0].double()
+    if known is not None:
+        total, sum_sq = known[0].double(), known[1].double()
+    else:
+        total, sum_sq = x.sum().double(), _sum_squares([x])[0].double()
     if x.device.type == "cpu" and not bool(sum_sq.isfinite()):  # entries past ~1e19 overflow float32 squares
         sum_sq = torch.linalg.vector_norm(x, dtype=torch.float64).square()
     num = torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)
-    head = torch.stack([lo64, hi64, num, x.sum().double(), sum_sq])
+    head = torch.stack([lo64, hi64, num, total, sum_sq])
     return torch.cat([head, edges, counts])
 
 
-def histograms(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor:
+def histograms(
+    tensors: Sequence[torch.Tensor],
+    bins: int,
+    sums: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+) -> torch.Tensor:
     """Histogram of the finite entries of each tensor, binned on the tensors' device.
 
     Bins are ``bins`` equal-width buckets between the finite minimum and maximum of each tensor, with
@@ -520,6 +532,9 @@ def histograms(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor:
     Args:
         tensors: non-empty tensors, all on one device.
         bins: number of buckets, >= 1.
+        sums: optional, aligned with ``tensors``: the sum and the sum of squares of that tensor's
+            entries (0-dim tensors) when already computed, e.g. by :func:`grad_stats`; used for the row's
+            head when the tensor is all finite, instead of two more passes.
 
     Returns:
         ``[len(tensors), 5 + 2 * bins]`` float64 tensor on that device; each row is
@@ -539,7 +554,8 @@ def histograms(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor:
 
     flags = torch.stack([kinds(lo, hi) for lo, hi in ranges]).tolist()
     rows = []
-    for x, (lo, hi), (fast, flat, fits) in zip(xs, ranges, flags):
+    known = list(sums) if sums is not None else [None] * len(xs)
+    for x, (lo, hi), (fast, flat, fits), pair in zip(xs, ranges, flags, known):
         if not fast:  # NaN/Inf present (rare): histogram of a copy of the finite entries
             x = x[torch.isfinite(x)]
             if x.numel() == 0:
@@ -551,5 +567,5 @@ def histograms(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor:
             flat, fits = bool(lo == hi), bool((hi - lo).isfinite())
         if not fits:
             x, lo, hi = x.double(), lo.double(), hi.double()
-        rows.append(_histogram_row(x, lo, hi, bins, flat))
+        rows.append(_histogram_row(x, lo, hi, bins, flat, pair if fast and fits else None))
     return torch.stack(rows)

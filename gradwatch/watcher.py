@@ -825,21 +825,32 @@ class Watcher:
         for i, g in zip(idx, grads):
             self._cur.grad_none[i] = g is None
         strides = [self._strides[i] for i in idx]
-        self._add_blocks(idx, 0, stats.grad_stats(grads, [_tagged_sum(g) for g in grads], strides))
+        grad_blocks = stats.grad_stats(grads, [_tagged_sum(g) for g in grads], strides)
+        self._add_blocks(idx, 0, grad_blocks)
         self._add_blocks(idx, PARAM_COL, stats.sample_norms(self._sample_views(idx, params)))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)
         if self._sink is not None and self.config.histogram_every(step):
-            hist = self._histograms(idx, [g for g in grads])
+            sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sum and sum of squares, known
+            for pos, block in grad_blocks:
+                for j, (total, square) in zip(pos, torch.stack([block[:, 2], block[:, 0].square()], 1)):
+                    sums[idx[j]] = (total, square)
+            hist = self._histograms(idx, [g for g in grads], sums)
             if hist is not None:
                 for i, row in zip(*hist):
                     self._cur.grad_hist[i] = row
 
     def _histograms(
-        self, idx: Sequence[int], tensors: Sequence[torch.Tensor | None]
+        self,
+        idx: Sequence[int],
+        tensors: Sequence[torch.Tensor | None],
+        sums: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[list[int], torch.Tensor] | None:
-        """Histogram rows (on the host) of the non-empty tensors, and their parameter positions."""
+        """Histogram rows (on the host) of the non-empty tensors, and their parameter positions.
+
+        ``sums``: parameter position -> the tensor's sum and sum of squares, already computed.
+        """
         keep = [(i, t.detach()) for i, t in zip(idx, tensors) if t is not None and t.numel()]
         if not keep:
             return None
@@ -849,7 +860,8 @@ class Watcher:
         order: list[int] = []
         rows: list[torch.Tensor] = []
         for items in by_device.values():
-            h = stats.histograms([t for _, t in items], self.config.histogram_bins)
+            known = [sums.get(i) for i, _ in items] if sums else None
+            h = stats.histograms([t for _, t in items], self.config.histogram_bins, known)
             order.extend(i for i, _ in items)
             rows.append(h.cpu())  # a histogram step is written out: one copy per device
         return order, torch.cat(rows)
