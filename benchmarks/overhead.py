@@ -209,11 +209,17 @@ def _peak_rss(name: str, variant: str, steps: int, logdir: str) -> int:
         watcher.close()
     if writer is not None:
         writer.close()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    # VmHWM: this address space's peak resident size (ru_maxrss would include the parent's, inherited
+    # across the fork that starts the process)
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes, outside Linux
 
 
 def peak_memory(name: str, steps: int, tmp: Path) -> dict:
-    """Peak memory added by each variant over the unwatched loop, in bytes per parameter (CPU, RSS).
+    """Peak memory added by each variant over the unwatched loop, in bytes per parameter (CPU, peak RSS).
 
     Each variant runs alone in a fresh process (``multiprocessing`` spawn), so peaks do not mix.
     """

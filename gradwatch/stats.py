@@ -159,6 +159,9 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 #: (one call per statistic per shape instead of one per tensor: per-call overhead dominates them).
 _SMALL = 1 << 16
 
+#: ... when at least this many share a shape (fewer: one call per tensor costs less than stacking).
+_STACK_MIN = 4
+
 #: Row length for the sum of squares of a large tensor (see :func:`_sum_squares`).
 _ROW = 1024
 
@@ -206,12 +209,12 @@ def _cpu_chunk(
     step = list(strides) or [1] * n
     head = torch.empty(5, n, dtype=torch.float64)  # sum, sum of squares, min, max, nonzero (sampled)
     small: dict[tuple[int, int], list[int]] = {}
-    large: list[int] = []
     for i, x in enumerate(flat):
         if x.numel() <= _SMALL:
             small.setdefault((x.numel(), step[i]), []).append(i)
-        else:
-            large.append(i)
+    small = {key: idx for key, idx in small.items() if len(idx) >= _STACK_MIN}
+    stacked = {i for idx in small.values() for i in idx}
+    large = [i for i in range(n) if i not in stacked]  # one by one
     for (_, s), idx in small.items():  # many small tensors: a few row-wise reductions per shape
         rows = torch.stack([flat[i] for i in idx])
         head[:, idx] = torch.stack(
@@ -329,16 +332,19 @@ def finite_check(
     def reduce(t: list[torch.Tensor], pos: list[int]) -> torch.Tensor:
         if t[0].device.type != "cpu":
             return torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1)
-        parts = []
-        small: dict[int, list[torch.Tensor]] = {}
-        for i, x in zip(pos, t):
-            if x.numel() <= _SMALL:  # stacked by size below; their sums are not kept for reuse
-                small.setdefault(x.numel(), []).append(_flat(x))
-            else:
+        small: dict[int, list[int]] = {}
+        for j, x in enumerate(t):
+            if x.numel() <= _SMALL:
+                small.setdefault(x.numel(), []).append(j)
+        groups = [js for js in small.values() if len(js) >= _STACK_MIN]
+        stacked = {j for js in groups for j in js}
+        # same-size small tensors: summed stacked, row-wise (their sums are not kept for reuse)
+        parts = [torch.stack([_flat(t[j]) for j in js]).sum(1) for js in groups]
+        for j, x in enumerate(t):
+            if j not in stacked:
                 total = x.sum()
-                sums[i] = total
+                sums[pos[j]] = total
                 parts.append(total.reshape(1))
-        parts += [torch.stack(rows).sum(1) for rows in small.values()]
         return torch.cat(parts).sum().isfinite().reshape(1, 1)
 
     blocks = _blocks_at(tensors, reduce)
@@ -439,6 +445,21 @@ def sample_distances(
         if a is not None and b is not None and a.numel():
             groups.setdefault((a.device, a.dtype, a.numel()), []).append(i)
     blocks: list[Block] = []
+    rest: dict[tuple[torch.device, torch.dtype], list[int]] = {}  # few of a length: one foreach call
+    for (device, dtype, _), idx in list(groups.items()):
+        if len(idx) < _STACK_MIN:
+            rest.setdefault((device, dtype), []).extend(idx)
+            del groups[(device, dtype, _)]
+    for (_, dtype), idx in rest.items():
+        a_list = [now[i] for i in idx]
+        b_list = [before[i] for i in idx]
+        if dtype not in (torch.float32, torch.float64):
+            a_list = [t.float() for t in a_list]  # type: ignore[union-attr]
+        if before[idx[0]] is not _ZERO:
+            b_list = [t if t.dtype == a_list[0].dtype else t.float() for t in b_list]  # type: ignore[union-attr]
+            a_list = list(torch._foreach_sub(a_list, b_list))  # type: ignore[arg-type]
+        norms = torch._foreach_norm(a_list, ord)  # type: ignore[arg-type]
+        blocks.append((idx, torch.stack(norms).to(torch.float64)[:, None]))
     for (_, dtype, _), idx in groups.items():
         a = torch.stack([now[i] for i in idx])  # type: ignore[misc]
         if dtype not in (torch.float32, torch.float64):
