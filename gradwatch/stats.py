@@ -1,14 +1,20 @@
 """Pure tensor functions that compute gradient statistics on the tensors' own device.
 
-No hooks, no I/O and no host synchronisation: every function returns device tensors, and the caller
-copies them to the host once per recorded step. Reductions are batched over all tensors of one
-(device, dtype) group with the ``torch._foreach_*`` kernels (one kernel launch per statistic per group on
-CUDA, instead of one per tensor), in chunks of at most :data:`CHUNK_ELEMENTS` entries so that the transient
-memory stays bounded whatever the model size.
+No hooks, no I/O and no host synchronisation on CUDA: every function returns device tensors, and the
+caller copies them to the host once per recorded step. Work is grouped per (device, dtype), in chunks of
+at most :data:`CHUNK_ELEMENTS` entries so that transient memory stays bounded whatever the model size:
+
+* on CUDA, ``torch._foreach_*`` kernels: one launch per statistic per chunk instead of one per tensor;
+* on the CPU (no launch cost; reading a value costs no device sync), PyTorch's vectorised,
+  multi-threaded reductions, one memory pass per statistic: one call per tensor for large tensors, and
+  row-wise over a stacked copy for groups of small tensors of one shape (per-call overhead dominates
+  those).
 
 Per-tensor raw columns (:data:`RAW_FIELDS`) are sums and counts; means and standard deviations are
 derived on the host from them and the tensors' sizes (which the host already knows), so no size tensor
-ever has to be sent to the device.
+ever has to be sent to the device. The zero count, the parameter norm and the update-to-weight ratio of
+tensors of more than :data:`SAMPLE_SIZE` entries are read from a fixed sample of at most that many
+entries (:func:`sample_stride`, :func:`sample_view`).
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ __all__ = [
 CHUNK_ELEMENTS = 1 << 24
 
 #: Columns returned by :func:`grad_stats`, per tensor: L2 norm, max |g|, sum of entries, number of
-#: nonzero entries (NaN counts as nonzero), number of non-finite entries (NaN or +-Inf), number of NaN,
+#: nonzero entries (NaN counts as nonzero; among the sampled entries when :func:`grad_stats` is given
+#: sample strides), number of non-finite entries (NaN or +-Inf), number of NaN,
 #: and ``||g - mean(g)||`` where it is measured directly (the CPU path), else -1 (derive the standard
 #: deviation from the norm and the sum).
 RAW_FIELDS = ("norm", "max_abs", "sum", "nonzero", "nonfinite", "nan", "centered")

@@ -583,9 +583,10 @@ class Watcher:
                     if g is not None and total is not None:
                         _tag_sum(g, total)
         if self._unowned and self.config.every(step):
-            self._capture(self._unowned, params, step)
-            if self.config.update_ratio:
-                self._cur.unowned_snap = (self._unowned, self._samples(self._unowned, params))
+            before = self._samples(self._unowned, params) if self.config.update_ratio else None
+            self._capture(self._unowned, params, step, before)
+            if before is not None:
+                self._cur.unowned_snap = (self._unowned, before)
 
     def optimizer_pre(self, optimizer: Any, step: int) -> None:
         """Internal (BoundaryCallbacks): read and judge the gradients an optimizer is about to use."""
@@ -600,9 +601,10 @@ class Watcher:
         if not self._closure_step:  # with a closure the gradients are computed inside step(): judge after
             findings = [f for d in self._detectors for f in d.on_optimizer_pre(name, owned, step)]
         if self.config.every(step):
-            self._capture(owned, params, step)
-            if self.config.update_ratio:
-                self._cur.snaps[id(optimizer)] = (owned, self._samples(owned, params))
+            before = self._samples(owned, params) if self.config.update_ratio else None
+            self._capture(owned, params, step, before)
+            if before is not None:
+                self._cur.snaps[id(optimizer)] = (owned, before)
         try:
             self._emit(findings)
         except BaseException:
@@ -818,8 +820,14 @@ class Watcher:
         for pos, t in blocks:
             self._cur.parts.append(([idx[j] for j in pos], col, t))
 
-    def _capture(self, idx: list[int], params: list[torch.Tensor], step: int) -> None:
-        """Statistics of the gradients of ``params[i] for i in idx`` as they are now, into this step."""
+    def _capture(
+        self, idx: list[int], params: list[torch.Tensor], step: int, samples: list[torch.Tensor] | None = None
+    ) -> None:
+        """Statistics of the gradients of ``params[i] for i in idx`` as they are now, into this step.
+
+        ``samples``: copies of the parameters' sampled entries just taken (their norms are read from
+        them instead of gathering the scattered entries again).
+        """
         ps = [params[i] for i in idx]
         grads = [p.grad for p in ps]
         for i, g in zip(idx, grads):
@@ -827,7 +835,8 @@ class Watcher:
         strides = [self._strides[i] for i in idx]
         grad_blocks = stats.grad_stats(grads, [_tagged_sum(g) for g in grads], strides)
         self._add_blocks(idx, 0, grad_blocks)
-        self._add_blocks(idx, PARAM_COL, stats.sample_norms(self._sample_views(idx, params)))
+        sampled = samples if samples is not None else self._sample_views(idx, params)
+        self._add_blocks(idx, PARAM_COL, stats.sample_norms(sampled))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)

@@ -234,3 +234,40 @@ def test_param_norm_and_zero_fraction_of_large_parameters_are_sample_estimates()
                 assert s.zero_fraction == pytest.approx(exact_zero, abs=zero_tol)
             assert s.grad_norm == pytest.approx(g.double().norm().item(), rel=1e-6)  # always exact
     assert record.params["0.weight"].zero_fraction > 0.3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+def test_sampled_statistics_in_other_dtypes(dtype) -> None:
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(100, 50), nn.Tanh(), nn.Linear(50, 3)).to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(10)
+    data = [
+        (torch.randn(16, 100, generator=g).to(dtype), torch.randn(16, 3, generator=g).to(dtype))
+        for _ in range(3)
+    ]
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        ref = exact_ratios(model, opt, 3, lambda k: data[k])
+    for record, exact in zip(w.history, ref, strict=True):
+        got = record.params["0.weight"].update_ratio
+        # bf16/fp16 weights round each update to their resolution: compare loosely there
+        rel = SAMPLED_REL if dtype == torch.float64 else 0.25
+        assert got == pytest.approx(exact["0.weight"], rel=rel)
+        assert 0.0 <= record.params["0.weight"].zero_fraction <= 1.0
+
+
+def test_empty_and_complex_parameters_are_recorded() -> None:
+    empty = torch.zeros(0, 4, requires_grad=True)
+    z = torch.randn(40, 40, dtype=torch.complex64, requires_grad=True)
+    w_real = torch.randn(3, requires_grad=True)
+    opt = torch.optim.SGD([empty, z, w_real], lr=0.1)
+    before = z.detach().clone()
+    with gw.watch({"empty": empty, "z": z, "w": w_real}, opt, on_finding="ignore") as w:
+        opt.zero_grad()
+        ((z.abs() ** 2).sum() + empty.sum() + w_real.sum()).backward()
+        opt.step()
+    s = w.history[0].params
+    assert s["empty"].grad_norm == 0 and s["empty"].zero_fraction == 0.0
+    exact = (z.detach() - before).abs().norm().item() / before.abs().norm().item()
+    assert s["z"].update_ratio == pytest.approx(exact, rel=SAMPLED_REL)
+    assert s["w"].update_ratio is not None
