@@ -484,63 +484,39 @@ def sample_distances(
 HIST_CHUNK = 1 << 22
 
 
-def _bucket_counts(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
-    """Counts of the all-finite 1-D tensor ``x`` in ``bins`` buckets spanning ``[lo, hi]`` (``lo < hi``).
+def _bucket_counts(
+    x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int, scratch: dict[torch.dtype, torch.Tensor]
+) -> torch.Tensor:
+    """Counts (int64, ``[bins]``) of the all-finite 1-D tensor ``x`` in ``bins`` buckets over ``[lo, hi]``.
 
     The rule and the arithmetic of ``torch.histc`` on ``x``'s dtype: bucket
     ``trunc((x - lo) * bins / (hi - lo))``, the top edge in the last bucket, each operation rounded in
-    ``x``'s dtype. Four vectorised passes per chunk into reused buffers (subtract, multiply, divide,
-    convert to an 8-bit index) and a ``bincount`` of bytes: about 5x faster than ``torch.histc`` on the
-    CPU, with the same counts.
+    ``x``'s dtype. Four vectorised passes per chunk into the reused buffers of ``scratch`` (subtract,
+    multiply, divide, convert to an 8-bit index) and a ``bincount`` of bytes: about 5x faster than
+    ``torch.histc`` on the CPU, with the same counts. ``lo < hi`` is required.
     """
     n = x.numel()
     size = min(n, HIST_CHUNK)
-    scaled = torch.empty(size, dtype=x.dtype, device=x.device)
-    index = torch.empty(size, dtype=torch.uint8 if bins < 255 else torch.int64, device=x.device)
+    scaled = scratch.get(x.dtype)
+    if scaled is None or scaled.numel() < size:
+        scaled = scratch[x.dtype] = torch.empty(size, dtype=x.dtype, device=x.device)
+    index_dtype = torch.uint8 if bins < 255 else torch.int64
+    index = scratch.get(index_dtype)
+    if index is None or index.numel() < size:
+        index = scratch[index_dtype] = torch.empty(size, dtype=index_dtype, device=x.device)
     width = hi - lo
-    counts = torch.zeros(bins + 1, dtype=torch.int64, device=x.device)
+    counts: torch.Tensor | None = None
     for start in range(0, n, size):
         piece = x[start : start + size]
         k = piece.numel()
         buf, idx = scaled[:k], index[:k]
         torch.sub(piece, lo, out=buf)
         buf.mul_(bins).div_(width)
-        idx.copy_(buf)  # truncation toward zero, as histc's static_cast
-        counts += torch.bincount(idx, minlength=bins + 1)
-    counts[bins - 1] += counts[bins]  # the maximum itself
-    return counts[:bins].to(torch.float64)
-
-
-def _histogram_row(
-    x: torch.Tensor,
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    bins: int,
-    flat: bool,
-    known: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The row of :func:`histograms` for an all-finite, non-empty 1-D tensor with min ``lo``, max ``hi``.
-
-    ``flat``: ``lo == hi`` (known on the host). ``known``: its sum and sum of squares, if computed.
-    """
-    lo64, hi64 = lo.double(), hi.double()
-    r_lo64, r_hi64 = lo64, hi64
-    if flat:  # numpy's range for a constant tensor (binned as histc(x, bins, v - 0.5, v + 0.5))
-        r_lo64, r_hi64 = lo64 - 0.5, hi64 + 0.5
-        lo, hi = r_lo64.to(x.dtype), r_hi64.to(x.dtype)
-    counts = _bucket_counts(x, lo, hi, bins)
-    edges = (
-        r_lo64 + (r_hi64 - r_lo64) * torch.arange(1, bins + 1, dtype=torch.float64, device=x.device) / bins
-    )
-    if known is not None:
-        total, sum_sq = known[0].double(), known[1].double()
-    else:
-        total, sum_sq = x.sum().double(), _sum_squares([x])[0].double()
-    if x.device.type == "cpu" and not bool(sum_sq.isfinite()):  # entries past ~1e19 overflow float32 squares
-        sum_sq = torch.linalg.vector_norm(x, dtype=torch.float64).square()
-    num = torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)
-    head = torch.stack([lo64, hi64, num, total, sum_sq])
-    return torch.cat([head, edges, counts])
+        idx.copy_(buf).clamp_(max=bins - 1)  # truncation toward zero, as histc's; the maximum: last bucket
+        chunk = torch.bincount(idx, minlength=bins)
+        counts = chunk if counts is None else counts + chunk
+    assert counts is not None
+    return counts
 
 
 def histograms(
@@ -570,30 +546,64 @@ def histograms(
         tensor's dtype, cascade summation), then ``bins`` right bucket edges, then ``bins`` counts: the
         arguments of ``SummaryWriter.add_histogram_raw``.
 
-    One host read per call (which tensors are all finite, constant, or of overflowing range), plus one
-    per tensor that holds NaN/Inf; histogram steps are written out anyway.
+    Per tensor: ``aminmax``, the bucket passes of :func:`_bucket_counts`, and the two sums unless
+    given; everything else is computed for all rows at once. One host read per call (which tensors are
+    all finite, constant, or of overflowing range), plus a few per tensor that holds NaN/Inf; histogram
+    steps are written out anyway.
     """
+    n = len(tensors)
+    device = tensors[0].device
     xs = [_flat(_prepare(t, _compute_dtype(t.dtype))) for t in tensors]
     ranges = [torch.aminmax(x) for x in xs]  # NaN propagates, +-Inf shows in the range
-
-    def kinds(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        finite = lo.isfinite() & hi.isfinite()
-        return torch.stack([finite, lo == hi, (hi - lo).isfinite()])
-
-    flags = torch.stack([kinds(lo, hi) for lo, hi in ranges]).tolist()
-    rows = []
-    known = list(sums) if sums is not None else [None] * len(xs)
-    for x, (lo, hi), (fast, flat, fits), pair in zip(xs, ranges, flags, known):
+    lohi = torch.stack([torch.stack(r) for r in ranges]).double()  # [n, 2]; exact for every dtype
+    limit = torch.tensor([torch.finfo(x.dtype).max for x in xs], dtype=torch.float64, device=device)
+    flags_t = torch.stack(
+        [lohi.isfinite().all(1), lohi[:, 0] == lohi[:, 1], lohi[:, 1] - lohi[:, 0] <= limit], dim=1
+    )
+    flags = flags_t.tolist()
+    known = list(sums) if sums is not None else [None] * n
+    nums = [float(x.numel()) for x in xs]
+    counts, totals, squares = [], [], []
+    empty: list[int] = []
+    scratch: dict[torch.dtype, torch.Tensor] = {}
+    for i, (x, (lo, hi), (fast, flat, fits), pair) in enumerate(zip(xs, ranges, flags, known)):
         if not fast:  # NaN/Inf present (rare): histogram of a copy of the finite entries
             x = x[torch.isfinite(x)]
+            nums[i] = float(x.numel())
             if x.numel() == 0:
-                zero = torch.zeros((), dtype=torch.float64, device=x.device)
-                edges = -0.5 + torch.arange(1, bins + 1, dtype=torch.float64, device=x.device) / bins
-                rows.append(torch.cat([zero.expand(5), edges, zero.expand(bins)]))
-                continue
-            lo, hi = torch.aminmax(x)
-            flat, fits = bool(lo == hi), bool((hi - lo).isfinite())
+                empty.append(i)
+                zero = torch.zeros((), dtype=x.dtype, device=device)
+                x, lo, hi, flat, fits = zero.reshape(1), zero, zero, True, True
+            else:
+                lo, hi = torch.aminmax(x)
+                lohi[i] = torch.stack([lo, hi]).double()
+                flat, fits = bool(lo == hi), bool(hi.double() - lo.double() <= torch.finfo(x.dtype).max)
+            flags_t[i, 1] = flat
+            pair = None
         if not fits:
             x, lo, hi = x.double(), lo.double(), hi.double()
-        rows.append(_histogram_row(x, lo, hi, bins, flat, pair if fast and fits else None))
-    return torch.stack(rows)
+        if flat:  # binned as histc(x, bins, v - 0.5, v + 0.5)
+            lo, hi = (lo.double() - 0.5).to(x.dtype), (hi.double() + 0.5).to(x.dtype)
+        counts.append(_bucket_counts(x, lo, hi, bins, scratch))
+        if pair is None:
+            totals.append(x.sum().double())
+            squares.append(_sum_squares([x])[0].double())
+        else:
+            totals.append(pair[0].double())
+            squares.append(pair[1].double())
+    sum_sq = torch.stack(squares)
+    if device.type == "cpu" and not bool(sum_sq.isfinite().all()):  # squares past ~1e19 overflow float32
+        for i in torch.nonzero(~sum_sq.isfinite()).flatten().tolist():
+            x = xs[i][torch.isfinite(xs[i])]
+            sum_sq[i] = torch.linalg.vector_norm(x, dtype=torch.float64).square()
+    # the range shown: numpy's [v - 0.5, v + 0.5] for constant tensors; edges in float64
+    shift = flags_t[:, 1].double()[:, None] * torch.tensor([-0.5, 0.5], dtype=torch.float64, device=device)
+    r = lohi + shift
+    frac = torch.arange(1, bins + 1, dtype=torch.float64, device=device) / bins
+    edges = r[:, :1] + (r[:, 1:] - r[:, :1]) * frac
+    num = torch.tensor(nums, dtype=torch.float64, device=device)
+    head = torch.stack([lohi[:, 0], lohi[:, 1], num, torch.stack(totals), sum_sq], dim=1)
+    rows = torch.cat([head, edges, torch.stack(counts).double()], dim=1)
+    if empty:  # no finite entry: zeros, and the edges of [-0.5, 0.5]
+        rows[empty] = torch.cat([torch.zeros(5, dtype=torch.float64, device=device), frac - 0.5, 0 * frac])
+    return rows

@@ -258,3 +258,16 @@ def test_cpu_path_stacks_same_shape_tensors_without_mixing_them() -> None:
             assert not math.isfinite(norm)
     assert rows[2][6] >= 0  # small[1]: mean-dominated, measured directly
     assert rows[6][0] == 0 and rows[6][3] == 0  # the all-zero tensor
+
+
+def test_foreach_path_counts_nonzero_among_sampled_entries() -> None:
+    # what CUDA runs: the zero count of a large tensor over its sample, the other columns over all of it
+    g = torch.Generator().manual_seed(4)
+    grads = [torch.randn(300, 40, generator=g).relu(), torch.randn(20, generator=g).relu()]
+    strides = [stats.sample_stride(t.shape) for t in grads]
+    assert strides[0] > 1 and strides[1] == 1
+    rows = stats._device_chunk(grads, strides).tolist()
+    for row, t, s in zip(rows, grads, strides):
+        ref = t.double().reshape(-1)
+        assert row[3] == int((ref[::s] != 0).sum())
+        assert row[0] == pytest.approx(ref.norm().item(), rel=1e-6)
