@@ -1,7 +1,8 @@
 """How gradwatch's cost grows with the number of parameter tensors and with their total size.
 
 Two families of models, trained with SGD on synthetic data (CPU or CUDA):
-  * many tensors: a deep MLP of ``depth`` Linear(64, 64) layers (2 tensors each, 4 k entries per layer);
+  * many tensors: a deep MLP of ``depth`` Linear(w, w) layers (2 tensors each; w = 64 by default, 4 k
+    entries per layer), batch 64;
   * large tensors: one Linear(width, width) (``width**2`` entries in 2 tensors), up to 100 M entries.
 For each: the time ``gradwatch.watch()`` takes to attach, and the median step time unwatched and watched
 (statistics every step, every detector), interleaved step by step in one process; the added time per
@@ -9,7 +10,7 @@ step is what gradwatch costs. Dividing it by the tensors (first family) or by th
 gives the per-tensor and per-entry costs.
 
 Usage:
-  python benchmarks/scale.py [--steps 15] [--json benchmarks/results/scale.json]
+  python benchmarks/scale.py [--steps 15] [--mlp-width 64] [--json benchmarks/results/scale.json]
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--depths", default="50,250,500")
+    ap.add_argument("--mlp-width", type=int, default=64, help="width of the deep MLP's layers")
     ap.add_argument("--widths", default="1000,3163,10000")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", default=None)
@@ -75,8 +77,11 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     rows = []
     for depth in map(int, args.depths.split(",")):
-        make = lambda depth=depth: nn.Sequential(*[nn.Linear(64, 64) for _ in range(depth)])  # noqa: E731
-        rows.append({"family": "many tensors", **measure(make, 64, 64, args.steps, device)})
+        width = args.mlp_width
+        make = lambda depth=depth, width=width: nn.Sequential(  # noqa: E731
+            *[nn.Linear(width, width) for _ in range(depth)]
+        )
+        rows.append({"family": "many tensors", **measure(make, 64, width, args.steps, device)})
     for width in map(int, args.widths.split(",")):
         make = lambda width=width: nn.Linear(width, width)  # noqa: E731
         rows.append({"family": "large tensors", **measure(make, 8, width, args.steps, device)})

@@ -163,11 +163,33 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 #: Tensors of at most this many entries are reduced together, stacked by shape, with row-wise kernels
-#: (one call per statistic per shape instead of one per tensor: per-call overhead dominates them).
-_SMALL = 1 << 16
+#: (one call per statistic per shape instead of one per tensor: per-call overhead, a few microseconds,
+#: dominates them; above this size one pass over the data costs more than the call).
+_SMALL = 1 << 13
 
-#: ... when at least this many share a shape (fewer: one call per tensor costs less than stacking).
+#: ... when at least this many share a shape (fewer: one call per tensor costs less than stacking) ...
 _STACK_MIN = 4
+
+#: ... in stacks of at most this many entries (bounds the copy to 4 MiB of float32).
+_STACK_ENTRIES = 1 << 20
+
+
+def _stacks(keys: Sequence[tuple[int, ...] | None]) -> list[list[int]]:
+    """Positions to reduce stacked: same key (its first item is the entry count), in bounded stacks.
+
+    ``None`` keys (large tensors) and keys shared by fewer than :data:`_STACK_MIN` tensors are left out.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+    out = []
+    for key, idx in groups.items():
+        if len(idx) >= _STACK_MIN:
+            per = max(1, _STACK_ENTRIES // max(1, key[0]))
+            out += [idx[k : k + per] for k in range(0, len(idx), per)]
+    return out
+
 
 #: Row length for the sum of squares of a large tensor (see :func:`_sum_squares`).
 _ROW = 1024
@@ -215,14 +237,11 @@ def _cpu_chunk(
     known = list(sums) or [None] * n
     step = list(strides) or [1] * n
     head = torch.empty(5, n, dtype=torch.float64)  # sum, sum of squares, min, max, nonzero (sampled)
-    small: dict[tuple[int, int], list[int]] = {}
-    for i, x in enumerate(flat):
-        if x.numel() <= _SMALL:
-            small.setdefault((x.numel(), step[i]), []).append(i)
-    small = {key: idx for key, idx in small.items() if len(idx) >= _STACK_MIN}
-    stacked = {i for idx in small.values() for i in idx}
+    stacks = _stacks([(x.numel(), step[i]) if x.numel() <= _SMALL else None for i, x in enumerate(flat)])
+    stacked = {i for idx in stacks for i in idx}
     large = [i for i in range(n) if i not in stacked]  # one by one
-    for (_, s), idx in small.items():  # many small tensors: a few row-wise reductions per shape
+    for idx in stacks:  # many small tensors: a few row-wise reductions per shape
+        s = step[idx[0]]
         rows = torch.stack([flat[i] for i in idx])
         head[:, idx] = torch.stack(
             [
@@ -327,8 +346,8 @@ def finite_check(
     Returns:
         ``(flags, sums)``: ``flags`` holds one 0-dim bool tensor per (device, dtype) chunk, True where
         every entry of those tensors is finite; ``sums`` is aligned with ``tensors``: on the CPU the sum
-        of each tensor of more than 64 Ki entries (a 0-dim tensor, which :func:`grad_stats` reuses while
-        the tensor is unchanged), elsewhere ``None`` (small tensors are summed stacked, row-wise).
+        of each tensor not summed stacked with others of its size (a 0-dim tensor, which
+        :func:`grad_stats` reuses while the tensor is unchanged), elsewhere ``None``.
 
     On the CPU one cascade ``sum`` per tensor: a sum is finite exactly when no entry is NaN or +-Inf
     (barring an overflow past about 3e38). Elsewhere one batched L2 norm per chunk (one kernel launch;
@@ -339,11 +358,7 @@ def finite_check(
     def reduce(t: list[torch.Tensor], pos: list[int]) -> torch.Tensor:
         if t[0].device.type != "cpu":
             return torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1)
-        small: dict[int, list[int]] = {}
-        for j, x in enumerate(t):
-            if x.numel() <= _SMALL:
-                small.setdefault(x.numel(), []).append(j)
-        groups = [js for js in small.values() if len(js) >= _STACK_MIN]
+        groups = _stacks([(x.numel(),) if x.numel() <= _SMALL else None for x in t])
         stacked = {j for js in groups for j in js}
         # same-size small tensors: summed stacked, row-wise (their sums are not kept for reuse)
         parts = [torch.stack([_flat(t[j]) for j in js]).sum(1) for js in groups]
