@@ -347,7 +347,7 @@ def finite_check(
         ``(flags, sums)``: ``flags`` holds one 0-dim bool tensor per (device, dtype) chunk, True where
         every entry of those tensors is finite; ``sums`` is aligned with ``tensors``: on the CPU the sum
         of each tensor not summed stacked with others of its size (a 0-dim tensor, which
-        :func:`grad_stats` reuses while the tensor is unchanged), elsewhere ``None``.
+        :func:`grad_stats` accepts), elsewhere ``None``.
 
     On the CPU one cascade ``sum`` per tensor: a sum is finite exactly when no entry is NaN or +-Inf
     (barring an overflow past about 3e38). Elsewhere one batched L2 norm per chunk (one kernel launch;

@@ -82,24 +82,6 @@ def _close_all_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
             log.exception("gradwatch: closing a watcher at exit failed")
 
 
-#: Attribute set on a ``.grad`` tensor: ``(its version, the sum of its entries)`` taken at the end of a
-#: backward pass (the finite check), reused by the statistics while the version is unchanged. Kept on the
-#: tensor itself, so it dies with it and can never describe another tensor.
-_SUM_TAG = "_gradwatch_sum"
-
-
-def _tag_sum(grad: torch.Tensor, total: torch.Tensor) -> None:
-    with contextlib.suppress(AttributeError, RuntimeError, TypeError):  # a type that takes no attributes
-        setattr(grad, _SUM_TAG, (grad._version, total))
-
-
-def _tagged_sum(grad: torch.Tensor | None) -> torch.Tensor | None:
-    tag = getattr(grad, _SUM_TAG, None) if grad is not None else None
-    if tag is None or tag[0] != grad._version:  # type: ignore[union-attr]
-        return None
-    return tag[1]  # type: ignore[no-any-return]
-
-
 class _StepState:
     """What the current step has gathered so far (device tensors until it is sealed)."""
 
@@ -576,12 +558,10 @@ class Watcher:
         else:  # one device flag per pass: tells an AMP-skipped step from discarded gradients
             touched = self._prov.touched.get(self._prov.pass_id)
             if touched:
-                grads = [params[i].grad for i in touched]
-                flags, sums = stats.finite_check(grads)
+                # (its sums are not reused by the statistics: an in-place write through ``.grad.data``,
+                # such as ``p.grad.data.clamp_(-1, 1)``, changes the values without a new version)
+                flags, _sums = stats.finite_check([params[i].grad for i in touched])
                 self._prov.pass_finite[self._prov.pass_id] = flags
-                for g, total in zip(grads, sums):
-                    if g is not None and total is not None:
-                        _tag_sum(g, total)
         if self._unowned and self.config.every(step):
             before = self._samples(self._unowned, params) if self.config.update_ratio else None
             self._capture(self._unowned, params, step, before)
@@ -833,7 +813,7 @@ class Watcher:
         for i, g in zip(idx, grads):
             self._cur.grad_none[i] = g is None
         strides = [self._strides[i] for i in idx]
-        grad_blocks = stats.grad_stats(grads, [_tagged_sum(g) for g in grads], strides)
+        grad_blocks = stats.grad_stats(grads, (), strides)
         self._add_blocks(idx, 0, grad_blocks)
         sampled = samples if samples is not None else self._sample_views(idx, params)
         self._add_blocks(idx, PARAM_COL, stats.sample_norms(sampled))

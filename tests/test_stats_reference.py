@@ -271,3 +271,26 @@ def test_foreach_path_counts_nonzero_among_sampled_entries() -> None:
         ref = t.double().reshape(-1)
         assert row[3] == int((ref[::s] != 0).sum())
         assert row[0] == pytest.approx(ref.norm().item(), rel=1e-6)
+
+
+def test_gradients_edited_through_data_are_read_as_they_are() -> None:
+    # p.grad.data.clamp_() changes values without a new version: nothing computed earlier is reused
+    import gradwatch as gw
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(300, 300)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen = []
+    with gw.watch(model, opt) as w:
+        for _ in range(2):
+            opt.zero_grad()
+            (model(torch.randn(8, 300)) * 50).sum().backward()
+            for p in model.parameters():
+                p.grad.data.clamp_(0.0, 1.0)
+            seen.append(model.weight.grad.double().clone())
+            opt.step()
+    for record, g in zip(w.history, seen, strict=True):
+        s = record.params["weight"]
+        assert s.grad_mean == pytest.approx(g.mean().item(), rel=1e-6)
+        assert s.grad_norm == pytest.approx(g.norm().item(), rel=1e-6)
+        assert s.grad_std == pytest.approx(g.std(correction=0).item(), rel=1e-5)

@@ -430,3 +430,30 @@ def test_finding_goes_to_tensorboard_text(tmp_path) -> None:
     assert event.step == 1
     text = event.tensor_proto.string_val[0].decode()
     assert "missing_zero_grad" in text and "step-0 gradient" in text
+
+
+def test_zeroing_through_data_is_a_reset() -> None:
+    # the old idiom p.grad.data.zero_() writes without bumping the version counter: the values decide
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt) as w:
+        for _ in range(6):
+            model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+            for p in model.parameters():
+                p.grad.data.zero_()
+    assert w.findings == []
+
+
+def test_zeroing_through_data_still_finds_a_forgotten_parameter() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(4):
+            model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+            model.weight.grad.data.zero_()  # the bias is never zeroed
+    found = [f for f in w.findings if f.kind == "missing_zero_grad"]
+    assert [f.params for f in found] == [("bias",)]

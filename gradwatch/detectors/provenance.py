@@ -92,9 +92,16 @@ class Provenance:
         user assigned one; it was created while the old one was alive, so ``id`` cannot collide), or the
         same tensor with a newer version (written in place: ``zero_()``).
         """
-        if self._ref[i] is not None and not self._kept(i, param.grad, accumulated=False):
+        g = param.grad
+        if self._ref[i] is not None and not self._kept(i, g, accumulated=False):
             self._reset(i)
-            self._observe(i, param.grad)
+            self._observe(i, g)
+        elif self.holds_used[i] and g is not None and not bool(g.any()):
+            # kept by its version, yet all zeros: zeroed behind the version counter
+            # (``p.grad.data.zero_()``, the old idiom), or a used gradient that was exactly 0; either way
+            # nothing used is carried over. Only read on this path (a loop that does not zero, or zeroes
+            # through ``.data``); on CUDA it waits for the device.
+            self._reset(i)
 
     def accumulated(self, i: int, param: torch.Tensor) -> None:
         """A gradient of the current pass was accumulated into ``param.grad`` (post-accumulate hook)."""
