@@ -109,7 +109,8 @@ class ParamStats(NamedTuple):
             Exact for parameters of at most ``gradwatch.stats.SAMPLE_SIZE`` (1024) entries; for larger
             ones ``||theta_after - theta_before||`` is estimated from a fixed, evenly spread sample of at
             most 1024 entries, scaled by ``sqrt(numel / sample size)`` (relative error about
-            ``1 / sqrt(2 * 1024)``, 2 %, for dense updates such as Adam's or SGD's on dense gradients).
+            ``1 / sqrt(2 * 1024)``, 2 %, for updates of similar size everywhere such as Adam's; more for
+            heavy-tailed ones: median 3.4 %, worst 24 % measured for momentum SGD on ReLU layers).
         grad: a CPU copy of ``.grad`` at the boundary when ``keep_grads`` asked for this parameter,
             else ``None``.
         weights_unchanged: the sampled entries of the parameter at this boundary are, bit for bit,
@@ -222,7 +223,8 @@ class StepRecord:
         if self._event is not None and not self._event.query():
             self._event.synchronize()  # the copy is not done yet: wait (a finished one needs no call)
         nan = math.nan
-        rows = [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, nan, nan, nan] for _ in self._names]
+        # -1 in the update column: not measured (a measured norm is >= 0, or NaN for NaN weights)
+        rows = [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, nan, -1.0, nan] for _ in self._names]
         for positions, col, values in self._parts:  # later parts overwrite earlier ones
             end = col + values.shape[1]
             for pos, vals in zip(positions, values.tolist()):
@@ -255,7 +257,7 @@ class StepRecord:
                     var = norm * norm / n - mean * mean
                     std = math.sqrt(var) if var > 0 else 0.0
                 ratio = None
-                if not math.isnan(un):
+                if not un < 0:  # measured (NaN included: weights that became NaN)
                     un *= scale
                     ratio = un / pn if pn > 0 else (0.0 if un == 0 else math.inf)
                 out[name] = ParamStats(

@@ -288,6 +288,13 @@ def _cpu_chunk(
                 for x, q, qt in zip(flat, sq_t.tolist(), sq_t)
             ]
         )
+        # a finite tensor whose float32 sum overflowed (entries near 3e38): its sum in float64
+        total_t = torch.stack(
+            [
+                x.sum(dtype=torch.float64) if not math.isfinite(v) and c == 0 else vt
+                for x, v, vt, c in zip(flat, total_t.tolist(), total_t, counts[0].tolist())
+            ]
+        )
         # propagate like the foreach kernels do: NaN/Inf in norm, max |g| and the centred norm
         direct = torch.stack(torch._foreach_norm(g, 2)).to(torch.float64)
         norm_t = torch.where(bad, direct, norm_t)
@@ -299,7 +306,10 @@ def _cpu_chunk(
         torch.isfinite(norm_t) & torch.isfinite(mean_t) & (sizes * mean_t * mean_t > 0.25 * norm_t * norm_t)
     )
     for i in torch.nonzero(cancels).flatten().tolist():
-        centered_t[i] = torch.dist(flat[i], mean_t[i].to(flat[i].dtype)).double()
+        centered = torch.dist(flat[i], mean_t[i].to(flat[i].dtype)).double()
+        if not bool(centered.isfinite()):  # squares of entries past ~1e19 overflow float32
+            centered = torch.dist(flat[i].double(), mean_t[i])
+        centered_t[i] = centered
     return torch.stack([norm_t, max_abs, total_t, nonzero_t, counts[0], counts[1], centered_t], dim=1)
 
 
@@ -459,8 +469,8 @@ def sample_distances(
 
     Samples of one device, dtype and length are stacked and reduced row-wise: a few calls per group
     instead of a few per tensor (samples are at most :data:`SAMPLE_SIZE` entries, so the copies are
-    small). Differences of bf16/fp16 samples are taken in float32 (exact there). Pairs with a ``None``
-    side are skipped.
+    small). Everything in float64 (exact differences of float32 and smaller samples; no overflow of the
+    squares). Pairs with a ``None`` side are skipped.
     """
     groups: dict[tuple[torch.device, torch.dtype, int], list[int]] = {}
     for i, (a, b) in enumerate(zip(now, before)):
@@ -472,25 +482,17 @@ def sample_distances(
         if len(idx) < _STACK_MIN:
             rest.setdefault((device, dtype), []).extend(idx)
             del groups[(device, dtype, _)]
-    for (_, dtype), idx in rest.items():
-        a_list = [now[i] for i in idx]
-        b_list = [before[i] for i in idx]
-        if dtype not in (torch.float32, torch.float64):
-            a_list = [t.float() for t in a_list]  # type: ignore[union-attr]
+    for idx in rest.values():  # in float64: samples are small, and squares of 1e20 overflow float32
+        a_list = [now[i].double() for i in idx]  # type: ignore[union-attr]
         if before[idx[0]] is not _ZERO:
-            b_list = [t if t.dtype == a_list[0].dtype else t.float() for t in b_list]  # type: ignore[union-attr]
-            a_list = list(torch._foreach_sub(a_list, b_list))  # type: ignore[arg-type]
-        norms = torch._foreach_norm(a_list, ord)  # type: ignore[arg-type]
-        blocks.append((idx, torch.stack(norms).to(torch.float64)[:, None]))
-    for (_, dtype, _), idx in groups.items():
-        a = torch.stack([now[i] for i in idx])  # type: ignore[misc]
-        if dtype not in (torch.float32, torch.float64):
-            a = a.float()
+            b_list = [before[i].double() for i in idx]  # type: ignore[union-attr]
+            a_list = list(torch._foreach_sub(a_list, b_list))
+        blocks.append((idx, torch.stack(torch._foreach_norm(a_list, ord))[:, None]))
+    for idx in groups.values():
+        a = torch.stack([now[i] for i in idx]).double()  # type: ignore[misc]
         if before[idx[0]] is not _ZERO:
-            b = torch.stack([before[i] for i in idx])  # type: ignore[misc]
-            a = a - (b if b.dtype == a.dtype else b.float())
-        dist = torch.linalg.vector_norm(a, ord, dim=1)
-        blocks.append((idx, dist.to(torch.float64)[:, None]))
+            a = a - torch.stack([before[i] for i in idx]).double()  # type: ignore[misc]
+        blocks.append((idx, torch.linalg.vector_norm(a, ord, dim=1)[:, None]))
     return blocks
 
 
@@ -544,7 +546,8 @@ def histograms(
     Bins are ``bins`` equal-width buckets between the finite minimum and maximum of each tensor, with
     the rule and the arithmetic of ``torch.histc`` on the tensor's dtype (bf16/fp16 upcast to
     float32): the same counts as ``torch.histc(x, bins, min, max)``. A constant tensor gets the range
-    ``[v - 0.5, v + 0.5]`` as in ``numpy.histogram`` (all entries in the middle bucket). A float32
+    ``[v - 0.5, v + 0.5]`` as in ``numpy.histogram``, all its entries in the middle bucket (bucket
+    ``bins // 2``, also where ``v +- 0.5`` rounds back to ``v`` in its dtype). A float32
     tensor whose range ``max - min`` overflows float32 (entries near +-3e38, where ``histc`` itself
     counts nothing) is binned in float64. NaN and +-Inf are left out of every bucket and of ``num``.
 
@@ -597,9 +600,12 @@ def histograms(
             pair = None
         if not fits:
             x, lo, hi = x.double(), lo.double(), hi.double()
-        if flat:  # binned as histc(x, bins, v - 0.5, v + 0.5)
-            lo, hi = (lo.double() - 0.5).to(x.dtype), (hi.double() + 0.5).to(x.dtype)
-        counts.append(_bucket_counts(x, lo, hi, bins, scratch))
+        if flat:  # numpy's range [v - 0.5, v + 0.5]: every entry in the middle bucket (for any v)
+            middle = torch.zeros(bins, dtype=torch.int64, device=device)
+            middle[bins // 2] = x.numel()
+            counts.append(middle)
+        else:
+            counts.append(_bucket_counts(x, lo, hi, bins, scratch))
         if pair is None:
             totals.append(x.sum().double())
             squares.append(_sum_squares([x])[0].double())

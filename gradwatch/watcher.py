@@ -214,7 +214,7 @@ class Watcher:
         cfg = self.config
         by_layer = targets.module is not None  # layer-ratio rules need layers (modules), not loose tensors
         self._discarded = DiscardedGradDetector(self._prov, self.names)
-        self._no_grad = NoGradDetector(self._prov, self.names, cfg.no_grad_steps)
+        self._no_grad = NoGradDetector(self._prov, self.names, cfg.no_grad_steps, self._requires_grad)
         self._not_updated = NotUpdatedDetector(
             self.names,
             lambda: self._unowned if self._optimizers else None,
@@ -239,6 +239,7 @@ class Watcher:
         ]
         self._unjudged: list[StepRecord] = []  # sealed records the detectors have not read yet
         self._closure_step = False  # the optimizer step in progress was given a closure (LBFGS)
+        self._closure_before: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
         self._graph_checked = False
         self._suppressed: list[tuple[str, tuple[str, ...]]] = list(self.config.suppress)
 
@@ -580,7 +581,11 @@ class Watcher:
         findings = []
         if not self._closure_step:  # with a closure the gradients are computed inside step(): judge after
             findings = [f for d in self._detectors for f in d.on_optimizer_pre(name, owned, step)]
-        if self.config.every(step):
+        if self._closure_step:
+            # the closure computes this step's gradients inside step() (and may end the previous step
+            # first): keep the weights' sample outside the step state, read everything in the post-hook
+            self._closure_before[id(optimizer)] = (owned, self._samples(owned, params))
+        elif self.config.every(step):
             before = self._samples(owned, params) if self.config.update_ratio else None
             self._capture(owned, params, step, before)
             if before is not None:
@@ -592,6 +597,7 @@ class Watcher:
             # hook will run, so close it here, and count its gradients as seen (already reported)
             self._tracker.opt_depth = 0
             self._cur.snaps.pop(id(optimizer), None)
+            self._closure_before.pop(id(optimizer), None)
             for i in owned:
                 self._prov.use(i, params[i], step, name, observe=True)
             raise
@@ -619,8 +625,12 @@ class Watcher:
     def _record_update(
         self, optimizer: Any, owned: list[int], params: list[torch.Tensor], step: int, backward_inside: bool
     ) -> None:
-        if backward_inside:  # a closure (LBFGS) computed new gradients inside step()
-            self._capture(owned, params, step)
+        closure = self._closure_before.pop(id(optimizer), None)
+        if backward_inside or closure is not None:  # a closure (LBFGS) computed the gradients inside step()
+            before = closure[1] if closure is not None else None
+            self._capture(owned, params, step, before)  # the weights' norm from before the update
+            if before is not None and self.config.update_ratio:
+                self._cur.snaps[id(optimizer)] = (owned, before)
         snap = self._cur.snaps.pop(id(optimizer), None)
         if snap is not None:
             self._cur.parts.extend(self._update_parts(*snap, params))
@@ -754,6 +764,9 @@ class Watcher:
             if self._attached:
                 self._refresh_ownership()
         return self._owned[id(optimizer)]
+
+    def _requires_grad(self, index: int) -> bool:
+        return self._params is None or bool(self._params[index].requires_grad)
 
     def _sample_views(self, idx: Sequence[int], params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Views of the sampled entries of ``params[i]`` (cached while the parameter keeps its storage)."""

@@ -308,3 +308,21 @@ def test_report_lists_findings_most_severe_first_with_fix() -> None:
 def test_detector_settings_are_validated(option, value, exc) -> None:
     with pytest.raises(exc, match=option):
         gw.Watcher(nn.Linear(2, 1), **{option: value})
+
+
+def test_freezing_a_layer_during_training_is_not_no_grad() -> None:
+    import gradwatch as gw
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 16), torch.randn(64, 1)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    with gw.watch(model, opt) as w:
+        for k in range(20):
+            if k == 10:  # freeze the first layer after a warm-up
+                for p in model[0].parameters():
+                    p.requires_grad_(False)
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            opt.step()
+    assert w.findings == []

@@ -271,3 +271,60 @@ def test_empty_and_complex_parameters_are_recorded() -> None:
     exact = (z.detach() - before).abs().norm().item() / before.abs().norm().item()
     assert s["z"].update_ratio == pytest.approx(exact, rel=SAMPLED_REL)
     assert s["w"].update_ratio is not None
+
+
+def test_lbfgs_closure_steps_read_the_weights_before_the_update() -> None:
+    torch.manual_seed(11)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    expected = []
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(3):
+
+            def closure():
+                opt.zero_grad()
+                loss = nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+
+            before = model.weight.detach().double().clone()
+            opt.step(closure)
+            after = model.weight.detach().double()
+            expected.append((before.norm().item(), (after - before).norm().item() / before.norm().item()))
+    assert len(w.history) == 3
+    for record, (norm, ratio) in zip(w.history, expected, strict=True):
+        s = record.params["weight"]
+        assert s.param_norm == pytest.approx(norm, rel=1e-6)
+        assert s.update_ratio == pytest.approx(ratio, rel=1e-5)
+
+
+def test_huge_finite_values_give_finite_statistics() -> None:
+    # float32 sums and squares overflow long before float64 ones: recomputed where they do
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Linear(4, 48), nn.Linear(48, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with torch.no_grad():
+        model[1].weight.fill_(1e20).add_(torch.randn(2, 48) * 1e19)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        opt.zero_grad()
+        model(torch.randn(3, 4)).sum().backward()
+        model[0].bias.grad.fill_(2e37)  # the float32 sum of 48 of these overflows
+        opt.step()
+    s = w.history[0].params
+    assert s["0.bias"].grad_mean == pytest.approx(2e37, rel=1e-6)
+    assert s["0.bias"].grad_norm == pytest.approx(2e37 * math.sqrt(48), rel=1e-6)
+    ref = model[1].weight.detach().double().norm().item()
+    assert s["1.weight"].param_norm == pytest.approx(ref, rel=1e-6)
+    assert (s["0.bias"].nan_count, s["0.bias"].inf_count) == (0, 0)
+
+
+def test_weights_that_turn_nan_give_a_nan_update_ratio() -> None:
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        opt.zero_grad()
+        model(torch.randn(2, 3)).sum().backward()
+        model.weight.grad[0, 0] = float("nan")
+        opt.step()
+    assert math.isnan(w.history[0].params["weight"].update_ratio)

@@ -101,8 +101,9 @@ def check_histogram(hv: object, values: torch.Tensor, bins: int, where: str) -> 
     assert hv.sum == pytest.approx(f64.sum().item(), rel=rel, abs=rel * f64.abs().sum().item()), where
     assert hv.sum_squares == pytest.approx((f64 * f64).sum().item(), rel=rel, abs=HIST_ATOL), where
     # torch.histc's rule, exactly: bucket floor((x - lo) * bins / (hi - lo)), the maximum in the last one
-    if lo == hi:  # a constant tensor: numpy's range [v - 0.5, v + 0.5]; histc picks the same bucket
-        ref = torch.histc(finite, bins, lo - 0.5, hi + 0.5)
+    if lo == hi:  # a constant tensor: numpy's range [v - 0.5, v + 0.5], everything in the middle bucket
+        ref = torch.zeros(bins)
+        ref[bins // 2] = n
         edges = np.linspace(lo - 0.5, hi + 0.5, bins + 1)[1:]
     else:
         ref = torch.histc(finite, bins, lo, hi)
@@ -214,6 +215,8 @@ def _cases() -> dict[str, torch.Tensor]:
         "bf16": torch.randn(300, generator=g).to(torch.bfloat16),
         "fp16": (torch.randn(300, generator=g) * 100).to(torch.float16),
         "huge-f32": torch.tensor([3e38, -3e38, 1.0, 0.0]),
+        "constant-large-f32": torch.full((7,), 3e7),  # v +- 0.5 rounds back to v in float32
+        "constant-huge-f32": torch.full((3,), -1e30),
     }
 
 

@@ -33,14 +33,22 @@ class NoGradDetector(Detector):
     boundary). A window, not a single step, so that a branch skipped now and then is not reported while
     a layer cut out of the graph is reported within the first ``no_grad_steps`` (default 5) steps. Tells
     apart parameters that never received a gradient since attach and those that stopped receiving one.
+    A parameter frozen later (``requires_grad_(False)`` during training) is not counted while frozen.
     """
 
     kinds = ("no_grad",)
 
-    def __init__(self, provenance: Provenance, names: Sequence[str], steps: int) -> None:
+    def __init__(
+        self,
+        provenance: Provenance,
+        names: Sequence[str],
+        steps: int,
+        requires_grad: Callable[[int], bool] = lambda i: True,
+    ) -> None:
         self.prov = provenance
         self.names = names
         self.steps = steps
+        self.requires_grad = requires_grad
         self.missed = [0] * len(names)
         self.ever = [False] * len(names)
         self.reported: set[int] = set()
@@ -48,8 +56,8 @@ class NoGradDetector(Detector):
     def _judge(self, idx: Sequence[int], step: int, owner: str) -> list[Finding]:
         ready = []
         for i in idx:
-            if self.prov.fresh[i]:
-                self.ever[i] = True
+            if self.prov.fresh[i] or not self.requires_grad(i):  # frozen since: not missing anything
+                self.ever[i] = self.ever[i] or self.prov.fresh[i]
                 self.missed[i] = 0
                 continue
             self.missed[i] += 1
