@@ -30,10 +30,8 @@ __all__ = [
     "Block",
     "SAMPLE_SIZE",
     "all_finite",
-    "finite_check",
     "grad_stats",
     "histograms",
-    "norms",
     "sample_distances",
     "sample_norms",
     "sample_stride",
@@ -114,19 +112,12 @@ def _blocks_at(
     return blocks
 
 
-def grad_stats(
-    grads: Sequence[torch.Tensor | None],
-    sums: Sequence[torch.Tensor | None] = (),
-    strides: Sequence[int] = (),
-) -> list[Block]:
+def grad_stats(grads: Sequence[torch.Tensor | None], strides: Sequence[int] = ()) -> list[Block]:
     """Raw statistics of each tensor in ``grads``, batched per (device, dtype).
 
     Args:
         grads: gradients (any floating dtype, any device, dense or sparse); ``None`` and empty tensors
             are skipped (they appear in no block).
-        sums: optional, aligned with ``grads``: a 0-dim tensor holding the sum of that gradient's entries
-            as it is now (from :func:`finite_check` on the same, unchanged tensor), or ``None``. Used on
-            the CPU path instead of summing again.
         strides: optional, aligned with ``grads``: count the nonzero entries only among the sampled
             entries ``flat[::stride]`` (:func:`sample_stride`); 1 or absent: among all of them.
 
@@ -136,13 +127,12 @@ def grad_stats(
         stays float64. NaN/Inf propagate into ``norm``, ``max_abs`` and ``sum`` and are counted in
         ``nonfinite``/``nan``. ``nonzero`` counts within the sample when a stride is given.
     """
-    known = {i: s for i, s in enumerate(sums) if s is not None}
     step = list(strides) or [1] * len(grads)
 
     def reduce(g: list[torch.Tensor], pos: list[int]) -> torch.Tensor:
         chunk_strides = [step[i] for i in pos]
         if g[0].device.type == "cpu":
-            return _cpu_chunk(g, [known.get(i) for i in pos], chunk_strides)
+            return _cpu_chunk(g, chunk_strides)
         return _device_chunk(g, chunk_strides)
 
     return _blocks_at(grads, reduce)
@@ -220,13 +210,11 @@ def _sum_squares(flat: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def _cpu_chunk(
-    g: list[torch.Tensor], sums: Sequence[torch.Tensor | None] = (), strides: Sequence[int] = ()
-) -> torch.Tensor:
+def _cpu_chunk(g: list[torch.Tensor], strides: Sequence[int] = ()) -> torch.Tensor:
     """Raw columns on the CPU, where a kernel call costs no launch and reading a value no device sync.
 
     Three memory passes per tensor, each one of PyTorch's own vectorised, multi-threaded reductions: the
-    sum (cascade summation; skipped when ``sums`` has it), the sum of squares (:func:`_sum_squares`) and
+    sum (cascade summation), the sum of squares (:func:`_sum_squares`) and
     ``aminmax``; ``count_nonzero`` over the sampled entries (``strides``). The standard deviation is
     derived from the sum and the sum of squares except where that cancels (``|mean| > std / 2``
     roughly: ``n mean^2 > ||g||^2 / 4``), where ``||g - mean||`` is measured directly with
@@ -234,7 +222,6 @@ def _cpu_chunk(
     """
     n = len(g)
     flat = [_flat(t) for t in g]
-    known = list(sums) or [None] * n
     step = list(strides) or [1] * n
     head = torch.empty(5, n, dtype=torch.float64)  # sum, sum of squares, min, max, nonzero (sampled)
     stacks = _stacks([(x.numel(), step[i]) if x.numel() <= _SMALL else None for i, x in enumerate(flat)])
@@ -254,10 +241,7 @@ def _cpu_chunk(
         ).to(torch.float64)
     if large:
         big = [flat[i] for i in large]
-        total: list[torch.Tensor] = [
-            t if (t := known[i]) is not None else flat[i].sum()
-            for i in large  # cascade summation
-        ]
+        total = [x.sum() for x in big]  # cascade summation
         lo_hi = [torch.aminmax(x) for x in big]
         nonzero = [torch.count_nonzero(x[:: step[i]]) for i, x in zip(large, big)]
         values = torch.stack([*total, *_sum_squares(big), *(v for pair in lo_hi for v in pair), *nonzero])
@@ -348,52 +332,25 @@ def _nonfinite_counts(g: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([*nonfinite, *nan]).view(2, n).to(torch.float64)
 
 
-def finite_check(
-    tensors: Sequence[torch.Tensor | None],
-) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """Whether every entry of ``tensors`` is finite, without a host read; and what can be reused.
+def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """0-dim bool tensors (one per device and dtype chunk), True where every entry of those tensors is finite.
 
-    Returns:
-        ``(flags, sums)``: ``flags`` holds one 0-dim bool tensor per (device, dtype) chunk, True where
-        every entry of those tensors is finite; ``sums`` is aligned with ``tensors``: on the CPU the sum
-        of each tensor not summed stacked with others of its size (a 0-dim tensor, which
-        :func:`grad_stats` accepts), elsewhere ``None``.
-
-    On the CPU one cascade ``sum`` per tensor: a sum is finite exactly when no entry is NaN or +-Inf
-    (barring an overflow past about 3e38). Elsewhere one batched L2 norm per chunk (one kernel launch;
-    its sum of squares overflows only past about 1e19 per entry in float32).
+    Without a host read. On the CPU one cascade ``sum`` per tensor (small same-size tensors summed
+    stacked, row-wise): a sum is finite exactly when no entry is NaN or +-Inf (barring an overflow past
+    about 3e38). Elsewhere one batched L2 norm per chunk (one kernel launch; its sum of squares
+    overflows only past about 1e19 per entry in float32).
     """
-    sums: list[torch.Tensor | None] = [None] * len(tensors)
 
-    def reduce(t: list[torch.Tensor], pos: list[int]) -> torch.Tensor:
+    def reduce(t: list[torch.Tensor]) -> torch.Tensor:
         if t[0].device.type != "cpu":
             return torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1)
         groups = _stacks([(x.numel(),) if x.numel() <= _SMALL else None for x in t])
         stacked = {j for js in groups for j in js}
-        # same-size small tensors: summed stacked, row-wise (their sums are not kept for reuse)
         parts = [torch.stack([_flat(t[j]) for j in js]).sum(1) for js in groups]
-        for j, x in enumerate(t):
-            if j not in stacked:
-                total = x.sum()
-                sums[pos[j]] = total
-                parts.append(total.reshape(1))
+        parts += [x.sum().reshape(1) for j, x in enumerate(t) if j not in stacked]
         return torch.cat(parts).sum().isfinite().reshape(1, 1)
 
-    blocks = _blocks_at(tensors, reduce)
-    return [flags.all() for _, flags in blocks], sums
-
-
-def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
-    """0-dim bool tensors (one per device and dtype chunk), True where every entry of those tensors is finite.
-
-    As the flags of :func:`finite_check`.
-    """
-    return finite_check(tensors)[0]
-
-
-def norms(tensors: Sequence[torch.Tensor | None]) -> list[Block]:
-    """L2 norm of each tensor, as blocks of ``[n, 1]`` float64 tensors on the tensors' devices."""
-    return _blocks(tensors, lambda t: torch.stack(torch._foreach_norm(t, 2)).to(torch.float64)[:, None])
+    return [flags.all() for _, flags in _blocks(tensors, reduce)]
 
 
 # ------------------------------------------------------------------------------ sampled update ratio

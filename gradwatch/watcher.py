@@ -559,10 +559,11 @@ class Watcher:
         else:  # one device flag per pass: tells an AMP-skipped step from discarded gradients
             touched = self._prov.touched.get(self._prov.pass_id)
             if touched:
-                # (its sums are not reused by the statistics: an in-place write through ``.grad.data``,
-                # such as ``p.grad.data.clamp_(-1, 1)``, changes the values without a new version)
-                flags, _sums = stats.finite_check([params[i].grad for i in touched])
-                self._prov.pass_finite[self._prov.pass_id] = flags
+                # (not reused by the statistics: an in-place write through ``.grad.data``, such as
+                # ``p.grad.data.clamp_(-1, 1)``, changes the values without a new version)
+                self._prov.pass_finite[self._prov.pass_id] = stats.all_finite(
+                    [params[i].grad for i in touched]
+                )
         if self._unowned and self.config.every(step):
             before = self._samples(self._unowned, params) if self.config.update_ratio else None
             self._capture(self._unowned, params, step, before)
@@ -826,7 +827,7 @@ class Watcher:
         for i, g in zip(idx, grads):
             self._cur.grad_none[i] = g is None
         strides = [self._strides[i] for i in idx]
-        grad_blocks = stats.grad_stats(grads, (), strides)
+        grad_blocks = stats.grad_stats(grads, strides)
         self._add_blocks(idx, 0, grad_blocks)
         sampled = samples if samples is not None else self._sample_views(idx, params)
         self._add_blocks(idx, PARAM_COL, stats.sample_norms(sampled))

@@ -242,7 +242,7 @@ def test_cpu_path_stacks_same_shape_tensors_without_mixing_them() -> None:
     large = [torch.randn(70_000, generator=g)]
     grads = [small[0], large[0], *small[1:]]
     strides = [stats.sample_stride(t.shape) for t in grads]
-    rows = stats._cpu_chunk(grads, (), strides).tolist()
+    rows = stats._cpu_chunk(grads, strides).tolist()
     for row, t, s in zip(rows, grads, strides):
         norm, max_abs, total, nonzero, nonfinite, n_nan, centered = row
         ref = t.double().reshape(-1)
