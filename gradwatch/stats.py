@@ -453,9 +453,44 @@ def sample_distances(
     return blocks
 
 
-#: Entries binned per pass of :func:`histograms` (bounds its scratch buffers to about 20 MiB, which the
-#: allocator keeps for reuse instead of mapping fresh, zero-filled pages at every call).
-HIST_CHUNK = 1 << 22
+#: Entries binned per pass of :func:`histograms`: its scratch buffers (about 5 MiB, kept for reuse
+#: instead of mapping fresh, zero-filled pages at every call) stay in the last-level cache between
+#: passes. Measured on 2-20 M float32 entries: 1.40 ns per entry, against 1.60 at 2^22 and 2.2 at 2^16
+#: (per-call overhead).
+HIST_CHUNK = 1 << 20
+
+
+#: Fewest int8 indices counted in pairs by :func:`_count` (below that the saving is less than the cost
+#: of the extra calls).
+_PAIR_MIN = 1 << 16
+
+#: CPU tensors of at most this many entries are binned by ``torch.histc`` itself (one call; its
+#: per-entry loop is slower than :func:`_bucket_counts`, its call cheaper: measured faster up to about
+#: 10 Ki float32 entries).
+_HISTC_MAX = _SMALL
+
+
+def _count(idx: torch.Tensor, length: int) -> torch.Tensor:
+    """``torch.bincount(idx, minlength=length)`` (int64) of non-negative integers (int8: ``length <= 128``).
+
+    int8 indices on the CPU are counted two at a time: the bytes of each aligned pair, read as one int16
+    ``a + 256 b`` (``b + 256 a`` on big-endian machines), are counted into ``256 * length`` joint
+    buckets, and the counts of ``a`` and of ``b`` are the column and row sums of that table. ``bincount``
+    is a single-threaded loop, so half as many reads take about 25 % less time; the result is identical.
+    """
+    if idx.dtype != torch.int8:
+        return torch.bincount(idx, minlength=length)
+    one = idx.view(torch.uint8)  # the same bits for 0..127; bincount reads uint8 fastest
+    n = idx.numel()
+    if idx.device.type != "cpu" or n < _PAIR_MIN:
+        return torch.bincount(one, minlength=length)
+    even = n - n % 2
+    joint = torch.bincount(idx[:even].view(torch.int16), minlength=256 * length)[: 256 * length]
+    table = joint.view(length, 256)
+    counts = table[:, :length].sum(0) + table.sum(1)
+    if even < n:
+        counts += torch.bincount(one[even:], minlength=length)
+    return counts
 
 
 def _bucket_counts(
@@ -465,16 +500,19 @@ def _bucket_counts(
 
     The rule and the arithmetic of ``torch.histc`` on ``x``'s dtype: bucket
     ``trunc((x - lo) * bins / (hi - lo))``, the top edge in the last bucket, each operation rounded in
-    ``x``'s dtype. Four vectorised passes per chunk into the reused buffers of ``scratch`` (subtract,
-    multiply, divide, convert to an 8-bit index) and a ``bincount`` of bytes: about 5x faster than
-    ``torch.histc`` on the CPU, with the same counts. ``lo < hi`` is required.
+    ``x``'s dtype. Per chunk of :data:`HIST_CHUNK` entries, four vectorised passes into the reused
+    buffers of ``scratch`` (subtract, multiply, divide, convert to an 8-bit index: int8, which converts
+    about 6x faster than uint8) and a ``bincount`` of bytes (:func:`_count`); the index ``bins`` (the top
+    edge) is folded into the last bucket afterwards. About 6-8x faster than ``torch.histc`` on the CPU,
+    with the same counts. ``lo < hi`` is required.
     """
     n = x.numel()
     size = min(n, HIST_CHUNK)
     scaled = scratch.get(x.dtype)
     if scaled is None or scaled.numel() < size:
         scaled = scratch[x.dtype] = torch.empty(size, dtype=x.dtype, device=x.device)
-    index_dtype = torch.uint8 if bins < 255 else torch.int64
+    # indices 0..bins (the top edge is index ``bins`` until folded)
+    index_dtype = torch.int8 if bins < 128 else torch.uint8 if bins < 256 else torch.int64
     index = scratch.get(index_dtype)
     if index is None or index.numel() < size:
         index = scratch[index_dtype] = torch.empty(size, dtype=index_dtype, device=x.device)
@@ -486,11 +524,12 @@ def _bucket_counts(
         buf, idx = scaled[:k], index[:k]
         torch.sub(piece, lo, out=buf)
         buf.mul_(bins).div_(width)
-        idx.copy_(buf).clamp_(max=bins - 1)  # truncation toward zero, as histc's; the maximum: last bucket
-        chunk = torch.bincount(idx, minlength=bins)
+        idx.copy_(buf)  # truncation toward zero, as histc's
+        chunk = _count(idx, bins + 1)
         counts = chunk if counts is None else counts + chunk
     assert counts is not None
-    return counts
+    counts[bins - 1] += counts[bins]  # the maximum: in the last bucket
+    return counts[:bins]
 
 
 def histograms(
@@ -521,8 +560,9 @@ def histograms(
         tensor's dtype, cascade summation), then ``bins`` right bucket edges, then ``bins`` counts: the
         arguments of ``SummaryWriter.add_histogram_raw``.
 
-    Per tensor: ``aminmax``, the bucket passes of :func:`_bucket_counts`, and the two sums unless
-    given; everything else is computed for all rows at once. One host read per call (which tensors are
+    Per tensor: ``aminmax``; the counts from ``torch.histc`` itself for CPU tensors of at most
+    :data:`_HISTC_MAX` entries, else from the bucket passes of :func:`_bucket_counts`; and the two sums
+    unless given; everything else is computed for all rows at once. One host read per call (which tensors are
     all finite, constant, or of overflowing range), plus a few per tensor that holds NaN/Inf; histogram
     steps are written out anyway.
     """
@@ -561,6 +601,10 @@ def histograms(
             middle = torch.zeros(bins, dtype=torch.int64, device=device)
             middle[bins // 2] = x.numel()
             counts.append(middle)
+        elif x.numel() <= _HISTC_MAX and device.type == "cpu" and fits:
+            # the range read on the host (free on the CPU; exact: float32 values are float64 values)
+            lo_f, hi_f = lohi[i].tolist()
+            counts.append(torch.histc(x, bins, lo_f, hi_f).long())
         else:
             counts.append(_bucket_counts(x, lo, hi, bins, scratch))
         if pair is None:

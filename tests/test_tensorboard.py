@@ -223,9 +223,22 @@ def _cases() -> dict[str, torch.Tensor]:
 CASES = _cases()
 
 
+@pytest.fixture(params=["histc", "buckets", "buckets-paired"])
+def binning(request, monkeypatch):
+    """Run a test through each way ``histograms`` counts on the CPU: ``torch.histc`` itself (small
+    tensors), the bucket passes, and the bucket passes with int8 indices counted two at a time."""
+    from gradwatch import stats
+
+    if request.param != "histc":
+        monkeypatch.setattr(stats, "_HISTC_MAX", 0)
+    if request.param == "buckets-paired":
+        monkeypatch.setattr(stats, "_PAIR_MIN", 2)
+    return request.param
+
+
 @pytest.mark.parametrize("bins", [1, 2, 30], ids=lambda b: f"bins-{b}")
 @pytest.mark.parametrize("case", list(CASES), ids=str)
-def test_histograms_function_matches_torch_histc(case, bins):
+def test_histograms_function_matches_torch_histc(case, bins, binning):
     x = CASES[case]
     row = histograms([x], bins)
     assert row.shape == (1, 5 + 2 * bins) and row.dtype == torch.float64
@@ -238,7 +251,7 @@ def test_histograms_function_matches_torch_histc(case, bins):
 
 
 @pytest.mark.parametrize("case", ["randn-f32", "randn-f64-2d", "bf16", "nan-inf-mixed"], ids=str)
-def test_histograms_function_matches_numpy_histogram(case):
+def test_histograms_function_matches_numpy_histogram(case, binning):
     # numpy.histogram decides bucket membership by comparing with its edge array, torch.histc (and
     # gradwatch) by floor((x - lo) * bins / (hi - lo)); the two rules disagree only for values within
     # an ulp of an inner edge (see the "ties-on-edges" case above, where gradwatch follows histc).
@@ -266,7 +279,7 @@ def test_histograms_function_matches_numpy_histogram(case):
     ],
     ids=["tenths-100-bins", "linspace-61-30-bins", "linspace-31-10-bins"],
 )
-def test_histograms_values_on_bucket_edges_follow_torch_histc(values, bins):
+def test_histograms_values_on_bucket_edges_follow_torch_histc(values, bins, binning):
     # Values that sit on inner bucket edges. gradwatch bins as torch.histc does (the DESIGN names
     # torch.histc as the device-side binning), i.e. floor((x - lo) * bins / (hi - lo)) in float64,
     # so counts must match histc exactly. numpy.histogram compares against its edge array instead and
@@ -279,16 +292,17 @@ def test_histograms_values_on_bucket_edges_follow_torch_histc(values, bins):
     assert row[5 + bins :].sum().item() == values.numel()
 
 
-@pytest.mark.parametrize("bins", [254, 255, 300], ids=lambda b: f"bins-{b}")
-def test_histograms_with_many_bins_match_torch_histc(bins):
-    # below 255 buckets the bucket index is held in a byte, from 255 on in int64
+@pytest.mark.parametrize("bins", [126, 127, 128, 254, 255, 256, 300], ids=lambda b: f"bins-{b}")
+def test_histograms_with_many_bins_match_torch_histc(bins, binning):
+    # the bucket index (0..bins, the top edge folded afterwards) is int8 up to 127 buckets, uint8 up to
+    # 255, int64 above
     x = torch.randn(20_000, generator=torch.Generator().manual_seed(11))
     row = histograms([x], bins)[0]
     ref = torch.histc(x, bins, x.min().item(), x.max().item())
     assert row[5 + bins :].tolist() == ref.tolist()
 
 
-def test_histograms_of_tensors_larger_than_one_chunk_match_torch_histc(monkeypatch):
+def test_histograms_of_tensors_larger_than_one_chunk_match_torch_histc(monkeypatch, binning):
     # tensors are binned HIST_CHUNK entries at a time into reused buffers; a small chunk makes this one
     # span 7 chunks, the last one partial
     from gradwatch import stats
@@ -301,7 +315,7 @@ def test_histograms_of_tensors_larger_than_one_chunk_match_torch_histc(monkeypat
     assert row[2].item() == x.numel()
 
 
-def test_histograms_function_batches_rows_and_handles_no_finite_value():
+def test_histograms_function_batches_rows_and_handles_no_finite_value(binning):
     xs = [CASES["randn-f32"], torch.full((4,), NAN), CASES["constant"], torch.tensor([INF, -INF])]
     rows = histograms(xs, 5)
     assert rows.shape == (4, 15)
