@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+import torch
 
 __all__ = [
     "FINDING_KINDS",
@@ -161,6 +160,7 @@ class StepRecord:
         "_params",
         "_parts",
         "_sample_sizes",
+        "_waiting",
         "step",
     )
 
@@ -194,6 +194,21 @@ class StepRecord:
         self._grad_none = grad_none
         self._sample_sizes = sample_sizes
         self._layer_map: dict[str, str] | None = None
+        #: internal readers (the detectors, a sink) still to read ``params`` (see :meth:`_read_by`)
+        self._waiting: set[str] = set()
+
+    def _read_by(self, reader: str) -> None:
+        """Internal: ``reader`` is done with :attr:`params`; once every internal reader is, drop the cache.
+
+        A cached ``params`` is one ``ParamStats`` per parameter, and named tuples stay tracked by the
+        garbage collector: kept for every record of the history, they made Python's full collections
+        (which scan every tracked object) cost 6 ms per step with 1000 parameters. Dropped, a record
+        keeps only its host buffers, and ``params`` is rebuilt (then cached) when something reads it
+        again.
+        """
+        self._waiting.discard(reader)  # atomic under the GIL: the sink reads on its own thread
+        if not self._waiting:
+            self._params = None
 
     @property
     def backward_order(self) -> dict[str, int]:
@@ -219,17 +234,18 @@ class StepRecord:
         return self._loss
 
     def raw(self) -> list[list[float]]:
-        """The ``[num_params][10]`` host buffer (:data:`RAW_COLUMNS`); waits for the copy if needed."""
+        """The ``[10][num_params]`` host buffer by column (:data:`RAW_COLUMNS`); waits for the copy if needed.
+
+        By column: ten lists, not one per parameter, for the garbage collector to track.
+        """
         if self._event is not None and not self._event.query():
             self._event.synchronize()  # the copy is not done yet: wait (a finished one needs no call)
-        nan = math.nan
         # -1 in the update column: not measured (a measured norm is >= 0, or NaN for NaN weights)
-        rows = [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, nan, -1.0, nan] for _ in self._names]
+        buf = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, math.nan, -1.0, math.nan], dtype=torch.float64)
+        buf = buf.repeat(len(self._names), 1)
         for positions, col, values in self._parts:  # later parts overwrite earlier ones
-            end = col + values.shape[1]
-            for pos, vals in zip(positions, values.tolist()):
-                rows[pos][col:end] = vals
-        return rows
+            buf[positions, col : col + values.shape[1]] = values.to(torch.float64)
+        return buf.T.tolist()
 
     @property
     def params(self) -> Mapping[str, ParamStats]:
@@ -238,8 +254,9 @@ class StepRecord:
             out: dict[str, ParamStats] = {}
             none = self._grad_none or [False] * len(self._names)
             sizes = self._sample_sizes or self._numels
+            columns = zip(*self.raw())
             for name, row, n, got, is_none, k in zip(
-                self._names, self.raw(), self._numels, self._has_grad, none, sizes
+                self._names, columns, self._numels, self._has_grad, none, sizes
             ):
                 norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, un, moved = row
                 scale = math.sqrt(n / k) if k else 1.0  # sampled norms -> estimates over the whole tensor

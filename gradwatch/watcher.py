@@ -670,6 +670,7 @@ class Watcher:
             self._unjudged.pop(0)
             for d in self._detectors:
                 findings += d.on_record(record)
+            record._read_by("detectors")
         return findings
 
     def _seal_record(self, cur: _StepState, params: list[torch.Tensor], step: int) -> None:
@@ -711,6 +712,7 @@ class Watcher:
             cur.grad_none,
             self._sample_sizes,
         )
+        record._waiting.update(("detectors", "sink") if self._sink is not None else ("detectors",))
         self._history.append(record)
         self._unjudged.append(record)
         if self._sink is not None:

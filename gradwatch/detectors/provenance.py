@@ -78,7 +78,7 @@ class Provenance:
         for p in self._passes[i]:  # passes added since the owner's last use
             if p not in self.used_passes:
                 self.reset_unused.setdefault(p, set()).add(i)
-        self._passes[i] = set()
+        self._passes[i].clear()  # (reused: no allocation per parameter and step)
         self.holds_used[i] = False
 
     def _observe(self, i: int, g: torch.Tensor | None) -> None:
@@ -134,7 +134,7 @@ class Provenance:
         """The owner used ``param.grad`` at ``step``; with ``observe``, its current state is the new base."""
         g = param.grad
         self.used_passes.update(self._passes[i])
-        self._passes[i] = set()
+        self._passes[i].clear()  # (reused: no allocation per parameter and step)
         self.holds_used[i] = g is not None
         self.used_at[i] = step
         self.used_by[i] = owner

@@ -74,20 +74,23 @@ class TensorBoardSink:
         param_hist: tuple[Sequence[str], torch.Tensor] | None,
     ) -> None:
         """Queue the scalars of ``record`` and the histogram buffers (rows from :func:`stats.histograms`)."""
-        if not self.failed and not self._closed:
-            try:
-                self._queue.put_nowait(lambda: self._write_step(record, grad_hist, param_hist))
-            except queue.Full:
-                self.dropped += 1
-                if self.dropped == 1:
-                    log.warning(
-                        "gradwatch: the TensorBoard writer is %d steps behind; dropping step %d's "
-                        "TensorBoard output (and later ones while it stays behind) rather than slowing "
-                        "training or "
-                        "growing memory. Record less often (every=...) to keep everything.",
-                        MAX_PENDING,
-                        record.step,
-                    )
+        if self.failed or self._closed:
+            record._read_by("sink")
+            return
+        try:
+            self._queue.put_nowait(lambda: self._write_step(record, grad_hist, param_hist))
+        except queue.Full:
+            record._read_by("sink")
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning(
+                    "gradwatch: the TensorBoard writer is %d steps behind; dropping step %d's "
+                    "TensorBoard output (and later ones while it stays behind) rather than slowing "
+                    "training or "
+                    "growing memory. Record less often (every=...) to keep everything.",
+                    MAX_PENDING,
+                    record.step,
+                )
 
     def write_finding(self, finding: Finding) -> None:
         """Queue a finding as a text entry under ``gradwatch/findings``."""
@@ -170,6 +173,7 @@ class TensorBoardSink:
             scalars.append((f"layer_grad_norm/{layer or '<root>'}", value))
         if record.loss is not None:
             scalars.append(("gradwatch/loss", record.loss))
+        record._read_by("sink")
         self._scalars(scalars, step)
         time.sleep(0)  # let the training thread take the GIL (its hooks wait for it otherwise)
         for prefix, hist in (("gradients", grad_hist), ("parameters", param_hist)):
