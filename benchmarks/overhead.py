@@ -5,8 +5,9 @@ language model of about 10 M parameters) every variant below trains its own copy
 same batches) and the variants take turns step by step, in a rotating order, in one process, after a
 warm-up, so machine noise hits them all alike. Reported: the median step time of each variant; its
 ratio to the unwatched loop as the median over rounds of (variant time / unwatched time in the same
-round), which cancels the machine's slow drifts; the time that ratio adds to the unwatched median; and
-the plain ratio of medians.
+round), which cancels the machine's slow drifts, with its 95 % bootstrap interval (how far that median
+could move on the machine's noise: a target is met with confidence only when the whole interval is
+below it); the time that ratio adds to the unwatched median; and the plain ratio of medians.
 
 Variants:
   unwatched         the loop alone (baseline)
@@ -29,6 +30,7 @@ import argparse
 import contextlib
 import copy
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -105,6 +107,17 @@ def loss_of(name: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
+def bootstrap_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the median of ``values`` (resampled with replacement).
+
+    How far the reported median ratio could move on this machine's noise: a target is met with
+    confidence only when the whole interval is below it.
+    """
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def run_model(
     name: str, steps: int, warmup: int, device: torch.device, tmp: Path, variants: tuple[str, ...] = VARIANTS
 ) -> dict:
@@ -164,10 +177,12 @@ def run_model(
         med = statistics.median(r["times"])
         # paired: each round runs every variant once, back to back, so a slow spell of the machine
         # hits a round's variants alike; the median of the per-round ratios cancels it
-        paired = statistics.median(t / b for t, b in zip(r["times"], base))
+        ratios = [t / b for t, b in zip(r["times"], base)]
+        paired = statistics.median(ratios)
         out["variants"][v] = {
             "median_ms": med * 1e3,
             "ratio": paired,
+            "ratio_ci95": bootstrap_ci(ratios),
             "ratio_of_medians": med / base_median,
             "added_ms": (paired - 1.0) * base_median * 1e3,
         }
@@ -278,13 +293,14 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{res['steps']} steps per variant"
             )
             print(
-                f"  {'variant':15s} {'median ms':>10s} {'ratio':>7s} {'added ms':>9s} "
+                f"  {'variant':15s} {'median ms':>10s} {'ratio':>7s} {'95% interval':>15s} {'added ms':>9s} "
                 f"{'ratio of medians':>17s}"
             )
             for v, r in res["variants"].items():
+                lo, hi = r["ratio_ci95"]
                 print(
-                    f"  {v:15s} {r['median_ms']:10.2f} {r['ratio']:7.3f} {r['added_ms']:9.2f} "
-                    f"{r['ratio_of_medians']:17.3f}"
+                    f"  {v:15s} {r['median_ms']:10.2f} {r['ratio']:7.3f} {f'{lo:.3f}-{hi:.3f}':>15s} "
+                    f"{r['added_ms']:9.2f} {r['ratio_of_medians']:17.3f}"
                 )
             if args.memory_steps and device.type == "cpu":
                 res["peak_bytes_per_param"] = peak_memory(name, args.memory_steps, Path(tmp))
