@@ -543,9 +543,11 @@ def histograms(
     the rule and the arithmetic of ``torch.histc`` on the tensor's dtype (bf16/fp16 upcast to
     float32): the same counts as ``torch.histc(x, bins, min, max)``. A constant tensor gets the range
     ``[v - 0.5, v + 0.5]`` as in ``numpy.histogram``, all its entries in the middle bucket (bucket
-    ``bins // 2``, also where ``v +- 0.5`` rounds back to ``v`` in its dtype). A float32
-    tensor whose range ``max - min`` overflows float32 (entries near +-3e38, where ``histc`` itself
-    counts nothing) is binned in float64. NaN and +-Inf are left out of every bucket and of ``num``.
+    ``bins // 2``, also where ``v +- 0.5`` rounds back to ``v`` in its dtype). A tensor
+    whose ``(max - min) * bins``, the largest intermediate of that arithmetic, overflows its dtype
+    (float32 entries past about ``3e38 / bins``, where ``histc``'s own arithmetic overflows and its
+    counts are meaningless) is binned in float64, float64 entries first scaled by a power of two
+    (which changes no rounding). NaN and +-Inf are left out of every bucket and of ``num``.
 
     Args:
         tensors: non-empty tensors, all on one device.
@@ -573,7 +575,10 @@ def histograms(
     lohi = torch.stack([torch.stack(r) for r in ranges]).double()  # [n, 2]; exact for every dtype
     limit = torch.tensor([torch.finfo(x.dtype).max for x in xs], dtype=torch.float64, device=device)
     flags_t = torch.stack(
-        [lohi.isfinite().all(1), lohi[:, 0] == lohi[:, 1], lohi[:, 1] - lohi[:, 0] <= limit], dim=1
+        # fits: the largest intermediate of the bucket arithmetic, (max - min) * bins, is finite in the
+        # tensor's dtype (else histc's own arithmetic overflows to inf, and so would ours)
+        [lohi.isfinite().all(1), lohi[:, 0] == lohi[:, 1], (lohi[:, 1] - lohi[:, 0]) * bins <= limit],
+        dim=1,
     )
     flags = flags_t.tolist()
     known = list(sums) if sums is not None else [None] * n
@@ -592,11 +597,18 @@ def histograms(
             else:
                 lo, hi = torch.aminmax(x)
                 lohi[i] = torch.stack([lo, hi]).double()
-                flat, fits = bool(lo == hi), bool(hi.double() - lo.double() <= torch.finfo(x.dtype).max)
+                flat = bool(lo == hi)
+                fits = bool((hi.double() - lo.double()) * bins <= torch.finfo(x.dtype).max)
             flags_t[i, 1] = flat
             pair = None
         if not fits:
             x, lo, hi = x.double(), lo.double(), hi.double()
+            lo_f, hi_f = lohi[i].tolist()  # (a host read, only for such a tensor)
+            if not math.isfinite((hi_f - lo_f) * bins):  # float64 entries near 1e308: scale by a power
+                # of two, which changes no rounding of (x - lo) * bins / (hi - lo), the bucket arithmetic
+                exponent = math.frexp(hi_f / 2 - lo_f / 2)[1] + math.frexp(bins)[1]
+                scale = math.ldexp(1.0, 1000 - exponent)
+                x, lo, hi = x * scale, lo * scale, hi * scale
         if flat:  # numpy's range [v - 0.5, v + 0.5]: every entry in the middle bucket (for any v)
             middle = torch.zeros(bins, dtype=torch.int64, device=device)
             middle[bins // 2] = x.numel()

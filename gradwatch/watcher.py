@@ -410,7 +410,9 @@ class Watcher:
         """Steps where gradients holding NaN/Inf were dropped without an optimizer step.
 
         That is what an AMP ``GradScaler`` does when it skips ``step()``: not a bug, so not a finding;
-        shown by :meth:`report`. Only known when an optimizer is watched (the last 1000).
+        shown by :meth:`report`. One entry per skipped gradient content (all the passes accumulated
+        into it), so a step number repeats when two contents were dropped before the step ended. Only
+        known when an optimizer is watched (the last 1000).
         """
         self._sync_reads()
         return list(self._discarded.skipped_steps)
@@ -437,11 +439,12 @@ class Watcher:
         for f in findings:
             lines.append(f"  ! {f}")
         skipped = self._discarded.skipped_steps
+        at = sorted(set(skipped))
         if skipped:
             lines.append(
                 f"  {len(skipped)} optimizer step(s) skipped because the gradients were not finite (an AMP "
-                f"GradScaler lowering its scale), around steps {', '.join(map(str, skipped[:10]))}"
-                + (" ..." if len(skipped) > 10 else "")
+                f"GradScaler lowering its scale), around steps {', '.join(map(str, at[:10]))}"
+                + (" ..." if len(at) > 10 else "")
             )
         if not self._history:
             lines.append("no step recorded yet")

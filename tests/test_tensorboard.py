@@ -302,6 +302,45 @@ def test_histograms_with_many_bins_match_torch_histc(bins, binning):
     assert row[5 + bins :].tolist() == ref.tolist()
 
 
+@pytest.mark.parametrize("bins", [30, 255, 256, 1000], ids=lambda b: f"bins-{b}")
+@pytest.mark.parametrize("case", ["f32-near-max", "f32-1e36", "f32-small-near-max", "f64-near-max"], ids=str)
+def test_histograms_whose_bucket_arithmetic_overflows_are_binned_without_overflow(case, bins, binning):
+    # (max - min) * bins overflows the dtype: histc's own arithmetic gives inf there (and a bucket
+    # index from inf is meaningless); gradwatch bins such tensors in float64, float64 ones first
+    # scaled by a power of two, which changes no rounding. Reference: histc on that exact data in
+    # float64 (scaled down by 2^-60 for float64 input, where the scaling is exact).
+    g = torch.Generator().manual_seed(13)
+    x = {
+        "f32-near-max": torch.rand(9_001, generator=g) * 3e38,
+        "f32-1e36": torch.randn(70_001, generator=g) * 1e36,
+        "f32-small-near-max": torch.rand(101, generator=g) * 3e38 - 1e38,
+        "f64-near-max": torch.rand(9_001, generator=g, dtype=torch.float64) * 1.7e308 - 0.8e308,
+    }[case]
+    scale = 2.0**-60 if x.dtype == torch.float64 else 1.0
+    ref_x = x.double() * scale
+    ref = torch.histc(ref_x, bins, ref_x.min().item(), ref_x.max().item())
+    row = histograms([x], bins)[0]
+    assert row[5 + bins :].tolist() == ref.tolist()
+    assert row[2].item() == x.numel() and row[5 + bins :].sum().item() == x.numel()
+
+
+def test_exploding_gradient_with_many_bins_keeps_recording(tmp_path):
+    # a gradient of 1e36 with 256 buckets overflowed the bucket arithmetic and stopped recording
+    torch.manual_seed(0)
+    model = torch.nn.Linear(100, 100)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(8, 100)
+    options = {"logdir": tmp_path, "histogram_every": 1, "histogram_bins": 256, "on_finding": "ignore"}
+    with gradwatch.watch(model, opt, **options) as w:
+        for s in range(3):
+            opt.zero_grad()
+            (model(x).sum() * (1e36 if s == 1 else 1.0)).backward()
+            opt.step()
+    assert [r.step for r in w.history] == [0, 1, 2]
+    g_hist = hists(read_events(tmp_path), "gradients/weight")
+    assert sorted(g_hist) == [0, 1, 2] and sum(g_hist[1].bucket) == 100 * 100
+
+
 def test_histograms_of_tensors_larger_than_one_chunk_match_torch_histc(monkeypatch, binning):
     # tensors are binned HIST_CHUNK entries at a time into reused buffers; a small chunk makes this one
     # span 7 chunks, the last one partial

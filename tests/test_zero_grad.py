@@ -173,6 +173,26 @@ def _amp_loop(model, opt, x, y):
     assert skipped == 2
 
 
+def _amp_accumulation_loop(model, opt, x, y):
+    # two micro-batches per step; one of them overflows at steps 1 (the second) and 2 (the first): the
+    # scaler skips the whole accumulated step, finite micro-batch included, which is not a bug either
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    skipped = 0
+    for k in range(STEPS):
+        opt.zero_grad()
+        before = model[0].weight.detach().clone()
+        for micro in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = _loss(model, x[micro::2], y[micro::2]) / 2
+            if (k, micro) in ((1, 1), (2, 0)):
+                loss = loss * float("inf")
+            scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        skipped += bool(torch.equal(before, model[0].weight.detach()))
+    assert skipped == 2
+
+
 def _lbfgs(model, x, y):
     opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
 
@@ -211,6 +231,7 @@ HEALTHY = {
         m, o, x, y, lambda when: [p.grad.zero_() for p in m.parameters()] if when == "after" else None
     ),
     "amp-bf16-gradscaler-with-skips": _amp_loop,
+    "amp-gradscaler-accumulation-with-skips": _amp_accumulation_loop,
 }
 
 

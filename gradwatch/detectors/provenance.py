@@ -59,6 +59,10 @@ class Provenance:
         self.touched: dict[int, set[int]] = {}
         #: backward pass -> 0-dim bool tensors, all True if every gradient it touched was finite
         self.pass_finite: dict[int, list[torch.Tensor]] = {}
+        #: backward pass -> the unused passes whose gradients were accumulated into the same ``.grad``
+        #: content as its own and reset with it (gradient accumulation)
+        self.co_reset: dict[int, set[int]] = {}
+        self._skip_groups: set[int] = set()  # skipped contents already counted (by their first pass)
 
     def new_pass(self, inside_optimizer: bool) -> None:
         """A backward pass starts; one run inside ``optimizer.step()`` (a closure) counts as used."""
@@ -75,10 +79,13 @@ class Provenance:
         return g._version == self._ver[i] + (1 if accumulated else 0)
 
     def _reset(self, i: int) -> None:
-        for p in self._passes[i]:  # passes added since the owner's last use
-            if p not in self.used_passes:
-                self.reset_unused.setdefault(p, set()).add(i)
-        self._passes[i].clear()  # (reused: no allocation per parameter and step)
+        passes = self._passes[i]  # passes added since the owner's last use
+        unused = [p for p in passes if p not in self.used_passes]
+        for p in unused:
+            self.reset_unused.setdefault(p, set()).add(i)
+            if len(unused) > 1:  # accumulated into one .grad content, reset together
+                self.co_reset.setdefault(p, set()).update(unused)
+        passes.clear()  # (reused: no allocation per parameter and step)
         self.holds_used[i] = False
 
     def _observe(self, i: int, g: torch.Tensor | None) -> None:
@@ -154,7 +161,10 @@ class Provenance:
 
         Each is returned once, with the parameters it had accumulated into, and forgotten. A pass whose
         gradients were not all finite is left out: that is an optimizer step an AMP ``GradScaler``
-        skipped, not a discarded gradient (costs one host read of a flag, only for such a pass).
+        skipped, not a discarded gradient. So is a finite pass accumulated into the same gradients as
+        such a pass and reset with them (gradient accumulation where one micro-batch overflowed: the
+        scaler skips the whole accumulated step). Costs one host read of a flag per such pass; each
+        skipped step is counted once in ``skipped``.
         """
         out = {}
         for p, params in list(self.reset_unused.items()):
@@ -164,17 +174,22 @@ class Provenance:
             if not params >= self.touched.get(p, set()):
                 continue  # part of the pass is still held; an optimizer may yet use it
             del self.reset_unused[p]
-            if not all(bool(f) for f in self.pass_finite.get(p, ())):
-                self.skipped += 1
+            group = self.co_reset.get(p, set()) | {p}
+            if any(not all(bool(f) for f in self.pass_finite.get(q, ())) for q in group):
+                if min(group) not in self._skip_groups:
+                    self._skip_groups.add(min(group))
+                    self.skipped += 1
                 continue
             out[p] = params
         for p in [p for p in self.touched if p in self.used_passes]:
             del self.touched[p]
             self.pass_finite.pop(p, None)
+            self.co_reset.pop(p, None)
         horizon = self.pass_id - HORIZON  # bounded memory: very old passes can no longer be judged
-        for table in (self.touched, self.pass_finite, self.reset_unused):
+        for table in (self.touched, self.pass_finite, self.reset_unused, self.co_reset):
             for p in [p for p in table if p < horizon]:
                 del table[p]
+        self._skip_groups = {p for p in self._skip_groups if p >= horizon}
         if len(self.used_passes) > 2 * HORIZON:
             self.used_passes = {p for p in self.used_passes if p >= horizon}
         return out
