@@ -601,14 +601,16 @@ def histograms(
                 fits = bool((hi.double() - lo.double()) * bins <= torch.finfo(x.dtype).max)
             flags_t[i, 1] = flat
             pair = None
+        binned = x  # what the buckets are computed from (scaled for float64 near its limit)
         if not fits:
             x, lo, hi = x.double(), lo.double(), hi.double()
+            binned = x
             lo_f, hi_f = lohi[i].tolist()  # (a host read, only for such a tensor)
             if not math.isfinite((hi_f - lo_f) * bins):  # float64 entries near 1e308: scale by a power
                 # of two, which changes no rounding of (x - lo) * bins / (hi - lo), the bucket arithmetic
                 exponent = math.frexp(hi_f / 2 - lo_f / 2)[1] + math.frexp(bins)[1]
                 scale = math.ldexp(1.0, 1000 - exponent)
-                x, lo, hi = x * scale, lo * scale, hi * scale
+                binned, lo, hi = x * scale, lo * scale, hi * scale
         if flat:  # numpy's range [v - 0.5, v + 0.5]: every entry in the middle bucket (for any v)
             middle = torch.zeros(bins, dtype=torch.int64, device=device)
             middle[bins // 2] = x.numel()
@@ -618,7 +620,7 @@ def histograms(
             lo_f, hi_f = lohi[i].tolist()
             counts.append(torch.histc(x, bins, lo_f, hi_f).long())
         else:
-            counts.append(_bucket_counts(x, lo, hi, bins, scratch))
+            counts.append(_bucket_counts(binned, lo, hi, bins, scratch))
         if pair is None:
             totals.append(x.sum().double())
             squares.append(_sum_squares([x])[0].double())

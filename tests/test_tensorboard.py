@@ -303,7 +303,9 @@ def test_histograms_with_many_bins_match_torch_histc(bins, binning):
 
 
 @pytest.mark.parametrize("bins", [30, 255, 256, 1000], ids=lambda b: f"bins-{b}")
-@pytest.mark.parametrize("case", ["f32-near-max", "f32-1e36", "f32-small-near-max", "f64-near-max"], ids=str)
+@pytest.mark.parametrize(
+    "case", ["f32-near-max", "f32-1e36", "f32-small-near-max", "f64-near-max", "f64-2e305"], ids=str
+)
 def test_histograms_whose_bucket_arithmetic_overflows_are_binned_without_overflow(case, bins, binning):
     # (max - min) * bins overflows the dtype: histc's own arithmetic gives inf there (and a bucket
     # index from inf is meaningless); gradwatch bins such tensors in float64, float64 ones first
@@ -315,6 +317,7 @@ def test_histograms_whose_bucket_arithmetic_overflows_are_binned_without_overflo
         "f32-1e36": torch.randn(70_001, generator=g) * 1e36,
         "f32-small-near-max": torch.rand(101, generator=g) * 3e38 - 1e38,
         "f64-near-max": torch.rand(9_001, generator=g, dtype=torch.float64) * 1.7e308 - 0.8e308,
+        "f64-2e305": torch.rand(9_001, generator=g, dtype=torch.float64) * 4e305 - 2e305,
     }[case]
     scale = 2.0**-60 if x.dtype == torch.float64 else 1.0
     ref_x = x.double() * scale
@@ -322,6 +325,13 @@ def test_histograms_whose_bucket_arithmetic_overflows_are_binned_without_overflo
     row = histograms([x], bins)[0]
     assert row[5 + bins :].tolist() == ref.tolist()
     assert row[2].item() == x.numel() and row[5 + bins :].sum().item() == x.numel()
+    # min, max and the sum describe the data itself, not the scaled copy that was binned (the sum of
+    # entries near 1e308 overflows float64 itself: checked where it does not)
+    assert row[0].item() == x.min().item() and row[1].item() == x.max().item()
+    total = x.double().sum().item()
+    if math.isfinite(total):
+        largest = x.double().abs().max().item()
+        assert row[3].item() == pytest.approx(total, rel=1e-9, abs=1e-6 * largest * x.numel())
 
 
 def test_exploding_gradient_with_many_bins_keeps_recording(tmp_path):
