@@ -112,7 +112,11 @@ def _blocks_at(
     return blocks
 
 
-def grad_stats(grads: Sequence[torch.Tensor | None], strides: Sequence[int] = ()) -> list[Block]:
+def grad_stats(
+    grads: Sequence[torch.Tensor | None],
+    strides: Sequence[int] = (),
+    ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> list[Block]:
     """Raw statistics of each tensor in ``grads``, batched per (device, dtype).
 
     Args:
@@ -120,6 +124,9 @@ def grad_stats(grads: Sequence[torch.Tensor | None], strides: Sequence[int] = ()
             are skipped (they appear in no block).
         strides: optional, aligned with ``grads``: count the nonzero entries only among the sampled
             entries ``flat[::stride]`` (:func:`sample_stride`); 1 or absent: among all of them.
+        ranges: optional dict, filled in: position in ``grads`` -> ``(min, max)`` of that tensor as
+            float64 0-dim tensors (NaN propagates), where the statistics computed them anyway (the CPU
+            path), for :func:`histograms` to reuse.
 
     Returns:
         Blocks ``(positions, stats)``: ``stats`` is a ``[len(positions), len(RAW_FIELDS)]`` float64
@@ -132,7 +139,12 @@ def grad_stats(grads: Sequence[torch.Tensor | None], strides: Sequence[int] = ()
     def reduce(g: list[torch.Tensor], pos: list[int]) -> torch.Tensor:
         chunk_strides = [step[i] for i in pos]
         if g[0].device.type == "cpu":
-            return _cpu_chunk(g, chunk_strides)
+            extremes: list[torch.Tensor] = []
+            out = _cpu_chunk(g, chunk_strides, extremes)
+            if ranges is not None:
+                for j, i in enumerate(pos):
+                    ranges[i] = (extremes[0][0, j], extremes[0][1, j])
+            return out
         return _device_chunk(g, chunk_strides)
 
     return _blocks_at(grads, reduce)
@@ -210,7 +222,9 @@ def _sum_squares(flat: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def _cpu_chunk(g: list[torch.Tensor], strides: Sequence[int] = ()) -> torch.Tensor:
+def _cpu_chunk(
+    g: list[torch.Tensor], strides: Sequence[int] = (), extremes: list[torch.Tensor] | None = None
+) -> torch.Tensor:
     """Raw columns on the CPU, where a kernel call costs no launch and reading a value no device sync.
 
     Three memory passes per tensor, each one of PyTorch's own vectorised, multi-threaded reductions: the
@@ -256,6 +270,8 @@ def _cpu_chunk(g: list[torch.Tensor], strides: Sequence[int] = ()) -> torch.Tens
             ]
         ).to(torch.float64)
     total_t, sq_t, lo, hi, nonzero_t = head
+    if extremes is not None:  # [2, n] float64: min and max
+        extremes.append(head[2:4])
     sizes = torch.tensor([t.numel() for t in g], dtype=torch.float64)
     max_abs = torch.maximum(hi, -lo)
     centered_t = torch.full((n,), -1.0, dtype=torch.float64)  # -1: derive the std from the sums
@@ -536,6 +552,7 @@ def histograms(
     tensors: Sequence[torch.Tensor],
     bins: int,
     sums: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+    ranges: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> torch.Tensor:
     """Histogram of the finite entries of each tensor, binned on the tensors' device.
 
@@ -555,6 +572,8 @@ def histograms(
         sums: optional, aligned with ``tensors``: the sum and the sum of squares of that tensor's
             entries (0-dim tensors) when already computed, e.g. by :func:`grad_stats`; used for the row's
             head when the tensor is all finite, instead of two more passes.
+        ranges: optional, aligned with ``tensors``: that tensor's ``(min, max)`` (0-dim tensors, NaN
+            propagated) when already computed, e.g. by :func:`grad_stats`, instead of an ``aminmax`` pass.
 
     Returns:
         ``[len(tensors), 5 + 2 * bins]`` float64 tensor on that device; each row is
@@ -571,8 +590,12 @@ def histograms(
     n = len(tensors)
     device = tensors[0].device
     xs = [_flat(_prepare(t, _compute_dtype(t.dtype))) for t in tensors]
-    ranges = [torch.aminmax(x) for x in xs]  # NaN propagates, +-Inf shows in the range
-    lohi = torch.stack([torch.stack(r) for r in ranges]).double()  # [n, 2]; exact for every dtype
+    given = list(ranges) if ranges is not None else [None] * n
+    # NaN propagates, +-Inf shows in the range; a given range is exact in the tensor's dtype
+    extents = [
+        torch.aminmax(x) if r is None else (r[0].to(x.dtype), r[1].to(x.dtype)) for x, r in zip(xs, given)
+    ]
+    lohi = torch.stack([torch.stack(r) for r in extents]).double()  # [n, 2]; exact for every dtype
     limit = torch.tensor([torch.finfo(x.dtype).max for x in xs], dtype=torch.float64, device=device)
     flags_t = torch.stack(
         # fits: the largest intermediate of the bucket arithmetic, (max - min) * bins, is finite in the
@@ -586,7 +609,7 @@ def histograms(
     counts, totals, squares = [], [], []
     empty: list[int] = []
     scratch: dict[torch.dtype, torch.Tensor] = {}
-    for i, (x, (lo, hi), (fast, flat, fits), pair) in enumerate(zip(xs, ranges, flags, known)):
+    for i, (x, (lo, hi), (fast, flat, fits), pair) in enumerate(zip(xs, extents, flags, known)):
         if not fast:  # NaN/Inf present (rare): histogram of a copy of the finite entries
             x = x[torch.isfinite(x)]
             nums[i] = float(x.numel())

@@ -832,19 +832,22 @@ class Watcher:
         for i, g in zip(idx, grads):
             self._cur.grad_none[i] = g is None
         strides = [self._strides[i] for i in idx]
-        grad_blocks = stats.grad_stats(grads, strides)
+        hist_step = self._sink is not None and self.config.histogram_every(step)
+        ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if hist_step else None
+        grad_blocks = stats.grad_stats(grads, strides, ranges)
         self._add_blocks(idx, 0, grad_blocks)
         sampled = samples if samples is not None else self._sample_views(idx, params)
         self._add_blocks(idx, PARAM_COL, stats.sample_norms(sampled))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)
-        if self._sink is not None and self.config.histogram_every(step):
+        if ranges is not None:
             sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sum and sum of squares, known
             for pos, block in grad_blocks:
                 for j, (total, square) in zip(pos, torch.stack([block[:, 2], block[:, 0].square()], 1)):
                     sums[idx[j]] = (total, square)
-            hist = self._histograms(idx, [g for g in grads], sums)
+            known_ranges = {idx[j]: r for j, r in ranges.items()}  # min and max, known (CPU)
+            hist = self._histograms(idx, [g for g in grads], sums, known_ranges)
             if hist is not None:
                 for i, row in zip(*hist):
                     self._cur.grad_hist[i] = row
@@ -854,10 +857,12 @@ class Watcher:
         idx: Sequence[int],
         tensors: Sequence[torch.Tensor | None],
         sums: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[list[int], torch.Tensor] | None:
         """Histogram rows (on the host) of the non-empty tensors, and their parameter positions.
 
-        ``sums``: parameter position -> the tensor's sum and sum of squares, already computed.
+        ``sums``: parameter position -> the tensor's sum and sum of squares, already computed;
+        ``ranges``: parameter position -> its min and max, already computed.
         """
         keep = [(i, t.detach()) for i, t in zip(idx, tensors) if t is not None and t.numel()]
         if not keep:
@@ -869,7 +874,8 @@ class Watcher:
         rows: list[torch.Tensor] = []
         for items in by_device.values():
             known = [sums.get(i) for i, _ in items] if sums else None
-            h = stats.histograms([t for _, t in items], self.config.histogram_bins, known)
+            extremes = [ranges.get(i) for i, _ in items] if ranges else None
+            h = stats.histograms([t for _, t in items], self.config.histogram_bins, known, extremes)
             order.extend(i for i, _ in items)
             rows.append(h.cpu())  # a histogram step is written out: one copy per device
         return order, torch.cat(rows)

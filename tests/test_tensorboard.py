@@ -334,6 +334,25 @@ def test_histograms_whose_bucket_arithmetic_overflows_are_binned_without_overflo
         assert row[3].item() == pytest.approx(total, rel=1e-9, abs=1e-6 * largest * x.numel())
 
 
+def test_histograms_reuse_the_ranges_the_statistics_computed(monkeypatch, binning):
+    # gradient histograms take each gradient's min and max from grad_stats (the CPU path computes them
+    # anyway) instead of another aminmax pass; the rows must be identical, NaN/Inf and dtypes included
+    from gradwatch.stats import grad_stats
+
+    xs = list(CASES.values())
+    ranges: dict = {}
+    grad_stats(xs, (), ranges)
+    assert sorted(ranges) == list(range(len(xs)))
+    expected = histograms(xs, 30)
+    calls = []
+    aminmax = torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda *a, **k: calls.append(1) or aminmax(*a, **k))
+    got = histograms(xs, 30, ranges=[ranges[i] for i in range(len(xs))])
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    # aminmax runs again only on the finite part of the tensors that hold NaN/Inf
+    assert len(calls) == sum(not bool(torch.isfinite(x.float()).all()) for x in xs)
+
+
 def test_exploding_gradient_with_many_bins_keeps_recording(tmp_path):
     # a gradient of 1e36 with 256 buckets overflowed the bucket arithmetic and stopped recording
     torch.manual_seed(0)
