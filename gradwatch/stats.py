@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -176,12 +177,12 @@ _STACK_MIN = 4
 _STACK_ENTRIES = 1 << 20
 
 
-def _stacks(keys: Sequence[tuple[int, ...] | None]) -> list[list[int]]:
+def _stacks(keys: Sequence[tuple[Any, ...] | None]) -> list[list[int]]:
     """Positions to reduce stacked: same key (its first item is the entry count), in bounded stacks.
 
     ``None`` keys (large tensors) and keys shared by fewer than :data:`_STACK_MIN` tensors are left out.
     """
-    groups: dict[tuple[int, ...], list[int]] = {}
+    groups: dict[tuple[Any, ...], list[int]] = {}
     for i, key in enumerate(keys):
         if key is not None:
             groups.setdefault(key, []).append(i)
@@ -235,15 +236,19 @@ def _cpu_chunk(
     ``torch.dist``. NaN/Inf counts are only taken when a sum is not finite.
     """
     n = len(g)
-    flat = [_flat(t) for t in g]
     step = list(strides) or [1] * n
     head = torch.empty(5, n, dtype=torch.float64)  # sum, sum of squares, min, max, nonzero (sampled)
-    stacks = _stacks([(x.numel(), step[i]) if x.numel() <= _SMALL else None for i, x in enumerate(flat)])
+    numels = [t.numel() for t in g]
+    keys = [(k, step[i], t.shape) if k <= _SMALL else None for i, (k, t) in enumerate(zip(numels, g))]
+    stacks = _stacks(keys)
     stacked = {i for idx in stacks for i in idx}
     large = [i for i in range(n) if i not in stacked]  # one by one
+    flat: list[torch.Tensor | None] = [None] * n  # 1-D views, made only where needed
+    rows_of: list[tuple[list[int], torch.Tensor]] = []
     for idx in stacks:  # many small tensors: a few row-wise reductions per shape
         s = step[idx[0]]
-        rows = torch.stack([flat[i] for i in idx])
+        rows = torch.stack([g[i] for i in idx]).view(len(idx), -1)  # (a contiguous copy, any layout)
+        rows_of.append((idx, rows))
         head[:, idx] = torch.stack(
             [
                 rows.sum(1),
@@ -254,7 +259,9 @@ def _cpu_chunk(
             ]
         ).to(torch.float64)
     if large:
-        big = [flat[i] for i in large]
+        for i in large:
+            flat[i] = _flat(g[i])
+        big: list[torch.Tensor] = [flat[i] for i in large]  # type: ignore[misc]
         total = [x.sum() for x in big]  # cascade summation
         lo_hi = [torch.aminmax(x) for x in big]
         nonzero = [torch.count_nonzero(x[:: step[i]]) for i, x in zip(large, big)]
@@ -272,27 +279,28 @@ def _cpu_chunk(
     total_t, sq_t, lo, hi, nonzero_t = head
     if extremes is not None:  # [2, n] float64: min and max
         extremes.append(head[2:4])
-    sizes = torch.tensor([t.numel() for t in g], dtype=torch.float64)
+    sizes = torch.tensor(numels, dtype=torch.float64)
     max_abs = torch.maximum(hi, -lo)
     centered_t = torch.full((n,), -1.0, dtype=torch.float64)  # -1: derive the std from the sums
     if bool(torch.isfinite(total_t).all()) and bool(torch.isfinite(sq_t).all()):
         counts = head.new_zeros(2, n)
         norm_t = torch.sqrt(sq_t)
     else:
+        dense = [x if x is not None else _flat(t) for x, t in zip(flat, g)]
         counts = _nonfinite_counts(g)
         bad = counts[0] > 0
         # a finite tensor whose sum of squares overflowed float32: its norm in float64
         norm_t = torch.stack(
             [
                 torch.linalg.vector_norm(x, dtype=torch.float64) if not math.isfinite(q) else torch.sqrt(qt)
-                for x, q, qt in zip(flat, sq_t.tolist(), sq_t)
+                for x, q, qt in zip(dense, sq_t.tolist(), sq_t)
             ]
         )
         # a finite tensor whose float32 sum overflowed (entries near 3e38): its sum in float64
         total_t = torch.stack(
             [
                 x.sum(dtype=torch.float64) if not math.isfinite(v) and c == 0 else vt
-                for x, v, vt, c in zip(flat, total_t.tolist(), total_t, counts[0].tolist())
+                for x, v, vt, c in zip(dense, total_t.tolist(), total_t, counts[0].tolist())
             ]
         )
         # propagate like the foreach kernels do: NaN/Inf in norm, max |g| and the centred norm
@@ -305,10 +313,21 @@ def _cpu_chunk(
     cancels = (
         torch.isfinite(norm_t) & torch.isfinite(mean_t) & (sizes * mean_t * mean_t > 0.25 * norm_t * norm_t)
     )
-    for i in torch.nonzero(cancels).flatten().tolist():
-        centered = torch.dist(flat[i], mean_t[i].to(flat[i].dtype)).double()
+    todo = set(torch.nonzero(cancels).flatten().tolist())
+    for idx, rows in rows_of if len(todo) >= _STACK_MIN else ():  # row-wise, on the stacked copies
+        hit = [j for j, i in enumerate(idx) if i in todo]
+        if len(hit) < _STACK_MIN:
+            continue
+        at = [idx[j] for j in hit]
+        centered = torch.linalg.vector_norm(rows[hit] - mean_t[at].to(rows.dtype)[:, None], dim=1).double()
+        ok = torch.isfinite(centered)
+        centered_t[at] = torch.where(ok, centered, centered_t[at])
+        todo -= {i for i, good in zip(at, ok.tolist()) if good}
+    for i in sorted(todo):
+        x = flat[i] if flat[i] is not None else _flat(g[i])
+        centered = torch.dist(x, mean_t[i].to(x.dtype)).double()
         if not bool(centered.isfinite()):  # squares of entries past ~1e19 overflow float32
-            centered = torch.dist(flat[i].double(), mean_t[i])
+            centered = torch.dist(x.double(), mean_t[i])
         centered_t[i] = centered
     return torch.stack([norm_t, max_abs, total_t, nonzero_t, counts[0], counts[1], centered_t], dim=1)
 
@@ -360,9 +379,9 @@ def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
     def reduce(t: list[torch.Tensor]) -> torch.Tensor:
         if t[0].device.type != "cpu":
             return torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1)
-        groups = _stacks([(x.numel(),) if x.numel() <= _SMALL else None for x in t])
+        groups = _stacks([(k, x.shape) if (k := x.numel()) <= _SMALL else None for x in t])
         stacked = {j for js in groups for j in js}
-        parts = [torch.stack([_flat(t[j]) for j in js]).sum(1) for js in groups]
+        parts = [torch.stack([t[j] for j in js]).view(len(js), -1).sum(1) for js in groups]
         parts += [x.sum().reshape(1) for j, x in enumerate(t) if j not in stacked]
         return torch.cat(parts).sum().isfinite().reshape(1, 1)
 
@@ -416,12 +435,35 @@ def sample_view(t: torch.Tensor, stride: int) -> torch.Tensor:
     return flat if stride == 1 else flat[::stride]
 
 
+_LengthKey = tuple[torch.device, torch.dtype, int]
+
+
+def _by_length(tensors: Sequence[torch.Tensor | None]) -> dict[_LengthKey, list[int]]:
+    """Positions of the non-empty 1-D tensors, grouped by device, dtype and length."""
+    groups: dict[_LengthKey, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t is not None and (k := t.numel()):
+            groups.setdefault((t.device, t.dtype, k), []).append(i)
+    return groups
+
+
 def take_samples(views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Copies of the sample views (one batched clone per device and dtype): at most 4 KiB each."""
+    """Copies of the sample views (at most 4 KiB each), batched per device, dtype and length.
+
+    Samples of one length shared by at least :data:`_STACK_MIN` tensors are copied with one ``stack``
+    and returned as the rows of that ``[k, length]`` copy (which :func:`sample_distances` then reads
+    without stacking them again); the others with one ``_foreach_clone`` per device and dtype.
+    """
     out: list[torch.Tensor] = [torch.empty(0)] * len(views)
-    for _, idx in _groups(views).items():
-        copies = torch._foreach_clone([views[i] for i in idx])  # type: ignore[attr-defined]
-        for i, c in zip(idx, copies):
+    rest: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for (device, dtype, _), idx in _by_length(views).items():
+        if len(idx) < _STACK_MIN:
+            rest.setdefault((device, dtype), []).extend(idx)
+            continue
+        for i, row in zip(idx, torch.stack([views[i] for i in idx]).unbind(0)):
+            out[i] = row
+    for idx in rest.values():
+        for i, c in zip(idx, torch._foreach_clone([views[i] for i in idx])):  # type: ignore[attr-defined]
             out[i] = c
     return out
 
@@ -435,6 +477,24 @@ def sample_norms(samples: Sequence[torch.Tensor | None]) -> list[Block]:
 _ZERO = torch.zeros(())
 
 
+def _rows(samples: Sequence[torch.Tensor | None], idx: list[int]) -> torch.Tensor:
+    """``torch.stack([samples[i] for i in idx])``, a ``[len(idx), length]`` tensor.
+
+    Without a copy when the samples are the rows, in order, of one such tensor (as :func:`take_samples`
+    returns them).
+    """
+    first = samples[idx[0]]
+    base = first._base  # type: ignore[union-attr]
+    if base is not None and base.dim() == 2 and base.shape[0] == len(idx) and base.is_contiguous():
+        length = base.shape[1]
+        if all(
+            (t := samples[i]) is not None and t._base is base and t.storage_offset() == k * length
+            for k, i in enumerate(idx)
+        ):
+            return base
+    return torch.stack([samples[i] for i in idx])  # type: ignore[misc]
+
+
 def sample_distances(
     now: Sequence[torch.Tensor | None], before: Sequence[torch.Tensor | None], ord: float = 2.0
 ) -> list[Block]:
@@ -442,13 +502,13 @@ def sample_distances(
 
     Samples of one device, dtype and length are stacked and reduced row-wise: a few calls per group
     instead of a few per tensor (samples are at most :data:`SAMPLE_SIZE` entries, so the copies are
-    small). Everything in float64 (exact differences of float32 and smaller samples; no overflow of the
-    squares). Pairs with a ``None`` side are skipped.
+    small; rows of one :func:`take_samples` copy are read in place). Norms are reduced in float64 (no
+    overflow of the squares). Differences are taken in float64 (exact for float32 and smaller), except for
+    stacked CPU samples: there in the samples' dtype (exact within a factor of two, zero exactly where
+    equal; relative error at most one rounding otherwise), rows that overflow redone in float64. Pairs
+    with a ``None`` side are skipped.
     """
-    groups: dict[tuple[torch.device, torch.dtype, int], list[int]] = {}
-    for i, (a, b) in enumerate(zip(now, before)):
-        if a is not None and b is not None and a.numel():
-            groups.setdefault((a.device, a.dtype, a.numel()), []).append(i)
+    groups = _by_length([a if b is not None else None for a, b in zip(now, before)])
     blocks: list[Block] = []
     rest: dict[tuple[torch.device, torch.dtype], list[int]] = {}  # few of a length: one foreach call
     for (device, dtype, _), idx in list(groups.items()):
@@ -462,10 +522,24 @@ def sample_distances(
             a_list = list(torch._foreach_sub(a_list, b_list))
         blocks.append((idx, torch.stack(torch._foreach_norm(a_list, ord))[:, None]))
     for idx in groups.values():
-        a = torch.stack([now[i] for i in idx]).double()  # type: ignore[misc]
-        if before[idx[0]] is not _ZERO:
-            a = a - torch.stack([before[i] for i in idx]).double()  # type: ignore[misc]
-        blocks.append((idx, torch.linalg.vector_norm(a, ord, dim=1)[:, None]))
+        a = _rows(now, idx)
+        if before[idx[0]] is _ZERO:
+            blocks.append((idx, torch.linalg.vector_norm(a, ord, dim=1, dtype=torch.float64)[:, None]))
+            continue
+        b = _rows(before, idx)
+        if a.device.type != "cpu":
+            blocks.append((idx, torch.linalg.vector_norm(a.double() - b.double(), ord, dim=1)[:, None]))
+            continue
+        # on the CPU (reading a flag costs no device sync) the difference in the samples' own dtype, a third
+        # of the memory traffic: exact where the two entries are within a factor of two of each other
+        # (Sterbenz), as an update's before and after almost always are, and 0 exactly where they are
+        # equal; rows that came out non-finite (an overflow, or NaN weights) are redone in float64
+        dist = torch.linalg.vector_norm(a - b, ord, dim=1, dtype=torch.float64)
+        bad = ~torch.isfinite(dist)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten()
+            dist[rows] = torch.linalg.vector_norm(a[rows].double() - b[rows].double(), ord, dim=1)
+        blocks.append((idx, dist[:, None]))
     return blocks
 
 

@@ -328,3 +328,36 @@ def test_weights_that_turn_nan_give_a_nan_update_ratio() -> None:
         model.weight.grad[0, 0] = float("nan")
         opt.step()
     assert math.isnan(w.history[0].params["weight"].update_ratio)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("ord", [2.0, 1.0], ids=["l2", "l1"])
+def test_stacked_sample_distances_match_float64(dtype: torch.dtype, ord: float) -> None:
+    # six samples of one length (a stacked group, copied by take_samples as rows of one tensor): an
+    # ordinary update, entries whose difference overflows the dtype, NaN weights, an untouched sample
+    g = torch.Generator().manual_seed(5)
+    big = torch.finfo(dtype).max * 0.75
+    before = [torch.randn(33, generator=g).to(dtype) for _ in range(6)]
+    before[1][:5] = big
+    now = [b + (0.01 * torch.randn(33, generator=g)).to(dtype) for b in before]
+    now[1][:5] = -big  # now - before = -1.5 max: past the dtype's range
+    now[2][3] = float("nan")
+    now[3] = before[3].clone()  # no update: exactly 0
+    copies = stats.take_samples(before)
+    assert copies[0]._base is not None and all(c._base is copies[0]._base for c in copies)
+    for order in (list(range(6)), [5, 0, 4, 1, 3, 2]):  # rows read in place, or stacked again
+        ((pos, dist),) = stats.sample_distances([now[i] for i in order], [copies[i] for i in order], ord)
+        for j, d in zip(pos, dist[:, 0].tolist()):
+            i = order[j]
+            ref = torch.linalg.vector_norm(now[i].double() - before[i].double(), ord).item()
+            if i == 2:
+                assert math.isnan(d)
+            elif i == 3:
+                assert d == 0.0
+            elif math.isinf(ref):  # float64 samples: the float64 norm itself overflows
+                assert dtype == torch.float64 and d == math.inf
+            else:
+                assert math.isfinite(d) and d == pytest.approx(ref, rel=1e-6), (i, d, ref)
+    ((pos, norms),) = stats.sample_norms(copies)
+    for j, d in zip(pos, norms[:, 0].tolist()):
+        assert d == pytest.approx(torch.linalg.vector_norm(before[j].double()).item(), rel=1e-6)

@@ -294,3 +294,26 @@ def test_gradients_edited_through_data_are_read_as_they_are() -> None:
         assert s.grad_mean == pytest.approx(g.mean().item(), rel=1e-6)
         assert s.grad_norm == pytest.approx(g.norm().item(), rel=1e-6)
         assert s.grad_std == pytest.approx(g.std(correction=0).item(), rel=1e-5)
+
+
+def test_cpu_path_measures_mean_dominated_stacked_tensors_row_wise() -> None:
+    # a stacked group where most rows are mean-dominated (their centred norm is measured on the stacked
+    # copy, row-wise) and some are not; a second group whose centred norms overflow float32 (1e24 ** 2)
+    g = torch.Generator().manual_seed(4)
+    shifted = [3.0 + 0.01 * torch.randn(6, 7, generator=g) for _ in range(5)]
+    plain = [torch.randn(6, 7, generator=g) for _ in range(2)]
+    huge = [1e25 * (1.0 + 0.1 * torch.randn(9, generator=g)) for _ in range(4)]
+    grads = [*shifted[:3], plain[0], *huge[:2], *shifted[3:], plain[1], *huge[2:]]
+    rows = stats._cpu_chunk(grads).tolist()
+    for row, t in zip(rows, grads):
+        norm, max_abs, total, _, nonfinite, _, centered = row
+        ref = t.double().reshape(-1)
+        assert nonfinite == 0
+        assert norm == pytest.approx(ref.norm().item(), rel=1e-6)
+        assert max_abs == pytest.approx(ref.abs().max().item(), rel=1e-7)
+        assert total == pytest.approx(ref.sum().item(), rel=1e-5)
+        mean_dominates = ref.numel() * ref.mean().item() ** 2 > 0.25 * ref.norm().item() ** 2
+        assert (centered >= 0) == mean_dominates
+        if mean_dominates:
+            assert centered == pytest.approx((ref - ref.mean()).norm().item(), rel=1e-5)
+    assert sum(r[6] >= 0 for r in rows) == 9  # every shifted and every huge tensor
