@@ -33,6 +33,8 @@ __all__ = [
     "all_finite",
     "grad_stats",
     "histograms",
+    "SampleLayout",
+    "Samples",
     "sample_distances",
     "sample_norms",
     "sample_stride",
@@ -438,108 +440,148 @@ def sample_view(t: torch.Tensor, stride: int) -> torch.Tensor:
 _LengthKey = tuple[torch.device, torch.dtype, int]
 
 
-def _by_length(tensors: Sequence[torch.Tensor | None]) -> dict[_LengthKey, list[int]]:
-    """Positions of the non-empty 1-D tensors, grouped by device, dtype and length."""
-    groups: dict[_LengthKey, list[int]] = {}
-    for i, t in enumerate(tensors):
-        if t is not None and (k := t.numel()):
-            groups.setdefault((t.device, t.dtype, k), []).append(i)
-    return groups
+class SampleLayout:
+    """How the samples of a list of 1-D tensors are batched: by device, dtype and length.
 
+    Built once from the sample views of a list of parameters (:func:`sample_view`) and reused for as long
+    as those views are: the grouping is the per-tensor Python work, and it does not change from step to
+    step. ``stacked``: groups of positions of one device, dtype and length shared by at least
+    :data:`_STACK_MIN` tensors (copied with one ``stack``, reduced row-wise); ``rest``: the others, per
+    device and dtype (one ``_foreach`` call each). Empty tensors are in no group.
 
-def take_samples(views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Copies of the sample views (at most 4 KiB each), batched per device, dtype and length.
-
-    Samples of one length shared by at least :data:`_STACK_MIN` tensors are copied with one ``stack``
-    and returned as the rows of that ``[k, length]`` copy (which :func:`sample_distances` then reads
-    without stacking them again); the others with one ``_foreach_clone`` per device and dtype.
+    Args:
+        views: 1-D tensors (any device and dtype).
     """
-    out: list[torch.Tensor] = [torch.empty(0)] * len(views)
-    rest: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for (device, dtype, _), idx in _by_length(views).items():
-        if len(idx) < _STACK_MIN:
-            rest.setdefault((device, dtype), []).extend(idx)
-            continue
-        for i, row in zip(idx, torch.stack([views[i] for i in idx]).unbind(0)):
-            out[i] = row
-    for idx in rest.values():
-        for i, c in zip(idx, torch._foreach_clone([views[i] for i in idx])):  # type: ignore[attr-defined]
-            out[i] = c
-    return out
+
+    __slots__ = ("n", "rest", "stacked")
+
+    def __init__(self, views: Sequence[torch.Tensor]) -> None:
+        groups: dict[_LengthKey, list[int]] = {}
+        for i, t in enumerate(views):
+            if k := t.numel():
+                groups.setdefault((t.device, t.dtype, k), []).append(i)
+        rest: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        self.stacked: list[list[int]] = []
+        for (device, dtype, _), idx in groups.items():
+            if len(idx) >= _STACK_MIN:
+                self.stacked.append(idx)
+            else:
+                rest.setdefault((device, dtype), []).extend(idx)
+        self.rest: list[list[int]] = list(rest.values())
+        self.n = len(views)
 
 
-def sample_norms(samples: Sequence[torch.Tensor | None]) -> list[Block]:
-    """L2 norm of each 1-D sample, as blocks of ``[n, 1]`` float64 (stacked per device, dtype, length)."""
-    return sample_distances(samples, [None if t is None else _ZERO for t in samples])
+class Samples:
+    """Copies of the sampled entries of a list of tensors, batched as their :class:`SampleLayout` says.
 
-
-#: Stands for an all-zero sample in :func:`sample_norms` (broadcasts against any row).
-_ZERO = torch.zeros(())
-
-
-def _rows(samples: Sequence[torch.Tensor | None], idx: list[int]) -> torch.Tensor:
-    """``torch.stack([samples[i] for i in idx])``, a ``[len(idx), length]`` tensor.
-
-    Without a copy when the samples are the rows, in order, of one such tensor (as :func:`take_samples`
-    returns them).
+    ``stacks[k]``: a ``[len(layout.stacked[k]), length]`` tensor (one row per tensor, in the group's
+    order); ``rest[k]``: 1-D copies, aligned with ``layout.rest[k]``. At most :data:`SAMPLE_SIZE`
+    entries per tensor (4 KiB of float32).
     """
-    first = samples[idx[0]]
-    base = first._base  # type: ignore[union-attr]
-    if base is not None and base.dim() == 2 and base.shape[0] == len(idx) and base.is_contiguous():
-        length = base.shape[1]
-        if all(
-            (t := samples[i]) is not None and t._base is base and t.storage_offset() == k * length
-            for k, i in enumerate(idx)
-        ):
-            return base
-    return torch.stack([samples[i] for i in idx])  # type: ignore[misc]
+
+    __slots__ = ("layout", "rest", "stacks")
+
+    def __init__(
+        self, layout: SampleLayout, stacks: list[torch.Tensor], rest: list[list[torch.Tensor]]
+    ) -> None:
+        self.layout = layout
+        self.stacks = stacks
+        self.rest = rest
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the copies."""
+        tensors = [*self.stacks, *(t for group in self.rest for t in group)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def take_samples(views: Sequence[torch.Tensor], layout: SampleLayout | None = None) -> Samples:
+    """Copies of the sample views: one ``stack`` per stacked group, one ``_foreach_clone`` per other group.
+
+    Args:
+        views: 1-D sample views (:func:`sample_view`), any device and dtype.
+        layout: ``SampleLayout(views)``, when the caller keeps it across steps.
+    """
+    layout = layout if layout is not None else SampleLayout(views)
+    stacks = [torch.stack([views[i] for i in idx]) for idx in layout.stacked]
+    rest = [list(torch._foreach_clone([views[i] for i in idx])) for idx in layout.rest]  # type: ignore[attr-defined]
+    return Samples(layout, stacks, rest)
+
+
+def _stack_of(x: Samples | Sequence[torch.Tensor], k: int, layout: SampleLayout) -> torch.Tensor:
+    return x.stacks[k] if isinstance(x, Samples) else torch.stack([x[i] for i in layout.stacked[k]])
+
+
+def _rest_of(x: Samples | Sequence[torch.Tensor], k: int, layout: SampleLayout) -> list[torch.Tensor]:
+    return x.rest[k] if isinstance(x, Samples) else [x[i] for i in layout.rest[k]]
+
+
+def sample_norms(
+    samples: Samples | Sequence[torch.Tensor], layout: SampleLayout | None = None
+) -> list[Block]:
+    """L2 norm of each sample, as blocks of ``[n, 1]`` float64 tensors on the samples' device.
+
+    Args:
+        samples: copies (:func:`take_samples`), or 1-D views with their ``layout``.
+        layout: required with views; ignored with :class:`Samples`.
+    """
+    return sample_distances(samples, None, layout)
 
 
 def sample_distances(
-    now: Sequence[torch.Tensor | None], before: Sequence[torch.Tensor | None], ord: float = 2.0
+    now: Samples | Sequence[torch.Tensor],
+    before: Samples | None,
+    layout: SampleLayout | None = None,
+    ord: float = 2.0,
 ) -> list[Block]:
-    """``||now[i] - before[i]||_ord`` per pair of equal-shape 1-D samples, as blocks of ``[n, 1]`` float64.
+    """``||now[i] - before[i]||_ord`` per tensor, as blocks ``(positions, [n, 1] float64)``.
 
-    Samples of one device, dtype and length are stacked and reduced row-wise: a few calls per group
-    instead of a few per tensor (samples are at most :data:`SAMPLE_SIZE` entries, so the copies are
-    small; rows of one :func:`take_samples` copy are read in place). Norms are reduced in float64 (no
-    overflow of the squares). Differences are taken in float64 (exact for float32 and smaller), except for
-    stacked CPU samples: there in the samples' dtype (exact within a factor of two, zero exactly where
-    equal; relative error at most one rounding otherwise), rows that overflow redone in float64. Pairs
-    with a ``None`` side are skipped.
+    Stacked groups are reduced row-wise (a few calls per group instead of a few per tensor; the samples
+    are small). Norms are reduced in float64 (no overflow of the squares). Differences are taken in
+    float64 (exact for float32 and smaller), except on the CPU for stacked groups: there in the samples'
+    dtype, a third of the memory traffic (exact where the two entries are within a factor of two of each
+    other, as an update's before and after almost always are: Sterbenz's lemma; 0 exactly where they are
+    equal; at most one rounding otherwise), and rows that come out non-finite (an overflow, or NaN
+    weights) are redone in float64. Groups whose two sides differ in shape or dtype (a parameter's
+    storage replaced in between) are left out.
+
+    Args:
+        now: copies (:class:`Samples`) or 1-D views (aligned with ``layout``).
+        before: copies taken earlier with the same layout, or None for the norms of ``now``.
+        layout: the layout of ``now`` when it is views; defaults to ``before``'s (or ``now``'s) layout.
+        ord: the norm's order (2: the update norm; 1: any change at all).
     """
-    groups = _by_length([a if b is not None else None for a, b in zip(now, before)])
+    lay = layout or (
+        before.layout if before is not None else now.layout if isinstance(now, Samples) else None
+    )
+    if lay is None:
+        raise ValueError("sample_distances: views need their SampleLayout (layout=SampleLayout(views))")
     blocks: list[Block] = []
-    rest: dict[tuple[torch.device, torch.dtype], list[int]] = {}  # few of a length: one foreach call
-    for (device, dtype, _), idx in list(groups.items()):
-        if len(idx) < _STACK_MIN:
-            rest.setdefault((device, dtype), []).extend(idx)
-            del groups[(device, dtype, _)]
-    for idx in rest.values():  # in float64: samples are small, and squares of 1e20 overflow float32
-        a_list = [now[i].double() for i in idx]  # type: ignore[union-attr]
-        if before[idx[0]] is not _ZERO:
-            b_list = [before[i].double() for i in idx]  # type: ignore[union-attr]
-            a_list = list(torch._foreach_sub(a_list, b_list))
-        blocks.append((idx, torch.stack(torch._foreach_norm(a_list, ord))[:, None]))
-    for idx in groups.values():
-        a = _rows(now, idx)
-        if before[idx[0]] is _ZERO:
+    for k, idx in enumerate(lay.stacked):
+        a = _stack_of(now, k, lay)
+        if before is None:
             blocks.append((idx, torch.linalg.vector_norm(a, ord, dim=1, dtype=torch.float64)[:, None]))
             continue
-        b = _rows(before, idx)
+        b = before.stacks[k]
+        if a.shape != b.shape or a.dtype != b.dtype:
+            continue
         if a.device.type != "cpu":
             blocks.append((idx, torch.linalg.vector_norm(a.double() - b.double(), ord, dim=1)[:, None]))
             continue
-        # on the CPU (reading a flag costs no device sync) the difference in the samples' own dtype, a third
-        # of the memory traffic: exact where the two entries are within a factor of two of each other
-        # (Sterbenz), as an update's before and after almost always are, and 0 exactly where they are
-        # equal; rows that came out non-finite (an overflow, or NaN weights) are redone in float64
         dist = torch.linalg.vector_norm(a - b, ord, dim=1, dtype=torch.float64)
         bad = ~torch.isfinite(dist)
-        if bool(bad.any()):
+        if bool(bad.any()):  # on the CPU reading a flag costs no device sync
             rows = torch.nonzero(bad).flatten()
             dist[rows] = torch.linalg.vector_norm(a[rows].double() - b[rows].double(), ord, dim=1)
         blocks.append((idx, dist[:, None]))
+    for k, idx in enumerate(lay.rest):  # in float64: samples are small, and squares of 1e20 overflow float32
+        a_list = [t.double() for t in _rest_of(now, k, lay)]
+        if before is not None:
+            b_list = [t.double() for t in before.rest[k]]
+            if [t.shape for t in a_list] != [t.shape for t in b_list]:
+                continue
+            a_list = list(torch._foreach_sub(a_list, b_list))
+        blocks.append((idx, torch.stack(torch._foreach_norm(a_list, ord))[:, None]))
     return blocks
 
 

@@ -88,8 +88,8 @@ class _StepState:
     def __init__(self, n: int) -> None:
         self.parts: list[Part] = []
         self.received = bytearray(n)
-        self.snaps: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
-        self.unowned_snap: tuple[list[int], list[torch.Tensor]] | None = None
+        self.snaps: dict[int, tuple[list[int], stats.Samples]] = {}
+        self.unowned_snap: tuple[list[int], stats.Samples] | None = None
         self.grad_hist: dict[int, torch.Tensor] = {}
         self.kept: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | float | None = None
@@ -179,7 +179,11 @@ class Watcher:
         sizes = [-(-n // s) if n else 0 for n, s in zip(self._numels, self._strides)]
         self._sample_sizes = tuple(sizes)
         self._views: list[tuple[int, torch.Tensor] | None] = [None] * len(self._numels)
-        self._prev_samples: dict[int, torch.Tensor] = {}
+        self._views_made = 0  # sample views built so far: a batching layout is valid while this stays
+        # parameter positions -> (views built when it was made, its layout): per optimizer, and unowned
+        self._layouts: dict[tuple[int, ...], tuple[int, stats.SampleLayout]] = {}
+        # parameter positions -> the samples taken before the last recorded update of those parameters
+        self._prev_samples: dict[tuple[int, ...], stats.Samples] = {}
         if isinstance(self.config.keep_grads, frozenset):
             for name in sorted(self.config.keep_grads - set(self.names)):
                 close = difflib.get_close_matches(name, self.names, n=1)
@@ -239,7 +243,7 @@ class Watcher:
         ]
         self._unjudged: list[StepRecord] = []  # sealed records the detectors have not read yet
         self._closure_step = False  # the optimizer step in progress was given a closure (LBFGS)
-        self._closure_before: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
+        self._closure_before: dict[int, tuple[list[int], stats.Samples]] = {}
         self._graph_checked = False
         self._suppressed: list[tuple[str, tuple[str, ...]]] = list(self.config.suppress)
 
@@ -784,35 +788,54 @@ class Watcher:
                 out.append(cached[1])
                 continue
             view = stats.sample_view(p, self._strides[i])
+            self._views_made += 1
             if view._is_view():  # a copy (an unusual layout) would go stale: rebuilt every time
                 self._views[i] = (p.data_ptr(), view)
             out.append(view)
         return out
 
-    def _samples(self, idx: list[int], params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Copies of the sampled entries of ``params[i]``, taken before an update."""
-        return stats.take_samples(self._sample_views(idx, params))
+    def _layout(self, idx: Sequence[int], views: list[torch.Tensor]) -> stats.SampleLayout:
+        """The batching layout of these views (kept while no sample view is rebuilt)."""
+        key = tuple(idx)
+        hit = self._layouts.get(key)
+        if hit is not None and hit[0] == self._views_made:
+            return hit[1]
+        layout = stats.SampleLayout(views)
+        if hit is not None and (hit[1].stacked, hit[1].rest) == (layout.stacked, layout.rest):
+            layout = hit[1]  # views rebuilt, batched alike: samples taken with the old layout still pair up
+        if len(self._layouts) > 32:  # param groups changed many times: forget the old position lists
+            self._layouts.clear()
+        self._layouts[key] = (self._views_made, layout)
+        return layout
 
-    def _update_parts(
-        self, idx: list[int], before: list[torch.Tensor], params: list[torch.Tensor]
-    ) -> list[Part]:
+    def _samples(self, idx: list[int], params: list[torch.Tensor]) -> stats.Samples:
+        """Copies of the sampled entries of ``params[i]``, taken before an update."""
+        views = self._sample_views(idx, params)
+        return stats.take_samples(views, self._layout(idx, views))
+
+    def _update_parts(self, idx: list[int], before: stats.Samples, params: list[torch.Tensor]) -> list[Part]:
         """Record parts for the update of ``params[i]``: sampled update norm, change since the last record.
 
         The change compares ``before`` (the sample taken before this step's update) with the one taken
-        before the previous recorded update, which it then replaces.
+        before the previous recorded update, which it then replaces. Neither is measured across a change
+        of the parameters' storage (the layouts differ).
         """
         now = self._sample_views(idx, params)
-        parts: list[Part] = [
-            ([idx[j] for j in pos], UPDATE_COL, t) for pos, t in stats.sample_distances(now, before)
-        ]
-        prev = []
-        for i, b in zip(idx, before):
-            old = self._prev_samples.get(i)
-            prev.append(old if old is not None and old.shape == b.shape and old.dtype == b.dtype else None)
-            self._prev_samples[i] = b
-        parts += [
-            ([idx[j] for j in pos], RESTORE_COL, t) for pos, t in stats.sample_distances(before, prev, 1.0)
-        ]
+        parts: list[Part] = []
+        if self._layout(idx, now) is before.layout:
+            parts += [
+                ([idx[j] for j in pos], UPDATE_COL, t) for pos, t in stats.sample_distances(now, before)
+            ]
+        key = tuple(idx)
+        prev = self._prev_samples.get(key)
+        self._prev_samples[key] = before
+        if len(self._prev_samples) > 32:
+            self._prev_samples = {key: before}
+        if prev is not None and prev.layout is before.layout:
+            parts += [
+                ([idx[j] for j in pos], RESTORE_COL, t)
+                for pos, t in stats.sample_distances(before, prev, ord=1.0)
+            ]
         return parts
 
     def _add_blocks(self, idx: Sequence[int], col: int, blocks: list[stats.Block]) -> None:
@@ -820,7 +843,7 @@ class Watcher:
             self._cur.parts.append(([idx[j] for j in pos], col, t))
 
     def _capture(
-        self, idx: list[int], params: list[torch.Tensor], step: int, samples: list[torch.Tensor] | None = None
+        self, idx: list[int], params: list[torch.Tensor], step: int, samples: stats.Samples | None = None
     ) -> None:
         """Statistics of the gradients of ``params[i] for i in idx`` as they are now, into this step.
 
@@ -836,8 +859,11 @@ class Watcher:
         ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if hist_step else None
         grad_blocks = stats.grad_stats(grads, strides, ranges)
         self._add_blocks(idx, 0, grad_blocks)
-        sampled = samples if samples is not None else self._sample_views(idx, params)
-        self._add_blocks(idx, PARAM_COL, stats.sample_norms(sampled))
+        if samples is not None:
+            self._add_blocks(idx, PARAM_COL, stats.sample_norms(samples))
+        else:
+            views = self._sample_views(idx, params)
+            self._add_blocks(idx, PARAM_COL, stats.sample_norms(views, self._layout(idx, views)))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)

@@ -147,8 +147,8 @@ def test_samples_kept_between_steps_are_bounded() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with gw.watch(model, opt, on_finding="ignore") as w:
         exact_ratios(model, opt, 3, batches(1000, 10))
-        kept = sum(t.numel() * t.element_size() for t in w._prev_samples.values())
-    assert len(w._prev_samples) == 4
+        kept = sum(s.nbytes for s in w._prev_samples.values())
+    assert len(w._prev_samples) == 1  # one optimizer: one set of samples, of its 4 tensors
     assert kept <= 4 * 4 * stats.SAMPLE_SIZE  # at most 4 KiB per float32 tensor
 
 
@@ -333,22 +333,31 @@ def test_weights_that_turn_nan_give_a_nan_update_ratio() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("ord", [2.0, 1.0], ids=["l2", "l1"])
 def test_stacked_sample_distances_match_float64(dtype: torch.dtype, ord: float) -> None:
-    # six samples of one length (a stacked group, copied by take_samples as rows of one tensor): an
-    # ordinary update, entries whose difference overflows the dtype, NaN weights, an untouched sample
+    # six samples of one length (a stacked group: one [6, 33] copy) and two of other lengths (copied one
+    # by one): an ordinary update, entries whose difference overflows the dtype, NaN weights, an
+    # untouched sample
     g = torch.Generator().manual_seed(5)
     big = torch.finfo(dtype).max * 0.75
     before = [torch.randn(33, generator=g).to(dtype) for _ in range(6)]
+    before += [torch.randn(k, generator=g).to(dtype) for k in (5, 7)]
     before[1][:5] = big
-    now = [b + (0.01 * torch.randn(33, generator=g)).to(dtype) for b in before]
+    before[6][:2] = big
+    now = [b + (0.01 * torch.randn(b.numel(), generator=g)).to(dtype) for b in before]
     now[1][:5] = -big  # now - before = -1.5 max: past the dtype's range
+    now[6][:2] = -big
     now[2][3] = float("nan")
     now[3] = before[3].clone()  # no update: exactly 0
-    copies = stats.take_samples(before)
-    assert copies[0]._base is not None and all(c._base is copies[0]._base for c in copies)
-    for order in (list(range(6)), [5, 0, 4, 1, 3, 2]):  # rows read in place, or stacked again
-        ((pos, dist),) = stats.sample_distances([now[i] for i in order], [copies[i] for i in order], ord)
-        for j, d in zip(pos, dist[:, 0].tolist()):
-            i = order[j]
+    layout = stats.SampleLayout(before)
+    assert layout.stacked == [list(range(6))] and layout.rest == [[6, 7]]
+    copies = stats.take_samples(before, layout)
+    assert len(copies.stacks) == 1 and copies.stacks[0].shape == (6, 33)
+    later = stats.take_samples(now, layout)
+    for side in (now, later):  # views stacked on the fly, or copies read in place
+        got = {}
+        for pos, dist in stats.sample_distances(side, copies, layout, ord=ord):
+            got.update(zip(pos, dist[:, 0].tolist()))
+        assert sorted(got) == list(range(8))
+        for i, d in got.items():
             ref = torch.linalg.vector_norm(now[i].double() - before[i].double(), ord).item()
             if i == 2:
                 assert math.isnan(d)
@@ -358,6 +367,34 @@ def test_stacked_sample_distances_match_float64(dtype: torch.dtype, ord: float) 
                 assert dtype == torch.float64 and d == math.inf
             else:
                 assert math.isfinite(d) and d == pytest.approx(ref, rel=1e-6), (i, d, ref)
-    ((pos, norms),) = stats.sample_norms(copies)
-    for j, d in zip(pos, norms[:, 0].tolist()):
-        assert d == pytest.approx(torch.linalg.vector_norm(before[j].double()).item(), rel=1e-6)
+    for pos, norms in stats.sample_norms(copies):
+        for j, d in zip(pos, norms[:, 0].tolist()):
+            assert d == pytest.approx(torch.linalg.vector_norm(before[j].double()).item(), rel=1e-6)
+    assert copies.nbytes == sum(t.numel() * t.element_size() for t in before)
+
+
+def test_update_ratio_of_parameters_whose_sample_is_a_copy() -> None:
+    # gappy strides (the first 30 columns of a wider tensor): each sample view is a fresh copy, rebuilt at
+    # every use; the update ratio is still measured at every step, stacked with its like
+    torch.manual_seed(6)
+    params = {f"w{k}": nn.Parameter(torch.randn(20, 70)[:, :30]) for k in range(5)}  # 600 entries
+    params["dense"] = nn.Parameter(torch.randn(20, 30))
+    assert not params["w0"].is_contiguous()
+    opt = torch.optim.SGD(params.values(), lr=0.05)
+    x = torch.randn(30, 8)
+    exact = []
+    with gw.watch(params, opt, on_finding="ignore") as w:
+        for _ in range(4):
+            opt.zero_grad()
+            sum(((p @ x).tanh() ** 2).sum() for p in params.values()).backward()
+            before = {n: p.detach().double().clone() for n, p in params.items()}
+            opt.step()
+            exact.append(
+                {
+                    n: (p.double() - before[n]).norm().item() / before[n].norm().item()
+                    for n, p in params.items()
+                }
+            )
+    for record, ref in zip(w.history, exact, strict=True):
+        for name in params:
+            assert record.params[name].update_ratio == pytest.approx(ref[name], rel=1e-5), name
