@@ -31,9 +31,8 @@ import torch
 __all__ = ["BoundaryCallbacks", "StepTracker"]
 
 
-def _graph_task() -> int:
-    """Id of the backward pass running in this thread, or -1 (``torch._C._current_graph_task_id``)."""
-    return torch._C._current_graph_task_id()
+#: Id of the backward pass running in this thread, or -1 (called directly: it runs in every hook).
+_graph_task: Callable[[], int] = torch._C._current_graph_task_id
 
 
 class BoundaryCallbacks(Protocol):

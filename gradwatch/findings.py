@@ -233,11 +233,8 @@ class StepRecord:
             self._loss = float(self._loss)
         return self._loss
 
-    def raw(self) -> list[list[float]]:
-        """The ``[10][num_params]`` host buffer by column (:data:`RAW_COLUMNS`); waits for the copy if needed.
-
-        By column: ten lists, not one per parameter, for the garbage collector to track.
-        """
+    def _buffer(self) -> torch.Tensor:
+        """The ``[num_params, 10]`` float64 host buffer (:data:`RAW_COLUMNS`); waits for the copy."""
         if self._event is not None and not self._event.query():
             self._event.synchronize()  # the copy is not done yet: wait (a finished one needs no call)
         # -1 in the update column: not measured (a measured norm is >= 0, or NaN for NaN weights)
@@ -245,52 +242,79 @@ class StepRecord:
         buf = buf.repeat(len(self._names), 1)
         for positions, col, values in self._parts:  # later parts overwrite earlier ones
             buf[positions, col : col + values.shape[1]] = values.to(torch.float64)
-        return buf.T.tolist()
+        return buf
+
+    def raw(self) -> list[list[float]]:
+        """The ``[10][num_params]`` host buffer by column (:data:`RAW_COLUMNS`); waits for the copy if needed.
+
+        By column: ten lists, not one per parameter, for the garbage collector to track.
+        """
+        return self._buffer().T.tolist()
 
     @property
     def params(self) -> Mapping[str, ParamStats]:
         """Per-parameter statistics, keyed by parameter name, in ``named_parameters()`` order."""
         if self._params is None:
-            out: dict[str, ParamStats] = {}
+            norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, un, moved = self._buffer().T
+            n = torch.tensor(self._numels, dtype=torch.float64)
+            k = torch.tensor(self._sample_sizes or self._numels, dtype=torch.float64)
+            # the same float64 operations as on Python floats, for every parameter at once
+            scale = torch.where(k > 0, torch.sqrt(n / k), 1.0)  # sampled norms -> whole-tensor estimates
+            pn = pn * scale
+            pn = torch.where((n == 0) & pn.isnan(), 0.0, pn)  # an empty parameter: every norm is 0
+            mean = torch.where(n > 0, total / n, 0.0)
+            var = norm * norm / n - mean * mean  # derived from the sums (cancels when |mean| >> std)
+            std = torch.where(
+                n == 0,
+                0.0,
+                torch.where(
+                    (centered >= 0) | centered.isinf(),
+                    centered / n.sqrt(),  # ||g - mean|| measured directly
+                    torch.where(
+                        centered.isnan() & ~(norm.isfinite() & mean.isfinite()),
+                        math.nan,  # non-finite gradient
+                        torch.where(var > 0, var.sqrt(), 0.0),
+                    ),
+                ),
+            )
+            un = un * scale
+            ratio = torch.where(pn > 0, un / pn, torch.where(un == 0, 0.0, math.inf))
+            measured = ~(un < 0)  # NaN included: weights that became NaN
+            zero_fraction = torch.where(k > 0, 1.0 - nonzero / k, 0.0)  # among the sampled entries
             none = self._grad_none or [False] * len(self._names)
-            sizes = self._sample_sizes or self._numels
-            columns = zip(*self.raw())
-            for name, row, n, got, is_none, k in zip(
-                self._names, columns, self._numels, self._has_grad, none, sizes
+            grads = self._grads
+            out: dict[str, ParamStats] = {}
+            for row in zip(
+                self._names,
+                norm.tolist(),
+                max_abs.tolist(),
+                mean.tolist(),
+                std.tolist(),
+                zero_fraction.tolist(),
+                nan.to(torch.int64).tolist(),
+                (nonfinite - nan).to(torch.int64).tolist(),
+                self._has_grad,
+                pn.tolist(),
+                ratio.tolist(),
+                measured.tolist(),
+                none,
+                moved.tolist(),
             ):
-                norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, un, moved = row
-                scale = math.sqrt(n / k) if k else 1.0  # sampled norms -> estimates over the whole tensor
-                pn *= scale
-                if n == 0:  # an empty parameter: every norm is 0
-                    pn = 0.0 if math.isnan(pn) else pn
-                mean = total / n if n else 0.0
-                if not n:
-                    std = 0.0
-                elif centered >= 0 or math.isinf(centered):  # ||g - mean|| measured directly
-                    std = centered / math.sqrt(n)
-                elif math.isnan(centered) and not (math.isfinite(norm) and math.isfinite(mean)):
-                    std = math.nan  # non-finite gradient
-                else:  # derived from the sums (cancels when |mean| >> std)
-                    var = norm * norm / n - mean * mean
-                    std = math.sqrt(var) if var > 0 else 0.0
-                ratio = None
-                if not un < 0:  # measured (NaN included: weights that became NaN)
-                    un *= scale
-                    ratio = un / pn if pn > 0 else (0.0 if un == 0 else math.inf)
+                name, g_norm, g_max, g_mean, g_std, zeros, n_nan, n_inf, got, p_norm, r, m, is_none, mv = row
                 out[name] = ParamStats(
-                    grad_norm=norm,
-                    grad_max_abs=max_abs,
-                    grad_mean=mean,
-                    grad_std=std,
-                    zero_fraction=1.0 - nonzero / k if k else 0.0,  # among the sampled entries
-                    nan_count=int(nan),
-                    inf_count=int(nonfinite - nan),
-                    has_grad=bool(got),
-                    param_norm=pn,
-                    update_ratio=ratio,
-                    grad=self._grads.get(name),
-                    grad_is_none=bool(is_none),
-                    weights_unchanged=None if math.isnan(moved) else moved == 0,
+                    g_norm,
+                    g_max,
+                    g_mean,
+                    g_std,
+                    zeros,
+                    n_nan,
+                    n_inf,
+                    bool(got),
+                    p_norm,
+                    r if m else None,
+                    grads.get(name),
+                    bool(is_none),
+                    None if mv != mv else mv == 0,  # NaN: not measured
                 )
             self._params = out
         return self._params

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 
 from gradwatch import stats
-from gradwatch.boundaries import StepTracker
+from gradwatch.boundaries import StepTracker, _graph_task
 from gradwatch.config import Config, check_kinds
 from gradwatch.detectors import (
     AllZeroGradDetector,
@@ -502,7 +502,9 @@ class Watcher:
         if self._failed:
             return
         try:
-            self._tracker.incoming()
+            tracker = self._tracker
+            if not tracker.in_backward or _graph_task() != tracker.task:  # else: nothing to do there
+                tracker.incoming()
             self._prov.before_accumulate(index, param)
         except (GradientError, GradWatchWarning):  # the user's policy, not our failure
             raise
@@ -513,7 +515,9 @@ class Watcher:
         if self._failed:
             return
         try:
-            self._tracker.grad()
+            tracker = self._tracker
+            if not tracker.in_backward or tracker.opt_depth or _graph_task() != tracker.task:
+                tracker.grad()  # else: a pass already running, outside any optimizer step: nothing to do
             cur = self._cur
             if not cur.received[index]:
                 cur.received[index] = 1

@@ -317,3 +317,64 @@ def test_cpu_path_measures_mean_dominated_stacked_tensors_row_wise() -> None:
         if mean_dominates:
             assert centered == pytest.approx((ref - ref.mean()).norm().item(), rel=1e-5)
     assert sum(r[6] >= 0 for r in rows) == 9  # every shifted and every huge tensor
+
+
+def _param_stats_reference(row: list[float], n: int, k: int) -> tuple:
+    """ParamStats fields from one raw row, one float at a time (the documented formulas)."""
+    norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, un, moved = row
+    scale = math.sqrt(n / k) if k else 1.0
+    pn *= scale
+    if n == 0 and math.isnan(pn):
+        pn = 0.0
+    mean = total / n if n else 0.0
+    if not n:
+        std = 0.0
+    elif centered >= 0 or math.isinf(centered):
+        std = centered / math.sqrt(n)
+    elif math.isnan(centered) and not (math.isfinite(norm) and math.isfinite(mean)):
+        std = math.nan
+    else:
+        var = norm * norm / n - mean * mean
+        std = math.sqrt(var) if var > 0 else 0.0
+    ratio = None
+    if not un < 0:
+        un *= scale
+        ratio = un / pn if pn > 0 else (0.0 if un == 0 else math.inf)
+    zeros = 1.0 - nonzero / k if k else 0.0
+    unchanged = None if math.isnan(moved) else moved == 0
+    return norm, max_abs, mean, std, zeros, int(nan), int(nonfinite - nan), pn, ratio, unchanged
+
+
+def test_param_stats_derived_for_all_parameters_at_once_match_scalar_formulas() -> None:
+    # raw rows with the edge values the derivation branches on: empty tensors, NaN/Inf, a measured
+    # centred norm, an unmeasured (-1) or NaN update, zero weights, sampled tensors
+    from gradwatch.findings import StepRecord
+
+    nan, inf = math.nan, math.inf
+    rows = [
+        [3.0, 1.0, 0.5, 8.0, 0, 0, -1.0, 2.0, 0.1, 0.0],
+        [3.0, 1.0, 30.0, 8.0, 0, 0, 0.25, 2.0, -1.0, nan],
+        [nan, nan, nan, 5.0, 3, 2, nan, 2.0, nan, 1.0],
+        [inf, inf, inf, 5.0, 1, 0, nan, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.0, 0, 0, -1.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.0, 0, 0, -1.0, nan, -1.0, nan],  # empty
+        [math.sqrt(3.0), 1.0, 3.0000001, 3.0, 0, 0, -1.0, 0.0, 0.5, 2.0],  # var < 0 by rounding; pn = 0
+        [5.0, 2.0, 1.0, 600.0, 0, 0, inf, 7.0, 0.3, 0.0],
+    ]
+    numels = [10, 10, 10, 10, 10, 0, 3, 5000]
+    sizes = [10, 10, 10, 10, 10, 0, 3, 1000]
+    names = [f"p{i}" for i in range(len(rows))]
+    part = (list(range(len(rows))), 0, torch.tensor(rows, dtype=torch.float64))
+    record = StepRecord(0, names, names, numels, [part], [True] * len(rows), {}, None, sample_sizes=sizes)
+    for name, row, n, k in zip(names, rows, numels, sizes):
+        s = record.params[name]
+        got = (s.grad_norm, s.grad_max_abs, s.grad_mean, s.grad_std, s.zero_fraction, s.nan_count)
+        got += (s.inf_count, s.param_norm, s.update_ratio, s.weights_unchanged)
+        ref = _param_stats_reference(row, n, k)
+        for field, a, b in zip(
+            ("norm", "max", "mean", "std", "zeros", "nan", "inf", "pn", "ratio", "same"), got, ref
+        ):
+            if isinstance(b, float) and math.isnan(b):
+                assert isinstance(a, float) and math.isnan(a), (name, field, a)
+            else:
+                assert a == b and type(a) is type(b), (name, field, a, b)

@@ -57,6 +57,7 @@ class Provenance:
         self.skipped = 0
         #: backward pass -> parameters it accumulated into
         self.touched: dict[int, set[int]] = {}
+        self._touching: set[int] | None = None  # touched[pass_id], while it is in the table
         #: backward pass -> 0-dim bool tensors, all True if every gradient it touched was finite
         self.pass_finite: dict[int, list[torch.Tensor]] = {}
         #: backward pass -> the unused passes whose gradients were accumulated into the same ``.grad``
@@ -67,16 +68,9 @@ class Provenance:
     def new_pass(self, inside_optimizer: bool) -> None:
         """A backward pass starts; one run inside ``optimizer.step()`` (a closure) counts as used."""
         self.pass_id += 1
+        self._touching = self.touched[self.pass_id] = set()
         if inside_optimizer:
             self.used_passes.add(self.pass_id)
-
-    def _kept(self, i: int, g: torch.Tensor | None, accumulated: bool) -> bool:
-        ref = self._ref[i]
-        if ref is None:
-            return g is None
-        if g is None or id(g) != ref:
-            return False
-        return g._version == self._ver[i] + (1 if accumulated else 0)
 
     def _reset(self, i: int) -> None:
         passes = self._passes[i]  # passes added since the owner's last use
@@ -100,9 +94,11 @@ class Provenance:
         same tensor with a newer version (written in place: ``zero_()``).
         """
         g = param.grad
-        if self._ref[i] is not None and not self._kept(i, g, accumulated=False):
+        ref = self._ref[i]
+        if ref is not None and (g is None or id(g) != ref or g._version != self._ver[i]):  # not kept
             self._reset(i)
-            self._observe(i, g)
+            self._ref[i] = None if g is None else id(g)
+            self._ver[i] = 0 if g is None else g._version
         elif self.holds_used[i] and g is not None and not bool(g.any()):
             # kept by its version, yet all zeros: zeroed behind the version counter
             # (``p.grad.data.zero_()``, the old idiom), or a used gradient that was exactly 0; either way
@@ -113,9 +109,14 @@ class Provenance:
     def accumulated(self, i: int, param: torch.Tensor) -> None:
         """A gradient of the current pass was accumulated into ``param.grad`` (post-accumulate hook)."""
         self._passes[i].add(self.pass_id)
-        self.touched.setdefault(self.pass_id, set()).add(i)
+        touching = self._touching
+        if touching is None or self.touched.get(self.pass_id) is not touching:  # forgotten (horizon)
+            touching = self._touching = self.touched.setdefault(self.pass_id, set())
+        touching.add(i)
         self.fresh[i] = True
-        self._observe(i, param.grad)
+        g = param.grad
+        self._ref[i] = None if g is None else id(g)
+        self._ver[i] = 0 if g is None else g._version
 
     def check(self, i: int, param: torch.Tensor) -> None:
         """Look at ``param.grad`` just before its optimizer steps: notice a reset since the last observation.
