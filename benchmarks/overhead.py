@@ -2,12 +2,15 @@
 
 For each model (the digits MLP, a CNN of about 4 M parameters on 32x32 RGB images, a small transformer
 language model of about 10 M parameters) every variant below trains its own copy (same initial weights,
-same batches) and the variants take turns step by step, in a rotating order, in one process, after a
-warm-up, so machine noise hits them all alike. Reported: the median step time of each variant; its
-ratio to the unwatched loop as the median over rounds of (variant time / unwatched time in the same
-round), which cancels the machine's slow drifts, with its 95 % bootstrap interval (how far that median
-could move on the machine's noise: a target is met with confidence only when the whole interval is
-below it); the time that ratio adds to the unwatched median; and the plain ratio of medians.
+same batches) and the variants take turns step by step, in a fresh random order every round, in one
+process, after a warm-up, so machine noise hits them all alike. (A fixed rotation made the variant that
+always ran after the hand-written every-step histograms inherit the work its TensorBoard writer thread
+left behind: the peer's every-100-steps variant, which writes nothing on the timed steps, measured
+1.04-1.07.) Reported: the median step time of each variant; its ratio to the unwatched loop as the
+median over rounds of (variant time / unwatched time in the same round), which cancels the machine's
+slow drifts, with its 95 % bootstrap interval (how far that median could move on the machine's noise: a
+target is met with confidence only when the whole interval is below it); the time that ratio adds to
+the unwatched median; and the plain ratio of medians.
 
 Variants:
   unwatched         the loop alone (baseline)
@@ -164,8 +167,12 @@ def run_model(
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
+    # a fresh random order every round (seeded): a variant that leaves work behind on a background thread
+    # (TensorBoard's writer) slows whichever variant runs next, so no variant may always follow another
+    shuffler = random.Random(0)
     for k in range(warmup + steps):
-        order = variants[k % len(variants) :] + variants[: k % len(variants)]
+        order = list(variants)
+        shuffler.shuffle(order)
         for v in order:
             dt = step(v, k)
             if k >= warmup:
