@@ -538,12 +538,12 @@ def sample_distances(
 
     Stacked groups are reduced row-wise (a few calls per group instead of a few per tensor; the samples
     are small). Norms are reduced in float64 (no overflow of the squares). Differences are taken in
-    float64 (exact for float32 and smaller), except on the CPU for stacked groups: there in the samples'
-    dtype, a third of the memory traffic (exact where the two entries are within a factor of two of each
-    other, as an update's before and after almost always are: Sterbenz's lemma; 0 exactly where they are
-    equal; at most one rounding otherwise), and rows that come out non-finite (an overflow, or NaN
-    weights) are redone in float64. Groups whose two sides differ in shape or dtype (a parameter's
-    storage replaced in between) are left out.
+    float64 (exact for float32 and smaller), except on the CPU: there in float32 (float64 samples: in
+    float64), a third of the memory traffic (exact where the two entries are within a factor of two of
+    each other, as an update's before and after almost always are: Sterbenz's lemma; 0 exactly where they
+    are equal; one float32 rounding at most otherwise), and tensors whose norm comes out non-finite (an
+    overflow, or NaN weights) are redone in float64. Groups whose two sides differ in shape or dtype (a
+    parameter's storage replaced in between) are left out.
 
     Args:
         now: copies (:class:`Samples`) or 1-D views (aligned with ``layout``).
@@ -568,21 +568,49 @@ def sample_distances(
         if a.device.type != "cpu":
             blocks.append((idx, torch.linalg.vector_norm(a.double() - b.double(), ord, dim=1)[:, None]))
             continue
+        if a.element_size() < 4:  # 16-bit floats: a difference rounded to 8 or 11 bits is too coarse
+            a, b = a.float(), b.float()
         dist = torch.linalg.vector_norm(a - b, ord, dim=1, dtype=torch.float64)
         bad = ~torch.isfinite(dist)
         if bool(bad.any()):  # on the CPU reading a flag costs no device sync
             rows = torch.nonzero(bad).flatten()
             dist[rows] = torch.linalg.vector_norm(a[rows].double() - b[rows].double(), ord, dim=1)
         blocks.append((idx, dist[:, None]))
-    for k, idx in enumerate(lay.rest):  # in float64: samples are small, and squares of 1e20 overflow float32
-        a_list = [t.double() for t in _rest_of(now, k, lay)]
-        if before is not None:
-            b_list = [t.double() for t in before.rest[k]]
-            if [t.shape for t in a_list] != [t.shape for t in b_list]:
-                continue
-            a_list = list(torch._foreach_sub(a_list, b_list))
-        blocks.append((idx, torch.stack(torch._foreach_norm(a_list, ord))[:, None]))
+    for k, idx in enumerate(lay.rest):
+        a_list = _rest_of(now, k, lay)
+        b_list = before.rest[k] if before is not None else None
+        if b_list is not None and [t.shape for t in a_list] != [t.shape for t in b_list]:
+            continue
+        if a_list[0].device.type == "cpu" and a_list[0].element_size() >= 4 and _foreach_norm_takes_dtype():
+            # as for the stacked groups: differences in the samples' dtype, norms in float64, non-finite
+            # results redone in float64
+            diffs = a_list if b_list is None else list(torch._foreach_sub(a_list, b_list))
+            dist = torch.stack(torch._foreach_norm(diffs, ord, dtype=torch.float64))
+            for j in torch.nonzero(~torch.isfinite(dist)).flatten().tolist():
+                exact = a_list[j].double() - (0.0 if b_list is None else b_list[j].double())
+                dist[j] = torch.linalg.vector_norm(exact, ord)
+            blocks.append((idx, dist[:, None]))
+            continue
+        # in float64: samples are small, and squares of 1e20 overflow float32
+        a64 = [t.double() for t in a_list]
+        if b_list is not None:
+            a64 = list(torch._foreach_sub(a64, [t.double() for t in b_list]))
+        blocks.append((idx, torch.stack(torch._foreach_norm(a64, ord))[:, None]))
     return blocks
+
+
+_NORM_DTYPE: list[bool] = []  # filled at first use
+
+
+def _foreach_norm_takes_dtype() -> bool:
+    """Whether this PyTorch's ``torch._foreach_norm`` takes ``dtype=`` (newer than 2.1)."""
+    if not _NORM_DTYPE:
+        try:
+            torch._foreach_norm([torch.ones(1)], 2.0, dtype=torch.float64)
+            _NORM_DTYPE.append(True)
+        except (TypeError, RuntimeError):
+            _NORM_DTYPE.append(False)
+    return _NORM_DTYPE[0]
 
 
 #: Entries binned per pass of :func:`histograms`: its scratch buffers (about 5 MiB, kept for reuse
