@@ -255,66 +255,62 @@ class StepRecord:
     def params(self) -> Mapping[str, ParamStats]:
         """Per-parameter statistics, keyed by parameter name, in ``named_parameters()`` order."""
         if self._params is None:
-            norm, max_abs, total, nonzero, nonfinite, nan, centered, pn, un, moved = self._buffer().T
-            n = torch.tensor(self._numels, dtype=torch.float64)
-            k = torch.tensor(self._sample_sizes or self._numels, dtype=torch.float64)
-            # the same float64 operations as on Python floats, for every parameter at once
-            scale = torch.where(k > 0, torch.sqrt(n / k), 1.0)  # sampled norms -> whole-tensor estimates
-            pn = pn * scale
-            pn = torch.where((n == 0) & pn.isnan(), 0.0, pn)  # an empty parameter: every norm is 0
-            mean = torch.where(n > 0, total / n, 0.0)
-            var = norm * norm / n - mean * mean  # derived from the sums (cancels when |mean| >> std)
-            std = torch.where(
-                n == 0,
-                0.0,
-                torch.where(
-                    (centered >= 0) | centered.isinf(),
-                    centered / n.sqrt(),  # ||g - mean|| measured directly
-                    torch.where(
-                        centered.isnan() & ~(norm.isfinite() & mean.isfinite()),
-                        math.nan,  # non-finite gradient
-                        torch.where(var > 0, var.sqrt(), 0.0),
-                    ),
-                ),
-            )
-            un = un * scale
-            ratio = torch.where(pn > 0, un / pn, torch.where(un == 0, 0.0, math.inf))
-            measured = ~(un < 0)  # NaN included: weights that became NaN
-            zero_fraction = torch.where(k > 0, 1.0 - nonzero / k, 0.0)  # among the sampled entries
-            none = self._grad_none or [False] * len(self._names)
-            grads = self._grads
             out: dict[str, ParamStats] = {}
-            for row in zip(
-                self._names,
-                norm.tolist(),
-                max_abs.tolist(),
-                mean.tolist(),
-                std.tolist(),
-                zero_fraction.tolist(),
-                nan.to(torch.int64).tolist(),
-                (nonfinite - nan).to(torch.int64).tolist(),
-                self._has_grad,
-                pn.tolist(),
-                ratio.tolist(),
-                measured.tolist(),
-                none,
-                moved.tolist(),
-            ):
-                name, g_norm, g_max, g_mean, g_std, zeros, n_nan, n_inf, got, p_norm, r, m, is_none, mv = row
+            none = self._grad_none or [False] * len(self._names)
+            sizes = self._sample_sizes or self._numels
+            grads = self._grads
+            sqrt, isnan, isinf, isfinite = math.sqrt, math.isnan, math.isinf, math.isfinite
+            # one plain loop over the columns (cheaper than tensor operations below a few hundred
+            # parameters, as cheap above), positional arguments
+            for (
+                name,
+                norm,
+                max_abs,
+                total,
+                nonzero,
+                nonfinite,
+                nan,
+                centered,
+                pn,
+                un,
+                moved,
+                n,
+                k,
+                got,
+                nil,
+            ) in zip(self._names, *self.raw(), self._numels, sizes, self._has_grad, none):
+                scale = sqrt(n / k) if k else 1.0  # sampled norms -> estimates over the whole tensor
+                pn *= scale
+                if n == 0 and isnan(pn):  # an empty parameter: every norm is 0
+                    pn = 0.0
+                mean = total / n if n else 0.0
+                if not n:
+                    std = 0.0
+                elif centered >= 0 or isinf(centered):  # ||g - mean|| measured directly
+                    std = centered / sqrt(n)
+                elif isnan(centered) and not (isfinite(norm) and isfinite(mean)):
+                    std = math.nan  # non-finite gradient
+                else:  # derived from the sums (cancels when |mean| >> std)
+                    var = norm * norm / n - mean * mean
+                    std = sqrt(var) if var > 0 else 0.0
+                ratio = None
+                if not un < 0:  # measured (NaN included: weights that became NaN)
+                    un *= scale
+                    ratio = un / pn if pn > 0 else (0.0 if un == 0 else math.inf)
                 out[name] = ParamStats(
-                    g_norm,
-                    g_max,
-                    g_mean,
-                    g_std,
-                    zeros,
-                    n_nan,
-                    n_inf,
+                    norm,
+                    max_abs,
+                    mean,
+                    std,
+                    1.0 - nonzero / k if k else 0.0,  # among the sampled entries
+                    int(nan),
+                    int(nonfinite - nan),
                     bool(got),
-                    p_norm,
-                    r if m else None,
+                    pn,
+                    ratio,
                     grads.get(name),
-                    bool(is_none),
-                    None if mv != mv else mv == 0,  # NaN: not measured
+                    bool(nil),
+                    None if isnan(moved) else moved == 0,
                 )
             self._params = out
         return self._params
