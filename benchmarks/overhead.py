@@ -262,11 +262,13 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print a table per model and return (and optionally save) the numbers."""
     warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="digits,cnn,transformer")
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--models", default="digits,cnn,transformer", help="comma-separated subset of digits,cnn,transformer"
+    )
+    ap.add_argument("--steps", type=int, default=30, help="timed rounds (each variant one step per round)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    ap.add_argument("--json", default=None, help="also write every number to this file")
     ap.add_argument(
         "--memory-steps",
         type=int,
@@ -277,6 +279,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--variants", default=",".join(VARIANTS), help="comma-separated subset (unwatched is always run)"
     )
     args = ap.parse_args(argv)
+    bad = set(args.models.split(",")) - {"digits", "cnn", "transformer"}
+    if bad:
+        ap.error(f"unknown model(s) {', '.join(sorted(bad))}; choose from digits, cnn, transformer")
     device = torch.device(args.device)
     results = {
         "device": str(device),

@@ -27,7 +27,7 @@ from torch import nn
 import gradwatch as gw
 
 
-def measure(make, batch: int, d_in: int, steps: int, device: torch.device) -> dict:
+def measure(make, batch: int, d_in: int, steps: int, device: torch.device, warmup: int = 3) -> dict:
     torch.manual_seed(0)
     models = {v: make().to(device) for v in ("unwatched", "watched")}
     models["watched"].load_state_dict(models["unwatched"].state_dict())
@@ -37,7 +37,7 @@ def measure(make, batch: int, d_in: int, steps: int, device: torch.device) -> di
     attach_s = time.perf_counter() - t0
     x = torch.randn(batch, d_in, device=device)
     times: dict[str, list[float]] = {v: [] for v in models}
-    for k in range(steps + 2):
+    for k in range(warmup + steps):
         for v in ("unwatched", "watched") if k % 2 else ("watched", "unwatched"):
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -47,7 +47,7 @@ def measure(make, batch: int, d_in: int, steps: int, device: torch.device) -> di
             opts[v].step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if k >= 2:
+            if k >= warmup:
                 times[v].append(time.perf_counter() - t)
     w.close()
     base, watched = statistics.median(times["unwatched"]), statistics.median(times["watched"])
@@ -67,7 +67,8 @@ def measure(make, batch: int, d_in: int, steps: int, device: torch.device) -> di
 def main(argv: list[str] | None = None) -> dict:
     """Run both families; print a table and return (and optionally save) the numbers."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=15, help="timed rounds (5 or fewer: noisy)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     ap.add_argument("--depths", default="50,250,500")
     ap.add_argument("--mlp-width", type=int, default=64, help="width of the deep MLP's layers")
     ap.add_argument("--widths", default="1000,3163,10000")
@@ -81,10 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
         make = lambda depth=depth, width=width: nn.Sequential(  # noqa: E731
             *[nn.Linear(width, width) for _ in range(depth)]
         )
-        rows.append({"family": "many tensors", **measure(make, 64, width, args.steps, device)})
+        rows.append({"family": "many tensors", **measure(make, 64, width, args.steps, device, args.warmup)})
     for width in map(int, args.widths.split(",")):
         make = lambda width=width: nn.Linear(width, width)  # noqa: E731
-        rows.append({"family": "large tensors", **measure(make, 8, width, args.steps, device)})
+        rows.append({"family": "large tensors", **measure(make, 8, width, args.steps, device, args.warmup)})
     print(
         f"{'family':14s} {'tensors':>8s} {'entries':>12s} {'attach s':>9s} {'unwatched ms':>13s} "
         f"{'ratio':>6s} {'added ms':>9s} {'per tensor us':>14s} {'per entry ns':>13s}"
@@ -93,7 +94,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{r['family']:14s} {r['tensors']:8d} {r['entries']:12d} {r['attach_s']:9.3f} "
             f"{r['unwatched_ms']:13.2f} {r['ratio']:6.3f} {r['added_ms']:9.2f} "
-            f"{r['added_ms'] * 1e3 / r['tensors']:14.1f} {r['added_ms'] * 1e6 / r['entries']:13.3f}"
+            # per tensor for the family that varies the number of tensors, per entry for the other
+            + (
+                f"{r['added_ms'] * 1e3 / r['tensors']:14.1f} {'-':>13s}"
+                if r["family"] == "many tensors"
+                else f"{'-':>14s} {r['added_ms'] * 1e6 / r['entries']:13.3f}"
+            )
         )
     out = {
         "device": str(device),
