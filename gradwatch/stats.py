@@ -196,6 +196,18 @@ def _stacks(keys: Sequence[tuple[Any, ...] | None]) -> list[list[int]]:
     return out
 
 
+def _stacked_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``[len(tensors), numel]``: one copy of same-shape tensors, each row in the tensor's memory order.
+
+    Contiguous tensors are stacked as they are (no 1-D view made of each); others (channels-last,
+    transposed) through their 1-D memory-order views (:func:`_flat`), as the large tensors are read:
+    ``torch.stack`` would keep a channels-last layout, which no ``view`` can flatten.
+    """
+    if all(t.is_contiguous() for t in tensors):
+        return torch.stack(tensors).view(len(tensors), -1)
+    return torch.stack([_flat(t) for t in tensors])
+
+
 #: Row length for the sum of squares of a large tensor (see :func:`_sum_squares`).
 _ROW = 1024
 
@@ -249,7 +261,7 @@ def _cpu_chunk(
     rows_of: list[tuple[list[int], torch.Tensor]] = []
     for idx in stacks:  # many small tensors: a few row-wise reductions per shape
         s = step[idx[0]]
-        rows = torch.stack([g[i] for i in idx]).view(len(idx), -1)  # (a contiguous copy, any layout)
+        rows = _stacked_rows([g[i] for i in idx])
         rows_of.append((idx, rows))
         head[:, idx] = torch.stack(
             [
@@ -383,7 +395,7 @@ def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
             return torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1)
         groups = _stacks([(k, x.shape) if (k := x.numel()) <= _SMALL else None for x in t])
         stacked = {j for js in groups for j in js}
-        parts = [torch.stack([t[j] for j in js]).view(len(js), -1).sum(1) for js in groups]
+        parts = [_stacked_rows([t[j] for j in js]).sum(1) for js in groups]
         parts += [x.sum().reshape(1) for j, x in enumerate(t) if j not in stacked]
         return torch.cat(parts).sum().isfinite().reshape(1, 1)
 
@@ -487,6 +499,15 @@ class Samples:
         self.layout = layout
         self.stacks = stacks
         self.rest = rest
+
+    def rows(self) -> dict[int, torch.Tensor]:
+        """Position -> that tensor's 1-D sample (views of the copies)."""
+        out: dict[int, torch.Tensor] = {}
+        for idx, stack in zip(self.layout.stacked, self.stacks):
+            out.update(zip(idx, stack.unbind(0)))
+        for idx, group in zip(self.layout.rest, self.rest):
+            out.update(zip(idx, group))
+        return out
 
     @property
     def nbytes(self) -> int:

@@ -575,11 +575,12 @@ class Watcher:
                 self._prov.pass_finite[self._prov.pass_id] = stats.all_finite(
                     [params[i].grad for i in touched]
                 )
-        if self._unowned and self.config.every(step):
-            before = self._samples(self._unowned, params) if self.config.update_ratio else None
-            self._capture(self._unowned, params, step, before)
+        unowned = self._unowned
+        if unowned and self.config.every(step):
+            before = self._samples(unowned, params) if self.config.update_ratio else None
+            self._capture(unowned, params, step, before)
             if before is not None:
-                self._cur.unowned_snap = (self._unowned, before)
+                self._cur.unowned_snap = (unowned, before)
 
     def optimizer_pre(self, optimizer: Any, step: int) -> None:
         """Internal (BoundaryCallbacks): read and judge the gradients an optimizer is about to use."""
@@ -807,10 +808,22 @@ class Watcher:
         layout = stats.SampleLayout(views)
         if hit is not None and (hit[1].stacked, hit[1].rest) == (layout.stacked, layout.rest):
             layout = hit[1]  # views rebuilt, batched alike: samples taken with the old layout still pair up
-        if len(self._layouts) > 32:  # param groups changed many times: forget the old position lists
-            self._layouts.clear()
         self._layouts[key] = (self._views_made, layout)
+        self._forget_stale(self._layouts)
         return layout
+
+    def _forget_stale(self, table: dict[tuple[int, ...], Any]) -> None:
+        """Bound a table keyed by parameter positions: drop the lists no optimizer owns any more.
+
+        There is one live list per optimizer and one for the parameters none holds; param groups that
+        change (``add_param_group``) leave old ones behind.
+        """
+        if len(table) <= 2 * len(self._optimizers) + 8:
+            return
+        # (the lists as last computed: recomputing them here would change the unowned list under a caller)
+        live = {tuple(self._unowned), *(tuple(owned) for owned in self._owned.values())}
+        for key in [k for k in table if k not in live]:
+            del table[key]
 
     def _samples(self, idx: list[int], params: list[torch.Tensor]) -> stats.Samples:
         """Copies of the sampled entries of ``params[i]``, taken before an update."""
@@ -832,15 +845,31 @@ class Watcher:
             ]
         key = tuple(idx)
         prev = self._prev_samples.get(key)
-        self._prev_samples[key] = before
-        if len(self._prev_samples) > 32:
-            self._prev_samples = {key: before}
         if prev is not None and prev.layout is before.layout:
             parts += [
                 ([idx[j] for j in pos], RESTORE_COL, t)
                 for pos, t in stats.sample_distances(before, prev, ord=1.0)
             ]
+        else:  # the parameters' list or storage changed since (add_param_group, p.data = ...): one by one
+            parts += self._changes_by_parameter(idx, before)
+        self._prev_samples.pop(key, None)  # (re-inserted last: the newest entry is the last one)
+        self._prev_samples[key] = before
+        self._forget_stale(self._prev_samples)
         return parts
+
+    def _changes_by_parameter(self, idx: list[int], before: stats.Samples) -> list[Part]:
+        """The restore column parameter by parameter, against whichever kept samples hold each one."""
+        old: dict[int, torch.Tensor] = {}
+        for key, kept in self._prev_samples.items():  # oldest first: newer samples overwrite older ones
+            for j, row in kept.rows().items():
+                old[key[j]] = row
+        positions, changes = [], []
+        for j, row in before.rows().items():
+            was = old.get(idx[j])
+            if was is not None and was.shape == row.shape and was.dtype == row.dtype:
+                positions.append(idx[j])
+                changes.append(torch.linalg.vector_norm(row.double() - was.double(), 1.0))
+        return [(positions, RESTORE_COL, torch.stack(changes)[:, None])] if changes else []
 
     def _add_blocks(self, idx: Sequence[int], col: int, blocks: list[stats.Block]) -> None:
         for pos, t in blocks:

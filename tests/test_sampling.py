@@ -172,6 +172,40 @@ def test_undone_update_of_a_large_parameter_is_found() -> None:
     assert "undone" in found[0].message
 
 
+@pytest.mark.parametrize("groups_added", [False, True], ids=["fixed", "add_param_group-each-step"])
+def test_undone_update_is_found_with_one_optimizer_per_parameter(groups_added: bool) -> None:
+    # 40 optimizers (the optimizer-in-backward pattern), or one whose param groups keep changing: the
+    # samples kept between steps, per list of parameters, must not be forgotten while in use
+    torch.manual_seed(9)
+    layers = nn.ModuleList([nn.Linear(4, 4, bias=False) for _ in range(40)])
+    params = list(layers.parameters())
+    if groups_added:
+        opts = [torch.optim.SGD(params[:30], lr=1e-3)]
+    else:
+        opts = [torch.optim.SGD([p], lr=1e-3) for p in params]
+    x = torch.randn(8, 4)
+    victim = layers[3].weight
+    with gw.watch(layers, opts, on_finding="ignore") as w:
+        for k in range(12):
+            if groups_added and 30 + k < 40:
+                opts[0].add_param_group({"params": [params[30 + k]]})
+            for o in opts:
+                o.zero_grad()
+            used = layers[: 31 + k] if groups_added else layers  # a layer joins the loss with its group
+            sum(layer(x) for layer in used).square().mean().backward()
+            saved = victim.detach().clone()
+            for o in opts:
+                o.step()
+            with torch.no_grad():
+                victim.copy_(saved)  # the update of 3.weight is undone after every step
+    last = w.history[-1].params
+    assert last["3.weight"].weights_unchanged is True
+    assert last["0.weight"].weights_unchanged is False
+    assert len(w._prev_samples) <= 2 * len(opts) + 8 and len(w._layouts) <= 2 * len(opts) + 8
+    found = [f for f in w.findings if f.kind == "not_updated"]
+    assert [f.params for f in found] == [("3.weight",)]
+
+
 def test_sparse_sgd_updates_the_sample_misses_are_not_reported() -> None:
     # plain SGD on an embedding: only the rows of this step's tokens move, and the sample of the
     # 200000-entry table sees none of them; that is not "not updated"

@@ -378,3 +378,37 @@ def test_param_stats_derived_for_all_parameters_at_once_match_scalar_formulas() 
                 assert isinstance(a, float) and math.isnan(a), (name, field, a)
             else:
                 assert a == b and type(a) is type(b), (name, field, a, b)
+
+
+@pytest.mark.parametrize("with_optimizer", [True, False], ids=["optimizer", "manual-update"])
+def test_channels_last_layers_of_one_shape_match_autograd(with_optimizer: bool) -> None:
+    # four channels-last conv weights of one small shape are reduced stacked (one row each, in memory
+    # order), at the end of the backward pass (finite check) and at the boundary (statistics)
+    torch.manual_seed(8)
+    convs = [nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)]
+    model = nn.Sequential(*[m for c in convs for m in (c, nn.Tanh())]).to(memory_format=torch.channels_last)
+    assert not convs[0].weight.is_contiguous()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05) if with_optimizer else None
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    grads = []
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(3):
+            model.zero_grad()
+            (model(x) - 0.3).square().mean().backward()
+            grads.append({n: p.grad.detach().double().clone() for n, p in model.named_parameters()})
+            if opt is not None:
+                opt.step()
+            else:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p -= 0.05 * p.grad
+                w.step()
+    assert [r.step for r in w.history] == [0, 1, 2]
+    for record, ref in zip(w.history, grads, strict=True):
+        for name, g in ref.items():
+            s = record.params[name]
+            assert s.grad_norm == pytest.approx(g.norm().item(), rel=1e-6), name
+            assert s.grad_max_abs == pytest.approx(g.abs().max().item(), rel=1e-6), name
+            assert s.grad_mean == pytest.approx(g.mean().item(), rel=1e-5, abs=1e-9), name
+            assert s.grad_std == pytest.approx(g.std(correction=0).item(), rel=1e-5), name
+            assert s.zero_fraction == (g == 0).double().mean().item(), name
