@@ -84,6 +84,10 @@ class ParamStats(NamedTuple):
     All values are Python numbers. Gradient statistics describe ``param.grad`` at the step boundary
     (read just before the owning optimizer's update, or at the end of the step's last ``backward()``
     when no optimizer owns the parameter), computed in float32 (float64 for float64 gradients).
+
+    A complex parameter's statistics treat the real and imaginary parts as separate entries (its
+    ``torch.view_as_real`` view): twice as many entries, the norm of the complex tensor.
+
     A parameter whose ``.grad`` is ``None`` at the boundary counts as an all-zero gradient: norms,
     mean and std 0, ``zero_fraction`` 1.
 

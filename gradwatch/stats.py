@@ -295,6 +295,13 @@ def _cpu_chunk(
         extremes.append(head[2:4])
     sizes = torch.tensor(numels, dtype=torch.float64)
     max_abs = torch.maximum(hi, -lo)
+    # entries below sqrt(smallest normal) (about 1e-19 in float32) have squares that underflow: those
+    # tensors' sums of squares (and centred norms) are taken again in float64
+    tiny = (max_abs > 0) & (max_abs < 16 * math.sqrt(torch.finfo(g[0].dtype).tiny))
+    tiny_at = torch.nonzero(tiny).flatten().tolist() if bool(tiny.any()) else []
+    for i in tiny_at:
+        x = flat[i] if flat[i] is not None else _flat(g[i])
+        head[1, i] = torch.dot(x.double(), x.double())
     centered_t = torch.full((n,), -1.0, dtype=torch.float64)  # -1: derive the std from the sums
     if bool(torch.isfinite(total_t).all()) and bool(torch.isfinite(sq_t).all()):
         counts = head.new_zeros(2, n)
@@ -329,7 +336,7 @@ def _cpu_chunk(
     )
     todo = set(torch.nonzero(cancels).flatten().tolist())
     for idx, rows in rows_of if len(todo) >= _STACK_MIN else ():  # row-wise, on the stacked copies
-        hit = [j for j, i in enumerate(idx) if i in todo]
+        hit = [j for j, i in enumerate(idx) if i in todo and i not in tiny_at]
         if len(hit) < _STACK_MIN:
             continue
         at = [idx[j] for j in hit]
@@ -340,7 +347,8 @@ def _cpu_chunk(
     for i in sorted(todo):
         x = flat[i] if flat[i] is not None else _flat(g[i])
         centered = torch.dist(x, mean_t[i].to(x.dtype)).double()
-        if not bool(centered.isfinite()):  # squares of entries past ~1e19 overflow float32
+        # squares of entries past ~1e19 overflow float32; those of entries below ~1e-19 underflow
+        if not bool(centered.isfinite()) or i in tiny_at:
             centered = torch.dist(x.double(), mean_t[i])
         centered_t[i] = centered
     return torch.stack([norm_t, max_abs, total_t, nonzero_t, counts[0], counts[1], centered_t], dim=1)

@@ -9,6 +9,7 @@ import difflib
 import fnmatch
 import functools
 import logging
+import math
 import numbers
 import os
 import weakref
@@ -173,9 +174,11 @@ class Watcher:
         self._params: list[torch.Tensor] | None = None
         self._index = {id(p): i for i, p in enumerate(targets.params)}
         self._layer_of = tuple(targets.layers)
-        self._numels = tuple(p.numel() for p in targets.params)
         self._shapes = tuple(tuple(p.shape) for p in targets.params)
-        self._strides = tuple(stats.sample_stride(shape) for shape in self._shapes)
+        # entries as the statistics read them: a complex parameter's real and imaginary parts side by side
+        real = [(*shape, 2) if p.is_complex() else shape for p, shape in zip(targets.params, self._shapes)]
+        self._numels = tuple(math.prod(shape) for shape in real)
+        self._strides = tuple(stats.sample_stride(shape) for shape in real)
         sizes = [-(-n // s) if n else 0 for n, s in zip(self._numels, self._strides)]
         self._sample_sizes = tuple(sizes)
         self._views: list[tuple[int, torch.Tensor] | None] = [None] * len(self._numels)
@@ -794,7 +797,8 @@ class Watcher:
                 continue
             view = stats.sample_view(p, self._strides[i])
             self._views_made += 1
-            if view._is_view():  # a copy (an unusual layout) would go stale: rebuilt every time
+            # a copy (an unusual, gappy layout; or a view of such a copy) would go stale: rebuilt every time
+            if not p.is_sparse and view.untyped_storage().data_ptr() == p.untyped_storage().data_ptr():
                 self._views[i] = (p.data_ptr(), view)
             out.append(view)
         return out

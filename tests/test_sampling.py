@@ -364,6 +364,33 @@ def test_weights_that_turn_nan_give_a_nan_update_ratio() -> None:
     assert math.isnan(w.history[0].params["weight"].update_ratio)
 
 
+def test_sampled_gappy_parameter_is_read_afresh_at_every_step() -> None:
+    # 2560 entries laid out with gaps (the first 40 columns of 80): the sample is a strided view of a
+    # fresh copy, which must not be kept between steps (it would freeze the weights' sample: an update
+    # ratio of 0 and a false not_updated)
+    torch.manual_seed(10)
+    params = {"gappy": nn.Parameter(torch.randn(64, 80)[:, :40]), "dense": nn.Parameter(torch.randn(64, 40))}
+    opt = torch.optim.SGD(params.values(), lr=0.1)
+    exact = []
+    with gw.watch(params, opt, on_finding="ignore") as w:
+        for _ in range(6):
+            opt.zero_grad()
+            sum((p.sin() * 3).sum() for p in params.values()).backward()
+            before = {n: p.detach().double().clone() for n, p in params.items()}
+            opt.step()
+            exact.append(
+                {
+                    n: (p.double() - before[n]).norm().item() / before[n].norm().item()
+                    for n, p in params.items()
+                }
+            )
+    for record, ref in zip(w.history, exact, strict=True):
+        s = record.params["gappy"]
+        assert s.update_ratio == pytest.approx(ref["gappy"], rel=SAMPLED_REL)
+        assert s.weights_unchanged is (False if record.step else None)
+    assert not w.findings
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("ord", [2.0, 1.0], ids=["l2", "l1"])
 def test_stacked_sample_distances_match_float64(dtype: torch.dtype, ord: float) -> None:

@@ -412,3 +412,45 @@ def test_channels_last_layers_of_one_shape_match_autograd(with_optimizer: bool) 
             assert s.grad_mean == pytest.approx(g.mean().item(), rel=1e-5, abs=1e-9), name
             assert s.grad_std == pytest.approx(g.std(correction=0).item(), rel=1e-5), name
             assert s.zero_fraction == (g == 0).double().mean().item(), name
+
+
+def test_complex_parameters_count_real_and_imaginary_parts_as_entries() -> None:
+    # statistics of the torch.view_as_real view: mean, std and zero fraction over 2n real entries
+    torch.manual_seed(11)
+    small = nn.Parameter(torch.randn(3, 3, dtype=torch.complex64))
+    large = nn.Parameter(torch.randn(40, 40, dtype=torch.complex64))  # 3200 real entries: sampled
+    opt = torch.optim.SGD([small, large], lr=0.1)
+    with gw.watch({"small": small, "large": large}, opt, on_finding="ignore") as w:
+        opt.zero_grad()
+        ((small.real * 3 + 100).sum() + (large * large.conj()).real.sum()).backward()
+        grads = {n: torch.view_as_real(p.grad).double() for n, p in (("small", small), ("large", large))}
+        opt.step()
+    s = w.history[0].params
+    for name, g in grads.items():
+        assert s[name].grad_norm == pytest.approx(g.norm().item(), rel=1e-6)
+        assert s[name].grad_mean == pytest.approx(g.mean().item(), rel=1e-5, abs=1e-9)
+        assert s[name].grad_std == pytest.approx(g.std(correction=0).item(), rel=1e-5)
+    assert s["small"].zero_fraction == 0.5  # the imaginary parts of small's gradient are all 0
+    assert 0.0 <= s["large"].zero_fraction <= 1.0
+
+
+@pytest.mark.parametrize("count", [1, 6], ids=["alone", "stacked"])
+@pytest.mark.parametrize("shift", [0.0, 1.0], ids=["centred", "mean-dominated"])
+def test_gradients_below_the_square_root_of_the_smallest_float32_have_nonzero_norms(
+    count: int, shift: float
+) -> None:
+    # entries of 1e-30: their float32 squares underflow to 0, so the norm and std are taken in float64
+    g = torch.Generator().manual_seed(12)
+    grads = [1e-30 * (shift + torch.randn(5, 7, generator=g)) for _ in range(count)]
+    rows = stats._cpu_chunk(grads).tolist()
+    for row, t in zip(rows, grads):
+        norm, max_abs, total, _, _, _, centered = row
+        ref = t.double().reshape(-1)
+        assert norm == pytest.approx(ref.norm().item(), rel=1e-6, abs=0)
+        assert max_abs == pytest.approx(ref.abs().max().item(), rel=1e-6, abs=0)
+        if centered >= 0:
+            assert centered == pytest.approx((ref - ref.mean()).norm().item(), rel=1e-5, abs=0)
+        else:  # derived from the sums
+            n = ref.numel()
+            std = math.sqrt(max(norm * norm / n - (total / n) ** 2, 0.0))
+            assert std == pytest.approx(ref.std(correction=0).item(), rel=1e-4, abs=0)
