@@ -174,13 +174,8 @@ class Watcher:
         self._params: list[torch.Tensor] | None = None
         self._index = {id(p): i for i, p in enumerate(targets.params)}
         self._layer_of = tuple(targets.layers)
-        self._shapes = tuple(tuple(p.shape) for p in targets.params)
-        # entries as the statistics read them: a complex parameter's real and imaginary parts side by side
-        real = [(*shape, 2) if p.is_complex() else shape for p, shape in zip(targets.params, self._shapes)]
-        self._numels = tuple(math.prod(shape) for shape in real)
-        self._strides = tuple(stats.sample_stride(shape) for shape in real)
-        sizes = [-(-n // s) if n else 0 for n, s in zip(self._numels, self._strides)]
-        self._sample_sizes = tuple(sizes)
+        self._set_shapes(targets.params)
+        sizes = self._sample_sizes
         self._views: list[tuple[int, torch.Tensor] | None] = [None] * len(self._numels)
         self._views_made = 0  # sample views built so far: a batching layout is valid while this stays
         # parameter positions -> (views built when it was made, its layout): per optimizer, and unowned
@@ -786,8 +781,25 @@ class Watcher:
     def _requires_grad(self, index: int) -> bool:
         return self._params is None or bool(self._params[index].requires_grad)
 
+    def _set_shapes(self, params: Sequence[torch.Tensor]) -> None:
+        """Shapes, entry counts and sample strides of the parameters (again when one is resized)."""
+        self._shapes = tuple(tuple(p.shape) for p in params)
+        # entries as the statistics read them: a complex parameter's real and imaginary parts side by side
+        real = [(*shape, 2) if p.is_complex() else shape for p, shape in zip(params, self._shapes)]
+        self._numels = tuple(math.prod(shape) for shape in real)
+        self._strides = tuple(stats.sample_stride(shape) for shape in real)
+        self._sample_sizes = tuple(-(-n // s) if n else 0 for n, s in zip(self._numels, self._strides))
+        if hasattr(self, "_not_updated"):
+            self._not_updated.sample_sizes = [
+                k if s > 1 else None for k, s in zip(self._sample_sizes, self._strides)
+            ]
+
     def _sample_views(self, idx: Sequence[int], params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Views of the sampled entries of ``params[i]`` (cached while the parameter keeps its storage)."""
+        """Views of the sampled entries of ``params[i]`` (cached while the parameter keeps its storage).
+
+        New storage is also where a parameter may have been resized (``p.data = torch.cat(...)``, a
+        vocabulary that grows): its entry count and sample stride follow.
+        """
         out = []
         for i in idx:
             p = params[i]
@@ -795,6 +807,8 @@ class Watcher:
             if cached is not None and cached[0] == p.data_ptr():
                 out.append(cached[1])
                 continue
+            if tuple(p.shape) != self._shapes[i]:
+                self._set_shapes(params)
             view = stats.sample_view(p, self._strides[i])
             self._views_made += 1
             # a copy (an unusual, gappy layout; or a view of such a copy) would go stale: rebuilt every time
@@ -887,6 +901,7 @@ class Watcher:
         ``samples``: copies of the parameters' sampled entries just taken (their norms are read from
         them instead of gathering the scattered entries again).
         """
+        views = self._sample_views(idx, params) if samples is None else None  # (follows resized ones)
         ps = [params[i] for i in idx]
         grads = [p.grad for p in ps]
         for i, g in zip(idx, grads):
@@ -898,8 +913,7 @@ class Watcher:
         self._add_blocks(idx, 0, grad_blocks)
         if samples is not None:
             self._add_blocks(idx, PARAM_COL, stats.sample_norms(samples))
-        else:
-            views = self._sample_views(idx, params)
+        elif views is not None:
             self._add_blocks(idx, PARAM_COL, stats.sample_norms(views, self._layout(idx, views)))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:

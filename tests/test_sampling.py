@@ -459,3 +459,41 @@ def test_update_ratio_of_parameters_whose_sample_is_a_copy() -> None:
     for record, ref in zip(w.history, exact, strict=True):
         for name in params:
             assert record.params[name].update_ratio == pytest.approx(ref[name], rel=1e-5), name
+
+
+def test_parameters_resized_during_training_are_measured_at_their_new_size() -> None:
+    # a vocabulary that grows: p.data = torch.cat(...) between steps (a small parameter stacked with its
+    # like, and one large enough to be sampled); entry counts and sample strides follow the new shape
+    torch.manual_seed(13)
+    params = {f"p{i}": nn.Parameter(torch.randn(10, 4)) for i in range(5)}
+    params["big"] = nn.Parameter(torch.randn(600, 4))
+    opt = torch.optim.SGD(params.values(), lr=0.1)
+    grads, exact = [], []
+    with gw.watch(params, opt, on_finding="ignore") as w:
+        for step in range(5):
+            if step == 2:
+                for name in ("p0", "p1", "p2", "p3", "big"):
+                    params[name].data = torch.cat([params[name].data, torch.randn(3, 4)])
+            opt.zero_grad()
+            sum((p.sin() * p).sum() for p in params.values()).backward()
+            grads.append({n: p.grad.detach().double().clone() for n, p in params.items()})
+            before = {n: p.detach().double().clone() for n, p in params.items()}
+            opt.step()
+            exact.append(
+                {
+                    n: (p.double() - before[n]).norm().item() / before[n].norm().item()
+                    for n, p in params.items()
+                }
+            )
+    for record, ref, ratios in zip(w.history, grads, exact, strict=True):
+        for name, g in ref.items():
+            s = record.params[name]
+            assert s.grad_norm == pytest.approx(g.norm().item(), rel=1e-6), (record.step, name)
+            assert s.grad_mean == pytest.approx(g.mean().item(), rel=1e-5, abs=1e-9), (record.step, name)
+            assert s.grad_std == pytest.approx(g.std(correction=0).item(), rel=1e-5), (record.step, name)
+            assert 0.0 <= s.zero_fraction <= 1.0
+            rel = 1e-5 if g.numel() <= stats.SAMPLE_SIZE else SAMPLED_REL
+            assert s.update_ratio == pytest.approx(ratios[name], rel=rel), (record.step, name)
+    assert w.history.by_step(2).params["big"].weights_unchanged is None  # not comparable across sizes
+    assert w.history.by_step(3).params["big"].weights_unchanged is False
+    assert "603x4" in w.report()
