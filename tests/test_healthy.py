@@ -304,6 +304,33 @@ def decorator_two_optimizers():
     return model, [opt_body, opt_head], loop
 
 
+def sharpness_aware_minimization():
+    # SAM (Foret et al., ICLR 2021), as davda54/sam writes it: the first backward pass's gradient moves
+    # the weights to the worst case nearby and is then zeroed; the second one is the optimizer's
+    torch.manual_seed(0)
+    x, y = _cls_data()
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def loop(w):
+        for _ in range(STEPS):
+            nn.functional.cross_entropy(model(x), y).backward()
+            with torch.no_grad():
+                norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+                moves = [0.05 * p.grad / (norm + 1e-12) for p in model.parameters()]
+                for p, e in zip(model.parameters(), moves):
+                    p.add_(e)  # first_step: climb
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            with torch.no_grad():
+                for p, e in zip(model.parameters(), moves):
+                    p.sub_(e)  # second_step: back to the weights, then the base optimizer's update
+            opt.step()
+            opt.zero_grad()
+
+    return model, opt, loop
+
+
 HEALTHY = {
     f.__name__: f
     for f in (
@@ -320,6 +347,7 @@ HEALTHY = {
         branch_every_other_step,
         manual_tensor_loop,
         decorator_two_optimizers,
+        sharpness_aware_minimization,
     )
 }
 

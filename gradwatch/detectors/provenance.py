@@ -40,6 +40,7 @@ class Provenance:
         # while the old tensor is known to be alive or just replaced, where ids cannot be reused.
         self._ref: list[int | None] = [None] * n
         self._ver = [0] * n
+        self._param_ver = [0] * n  # the parameter's own version when its last gradient arrived
         #: content includes a gradient the owner already used at step ``used_at[i]``
         self.holds_used = [False] * n
         self.used_at = [-1] * n
@@ -72,9 +73,14 @@ class Provenance:
         if inside_optimizer:
             self.used_passes.add(self.pass_id)
 
-    def _reset(self, i: int) -> None:
+    def _reset(self, i: int, param: torch.Tensor) -> None:
         passes = self._passes[i]  # passes added since the owner's last use
         unused = [p for p in passes if p not in self.used_passes]
+        if unused and param._version != self._param_ver[i]:
+            # the parameter itself was written in place since its gradient arrived: a hand-written update
+            # used that gradient (SAM's ascent step, a manual SGD step), so it was not discarded
+            self.used_passes.update(unused)
+            unused = []
         for p in unused:
             self.reset_unused.setdefault(p, set()).add(i)
             if len(unused) > 1:  # accumulated into one .grad content, reset together
@@ -96,7 +102,7 @@ class Provenance:
         g = param.grad
         ref = self._ref[i]
         if ref is not None and (g is None or id(g) != ref or g._version != self._ver[i]):  # not kept
-            self._reset(i)
+            self._reset(i, param)
             self._ref[i] = None if g is None else id(g)
             self._ver[i] = 0 if g is None else g._version
         elif self.holds_used[i] and g is not None and not bool(g.any()):
@@ -104,7 +110,7 @@ class Provenance:
             # (``p.grad.data.zero_()``, the old idiom), or a used gradient that was exactly 0; either way
             # nothing used is carried over. Only read on this path (a loop that does not zero, or zeroes
             # through ``.data``); on CUDA it waits for the device.
-            self._reset(i)
+            self._reset(i, param)
 
     def accumulated(self, i: int, param: torch.Tensor) -> None:
         """A gradient of the current pass was accumulated into ``param.grad`` (post-accumulate hook)."""
@@ -114,6 +120,7 @@ class Provenance:
             touching = self._touching = self.touched.setdefault(self.pass_id, set())
         touching.add(i)
         self.fresh[i] = True
+        self._param_ver[i] = param._version
         g = param.grad
         self._ref[i] = None if g is None else id(g)
         self._ver[i] = 0 if g is None else g._version
@@ -131,7 +138,7 @@ class Provenance:
         if ref is None:
             return
         if g is None or id(g) != ref:
-            self._reset(i)
+            self._reset(i, param)
         elif self.holds_used[i] and not self.fresh[i] and g._version == self._ver[i]:
             # untouched since the owner used it, no new gradient: the owner is about to step again on
             # exactly the gradient it already applied
