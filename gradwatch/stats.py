@@ -298,8 +298,15 @@ def _cpu_chunk(
     # entries below sqrt(smallest normal) (about 1e-19 in float32) have squares that underflow: those
     # tensors' sums of squares (and centred norms) are taken again in float64
     tiny = (max_abs > 0) & (max_abs < 16 * math.sqrt(torch.finfo(g[0].dtype).tiny))
-    tiny_at = torch.nonzero(tiny).flatten().tolist() if bool(tiny.any()) else []
-    for i in tiny_at:
+    tiny_at = set(torch.nonzero(tiny).flatten().tolist()) if bool(tiny.any()) else set()
+    left = set(tiny_at)
+    for idx, rows in rows_of if tiny_at else ():  # row-wise on the stacked copies (vanishing layers)
+        hit = [j for j, i in enumerate(idx) if i in left]
+        if hit:
+            at = [idx[j] for j in hit]
+            head[1, at] = torch.linalg.vector_norm(rows[hit].double(), dim=1).square()
+            left.difference_update(at)
+    for i in left:
         x = flat[i] if flat[i] is not None else _flat(g[i])
         head[1, i] = torch.dot(x.double(), x.double())
     centered_t = torch.full((n,), -1.0, dtype=torch.float64)  # -1: derive the std from the sums
