@@ -176,7 +176,7 @@ class Watcher:
         self._layer_of = tuple(targets.layers)
         self._set_shapes(targets.params)
         sizes = self._sample_sizes
-        self._views: list[tuple[int, torch.Tensor] | None] = [None] * len(self._numels)
+        self._views: list[tuple[int, int, torch.Tensor] | None] = [None] * len(self._numels)
         self._views_made = 0  # sample views built so far: a batching layout is valid while this stays
         # parameter positions -> (views built when it was made, its layout): per optimizer, and unowned
         self._layouts: dict[tuple[int, ...], tuple[int, stats.SampleLayout]] = {}
@@ -784,8 +784,9 @@ class Watcher:
     def _set_shapes(self, params: Sequence[torch.Tensor]) -> None:
         """Shapes, entry counts and sample strides of the parameters (again when one is resized)."""
         self._shapes = tuple(tuple(p.shape) for p in params)
+        self._complex = tuple(p.is_complex() for p in params)
         # entries as the statistics read them: a complex parameter's real and imaginary parts side by side
-        real = [(*shape, 2) if p.is_complex() else shape for p, shape in zip(params, self._shapes)]
+        real = [(*shape, 2) if c else shape for c, shape in zip(self._complex, self._shapes)]
         self._numels = tuple(math.prod(shape) for shape in real)
         self._strides = tuple(stats.sample_stride(shape) for shape in real)
         self._sample_sizes = tuple(-(-n // s) if n else 0 for n, s in zip(self._numels, self._strides))
@@ -797,23 +798,24 @@ class Watcher:
     def _sample_views(self, idx: Sequence[int], params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Views of the sampled entries of ``params[i]`` (cached while the parameter keeps its storage).
 
-        New storage is also where a parameter may have been resized (``p.data = torch.cat(...)``, a
-        vocabulary that grows): its entry count and sample stride follow.
+        New storage (or a new size on the same storage: ``p.data = p.data[:k]``) is also where a
+        parameter may have been resized (``p.data = torch.cat(...)``, a vocabulary that grows) or made
+        complex: its entry count and sample stride follow.
         """
         out = []
         for i in idx:
             p = params[i]
             cached = self._views[i]
-            if cached is not None and cached[0] == p.data_ptr():
-                out.append(cached[1])
+            if cached is not None and cached[0] == p.data_ptr() and cached[1] == p.numel():
+                out.append(cached[2])
                 continue
-            if tuple(p.shape) != self._shapes[i]:
+            if (tuple(p.shape), p.is_complex()) != (self._shapes[i], self._complex[i]):
                 self._set_shapes(params)
             view = stats.sample_view(p, self._strides[i])
             self._views_made += 1
             # a copy (an unusual, gappy layout; or a view of such a copy) would go stale: rebuilt every time
             if not p.is_sparse and view.untyped_storage().data_ptr() == p.untyped_storage().data_ptr():
-                self._views[i] = (p.data_ptr(), view)
+                self._views[i] = (p.data_ptr(), p.numel(), view)
             out.append(view)
         return out
 

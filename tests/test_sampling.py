@@ -497,3 +497,29 @@ def test_parameters_resized_during_training_are_measured_at_their_new_size() -> 
     assert w.history.by_step(2).params["big"].weights_unchanged is None  # not comparable across sizes
     assert w.history.by_step(3).params["big"].weights_unchanged is False
     assert "603x4" in w.report()
+
+
+@pytest.mark.parametrize("change", ["shrink-in-place", "make-complex"])
+def test_parameters_shrunk_in_place_or_made_complex_are_measured_as_they_are(change: str) -> None:
+    # p.data = p.data[:k] keeps the storage (and its address); p.data = p.data.to(complex64) keeps the
+    # shape: the entry count follows both (complex: real and imaginary parts as entries)
+    p = nn.Parameter(torch.linspace(1.0, 2.0, 10))
+    others = {f"o{k}": nn.Parameter(torch.randn(10)) for k in range(4)}  # stacked with p until it changes
+    opt = torch.optim.SGD([p, *others.values()], lr=0.1)
+    grads = []
+    with gw.watch({"p": p, **others}, opt, on_finding="ignore") as w:
+        for step in range(3):
+            if step == 1:
+                p.data = p.data[:3] if change == "shrink-in-place" else p.data.to(torch.complex64)
+            opt.zero_grad()
+            ((p * p.conj()).real.sum() + sum(o.sin().sum() for o in others.values())).backward()
+            grads.append(p.grad.clone())
+            opt.step()
+    for record, g in zip(w.history, grads, strict=True):
+        real = torch.view_as_real(g).double() if g.is_complex() else g.double()
+        s = record.params["p"]
+        assert s.grad_mean == pytest.approx(real.mean().item(), rel=1e-6), record.step
+        assert s.grad_std == pytest.approx(real.std(correction=0).item(), rel=1e-5, abs=1e-7), record.step
+        assert s.zero_fraction == (real == 0).double().mean().item(), record.step
+    if change == "make-complex":
+        assert w.history.by_step(1).params["p"].zero_fraction == 0.5  # the imaginary parts are 0

@@ -135,6 +135,30 @@ def test_zero_grad_every_micro_batch_discards_gradients() -> None:
     assert f.step == 0 and "3 backward pass(es)" in f.message
 
 
+@pytest.mark.parametrize("constraint", ["clamp-one-layer", "renorm-one-layer", "embedding-max-norm"])
+def test_discarded_gradients_are_found_when_some_layers_are_constrained_in_place(constraint: str) -> None:
+    # an in-place write to some weights between micro-batches (a constraint, not an update) must not
+    # make the zeroed passes look used: only a write to every weight the pass reached does (SAM)
+    torch.manual_seed(1)
+    emb = nn.Embedding(20, 4, max_norm=1.0 if constraint == "embedding-max-norm" else None)
+    model = _mlp()
+    opt = torch.optim.SGD([*emb.parameters(), *model.parameters()], lr=0.01)
+    tokens = torch.randint(0, 20, (32,))
+    _, y = _xy(32)
+    with gw.watch({"emb": emb.weight, **dict(model.named_parameters())}, opt, on_finding="ignore") as w:
+        for _ in range(3):
+            for tb, yb in zip(tokens.chunk(4), y.chunk(4)):
+                opt.zero_grad()  # BUG: inside the accumulation window
+                (_loss(model, emb(tb), yb) / 4).backward()
+                with torch.no_grad():
+                    if constraint == "clamp-one-layer":
+                        model[0].weight.clamp_(-1.0, 1.0)
+                    elif constraint == "renorm-one-layer":
+                        model[2].weight.renorm_(2, 0, 1.0)
+            opt.step()
+    assert kinds(w) == {"discarded_grad": {"emb", *ALL}}
+
+
 def test_model_zero_grad_bypassing_accumulation_with_set_to_none_false() -> None:
     model, (x, y) = _mlp(), _xy(32)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -64,6 +64,8 @@ class Provenance:
         #: backward pass -> the unused passes whose gradients were accumulated into the same ``.grad``
         #: content as its own and reset with it (gradient accumulation)
         self.co_reset: dict[int, set[int]] = {}
+        #: backward pass -> parameters reset unused after they were themselves written in place
+        self.moved_reset: dict[int, set[int]] = {}
         self._skip_groups: set[int] = set()  # skipped contents already counted (by their first pass)
 
     def new_pass(self, inside_optimizer: bool) -> None:
@@ -76,13 +78,13 @@ class Provenance:
     def _reset(self, i: int, param: torch.Tensor) -> None:
         passes = self._passes[i]  # passes added since the owner's last use
         unused = [p for p in passes if p not in self.used_passes]
-        if unused and param._version != self._param_ver[i]:
-            # the parameter itself was written in place since its gradient arrived: a hand-written update
-            # used that gradient (SAM's ascent step, a manual SGD step), so it was not discarded
-            self.used_passes.update(unused)
-            unused = []
+        # the parameter itself was written in place since its gradient arrived (a hand-written update,
+        # a constraint such as clamp_ or renorm_, an Embedding's max_norm)
+        moved = param._version != self._param_ver[i]
         for p in unused:
             self.reset_unused.setdefault(p, set()).add(i)
+            if moved:
+                self.moved_reset.setdefault(p, set()).add(i)
             if len(unused) > 1:  # accumulated into one .grad content, reset together
                 self.co_reset.setdefault(p, set()).update(unused)
         passes.clear()  # (reused: no allocation per parameter and step)
@@ -172,7 +174,8 @@ class Provenance:
         skipped, not a discarded gradient. So is a finite pass accumulated into the same gradients as
         such a pass and reset with them (gradient accumulation where one micro-batch overflowed: the
         scaler skips the whole accumulated step). Costs one host read of a flag per such pass; each
-        skipped step is counted once in ``skipped``.
+        skipped step is counted once in ``skipped``. Nor is a pass every parameter of which was written
+        in place between its gradient's arrival and its reset: a hand-written update used it (SAM).
         """
         out = {}
         for p, params in list(self.reset_unused.items()):
@@ -182,6 +185,12 @@ class Provenance:
             if not params >= self.touched.get(p, set()):
                 continue  # part of the pass is still held; an optimizer may yet use it
             del self.reset_unused[p]
+            if self.moved_reset.pop(p, set()) >= (self.touched.get(p) or params):
+                # every parameter it reached was written in place before its gradient was reset: a
+                # hand-written update used the pass (SAM's ascent step moves every weight), so it was not
+                # discarded; a constraint on some layers (clamp_, renorm_, max_norm) moves only those
+                self.used_passes.add(p)
+                continue
             group = self.co_reset.get(p, set()) | {p}
             if any(not all(bool(f) for f in self.pass_finite.get(q, ())) for q in group):
                 if min(group) not in self._skip_groups:
@@ -193,8 +202,9 @@ class Provenance:
             del self.touched[p]
             self.pass_finite.pop(p, None)
             self.co_reset.pop(p, None)
+            self.moved_reset.pop(p, None)
         horizon = self.pass_id - HORIZON  # bounded memory: very old passes can no longer be judged
-        for table in (self.touched, self.pass_finite, self.reset_unused, self.co_reset):
+        for table in (self.touched, self.pass_finite, self.reset_unused, self.co_reset, self.moved_reset):
             for p in [p for p in table if p < horizon]:
                 del table[p]
         self._skip_groups = {p for p in self._skip_groups if p >= horizon}
