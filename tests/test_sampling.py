@@ -40,6 +40,17 @@ def exact_ratios(
     return out
 
 
+def step_ratios(params: dict[str, torch.Tensor], opt: torch.optim.Optimizer, loss) -> tuple[dict, dict]:
+    """One step on ``loss()``: each parameter's exact update-to-weight ratio and its gradient (float64)."""
+    opt.zero_grad()
+    loss().backward()
+    grads = {n: p.grad.detach().double().clone() for n, p in params.items()}
+    before = {n: p.detach().double().clone() for n, p in params.items()}
+    opt.step()
+    ratios = {n: (p.double() - before[n]).norm().item() / before[n].norm().item() for n, p in params.items()}
+    return ratios, grads
+
+
 def batches(d_in: int, d_out: int):
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(32, d_in, generator=g), torch.randn(32, d_out, generator=g)) for _ in range(8)]
@@ -371,19 +382,11 @@ def test_sampled_gappy_parameter_is_read_afresh_at_every_step() -> None:
     torch.manual_seed(10)
     params = {"gappy": nn.Parameter(torch.randn(64, 80)[:, :40]), "dense": nn.Parameter(torch.randn(64, 40))}
     opt = torch.optim.SGD(params.values(), lr=0.1)
-    exact = []
     with gw.watch(params, opt, on_finding="ignore") as w:
-        for _ in range(6):
-            opt.zero_grad()
-            sum((p.sin() * 3).sum() for p in params.values()).backward()
-            before = {n: p.detach().double().clone() for n, p in params.items()}
-            opt.step()
-            exact.append(
-                {
-                    n: (p.double() - before[n]).norm().item() / before[n].norm().item()
-                    for n, p in params.items()
-                }
-            )
+        exact = [
+            step_ratios(params, opt, lambda: sum((p.sin() * 3).sum() for p in params.values()))[0]
+            for _ in range(6)
+        ]
     for record, ref in zip(w.history, exact, strict=True):
         s = record.params["gappy"]
         assert s.update_ratio == pytest.approx(ref["gappy"], rel=SAMPLED_REL)
@@ -443,19 +446,9 @@ def test_update_ratio_of_parameters_whose_sample_is_a_copy() -> None:
     assert not params["w0"].is_contiguous()
     opt = torch.optim.SGD(params.values(), lr=0.05)
     x = torch.randn(30, 8)
-    exact = []
     with gw.watch(params, opt, on_finding="ignore") as w:
-        for _ in range(4):
-            opt.zero_grad()
-            sum(((p @ x).tanh() ** 2).sum() for p in params.values()).backward()
-            before = {n: p.detach().double().clone() for n, p in params.items()}
-            opt.step()
-            exact.append(
-                {
-                    n: (p.double() - before[n]).norm().item() / before[n].norm().item()
-                    for n, p in params.items()
-                }
-            )
+        loss = lambda: sum(((p @ x).tanh() ** 2).sum() for p in params.values())  # noqa: E731
+        exact = [step_ratios(params, opt, loss)[0] for _ in range(4)]
     for record, ref in zip(w.history, exact, strict=True):
         for name in params:
             assert record.params[name].update_ratio == pytest.approx(ref[name], rel=1e-5), name
@@ -474,17 +467,9 @@ def test_parameters_resized_during_training_are_measured_at_their_new_size() -> 
             if step == 2:
                 for name in ("p0", "p1", "p2", "p3", "big"):
                     params[name].data = torch.cat([params[name].data, torch.randn(3, 4)])
-            opt.zero_grad()
-            sum((p.sin() * p).sum() for p in params.values()).backward()
-            grads.append({n: p.grad.detach().double().clone() for n, p in params.items()})
-            before = {n: p.detach().double().clone() for n, p in params.items()}
-            opt.step()
-            exact.append(
-                {
-                    n: (p.double() - before[n]).norm().item() / before[n].norm().item()
-                    for n, p in params.items()
-                }
-            )
+            ratios, g = step_ratios(params, opt, lambda: sum((p.sin() * p).sum() for p in params.values()))
+            exact.append(ratios)
+            grads.append(g)
     for record, ref, ratios in zip(w.history, grads, exact, strict=True):
         for name, g in ref.items():
             s = record.params[name]
