@@ -854,8 +854,10 @@ class Watcher:
         """Record parts for the update of ``params[i]``: sampled update norm, change since the last record.
 
         The change compares ``before`` (the sample taken before this step's update) with the one taken
-        before the previous recorded update, which it then replaces. Neither is measured across a change
-        of the parameters' storage (the layouts differ).
+        before the previous recorded update, which it then replaces: batched when both have the same
+        layout, else parameter by parameter (the list changed, or a parameter got new storage), and not
+        for a parameter whose sample changed shape or dtype. The update norm is not measured when the
+        storage changed inside ``step()`` itself (the layouts of the two samples differ).
         """
         now = self._sample_views(idx, params)
         parts: list[Part] = []
