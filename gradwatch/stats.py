@@ -19,8 +19,9 @@ entries (:func:`sample_stride`, :func:`sample_view`).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -208,6 +209,19 @@ def _stacked_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([_flat(t) for t in tensors])
 
 
+def _stacked_subsets(
+    rows_of: list[tuple[list[int], torch.Tensor]], wanted: set[int], least: int = 1
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Per stacked copy ``(positions, rows)``: the positions in ``wanted`` it holds, and their rows.
+
+    Copies holding fewer than ``least`` of them are skipped (one by one costs less there).
+    """
+    for idx, rows in rows_of if len(wanted) >= least else ():
+        hit = [j for j, i in enumerate(idx) if i in wanted]
+        if len(hit) >= least:
+            yield [idx[j] for j in hit], rows[hit]
+
+
 #: Row length for the sum of squares of a large tensor (see :func:`_sum_squares`).
 _ROW = 1024
 
@@ -300,12 +314,9 @@ def _cpu_chunk(
     tiny = (max_abs > 0) & (max_abs < 16 * math.sqrt(torch.finfo(g[0].dtype).tiny))
     tiny_at = set(torch.nonzero(tiny).flatten().tolist()) if bool(tiny.any()) else set()
     left = set(tiny_at)
-    for idx, rows in rows_of if tiny_at else ():  # row-wise on the stacked copies (vanishing layers)
-        hit = [j for j, i in enumerate(idx) if i in left]
-        if hit:
-            at = [idx[j] for j in hit]
-            head[1, at] = torch.linalg.vector_norm(rows[hit].double(), dim=1).square()
-            left.difference_update(at)
+    for at, sub in _stacked_subsets(rows_of, left):  # row-wise on the stacked copies (vanishing layers)
+        head[1, at] = torch.linalg.vector_norm(sub.double(), dim=1).square()
+        left.difference_update(at)
     for i in left:
         x = flat[i] if flat[i] is not None else _flat(g[i])
         head[1, i] = torch.dot(x.double(), x.double())
@@ -342,12 +353,8 @@ def _cpu_chunk(
         torch.isfinite(norm_t) & torch.isfinite(mean_t) & (sizes * mean_t * mean_t > 0.25 * norm_t * norm_t)
     )
     todo = set(torch.nonzero(cancels).flatten().tolist())
-    for idx, rows in rows_of if len(todo) >= _STACK_MIN else ():  # row-wise, on the stacked copies
-        hit = [j for j, i in enumerate(idx) if i in todo and i not in tiny_at]
-        if len(hit) < _STACK_MIN:
-            continue
-        at = [idx[j] for j in hit]
-        centered = torch.linalg.vector_norm(rows[hit] - mean_t[at].to(rows.dtype)[:, None], dim=1).double()
+    for at, sub in _stacked_subsets(rows_of, todo - tiny_at, _STACK_MIN):  # row-wise, stacked copies
+        centered = torch.linalg.vector_norm(sub - mean_t[at].to(sub.dtype)[:, None], dim=1).double()
         ok = torch.isfinite(centered)
         centered_t[at] = torch.where(ok, centered, centered_t[at])
         todo -= {i for i, good in zip(at, ok.tolist()) if good}
@@ -480,7 +487,7 @@ class SampleLayout:
         views: 1-D tensors (any device and dtype).
     """
 
-    __slots__ = ("n", "rest", "stacked")
+    __slots__ = ("rest", "stacked")
 
     def __init__(self, views: Sequence[torch.Tensor]) -> None:
         groups: dict[_LengthKey, list[int]] = {}
@@ -495,7 +502,6 @@ class SampleLayout:
             else:
                 rest.setdefault((device, dtype), []).extend(idx)
         self.rest: list[list[int]] = list(rest.values())
-        self.n = len(views)
 
 
 class Samples:
@@ -635,18 +641,14 @@ def sample_distances(
     return blocks
 
 
-_NORM_DTYPE: list[bool] = []  # filled at first use
-
-
+@functools.cache
 def _foreach_norm_takes_dtype() -> bool:
-    """Whether this PyTorch's ``torch._foreach_norm`` takes ``dtype=`` (newer than 2.1)."""
-    if not _NORM_DTYPE:
-        try:
-            torch._foreach_norm([torch.ones(1)], 2.0, dtype=torch.float64)
-            _NORM_DTYPE.append(True)
-        except (TypeError, RuntimeError):
-            _NORM_DTYPE.append(False)
-    return _NORM_DTYPE[0]
+    """Whether this PyTorch's ``torch._foreach_norm`` takes ``dtype=`` (newer than 2.1); asked once."""
+    try:
+        torch._foreach_norm([torch.ones(1)], 2.0, dtype=torch.float64)
+    except (TypeError, RuntimeError):
+        return False
+    return True
 
 
 #: Entries binned per pass of :func:`histograms`: its scratch buffers (about 5 MiB, kept for reuse
