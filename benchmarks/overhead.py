@@ -22,9 +22,16 @@ Variants:
   peer-hist100      the same every 100 steps
   anomaly           torch.autograd.detect_anomaly() around forward and backward
 
+The peer's writer checksums its events with TensorBoard's own pure-Python CRC-32C, as it does in a
+process without gradwatch (``--peer-checksum stock``, the default). gradwatch's TensorBoard sink swaps
+that function for google-crc32c's C code process-wide
+(``gradwatch.sinks.tensorboard.native_event_checksums``), which would otherwise speed up the peer in this
+process too; ``--peer-checksum native`` measures the peer with it.
+
 Usage:
   python benchmarks/overhead.py [--models digits,cnn,transformer] [--steps 30] [--warmup 3]
                                 [--json benchmarks/results/overhead.json] [--memory-steps 20]
+                                [--variants stats,stats+hist1,peer-hist1] [--peer-checksum stock|native]
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import copy
 import json
 import random
 import statistics
+import struct
 import tempfile
 import time
 import warnings
@@ -121,8 +129,39 @@ def bootstrap_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> t
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
+def stock_checksums(writer: object) -> None:
+    """Make ``writer`` (a ``SummaryWriter``) checksum its records with TensorBoard's own Python CRC-32C.
+
+    As in a process without gradwatch, whose sink replaces that function process-wide
+    (``native_event_checksums``). Same record format as ``tensorboard.summary.writer.RecordWriter``.
+    Raises ``RuntimeError`` where this TensorBoard version lays its writer out otherwise.
+    """
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    class StockRecordWriter(RecordWriter):
+        def write(self, data: bytes) -> None:
+            header = struct.pack("<Q", len(data))
+            crc = struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+            self._writer.write(header + crc)
+
+    try:
+        record_writer = writer._get_file_writer().event_writer._async_writer._writer  # type: ignore[attr-defined]
+    except AttributeError as err:
+        raise RuntimeError(f"--peer-checksum stock: unknown TensorBoard writer layout ({err})") from err
+    if type(record_writer) is not RecordWriter:
+        raise RuntimeError(f"--peer-checksum stock: unexpected record writer {type(record_writer)}")
+    record_writer.__class__ = StockRecordWriter
+
+
 def run_model(
-    name: str, steps: int, warmup: int, device: torch.device, tmp: Path, variants: tuple[str, ...] = VARIANTS
+    name: str,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    tmp: Path,
+    variants: tuple[str, ...] = VARIANTS,
+    peer_checksum: str = "stock",
 ) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -145,6 +184,8 @@ def run_model(
             )
         elif v.startswith("peer"):
             writer = SummaryWriter(str(tmp / name / v))
+            if peer_checksum == "stock":
+                stock_checksums(writer)
         runs[v] = {"model": model, "opt": opt, "watcher": watcher, "writer": writer, "times": []}
 
     def step(v: str, k: int) -> float:
@@ -278,6 +319,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset (unwatched is always run)"
     )
+    ap.add_argument(
+        "--peer-checksum",
+        choices=("stock", "native"),
+        default="stock",
+        help="the peer's event checksums: TensorBoard's Python CRC (as without gradwatch) or the C one",
+    )
     args = ap.parse_args(argv)
     bad = set(args.models.split(",")) - {"digits", "cnn", "transformer"}
     if bad:
@@ -287,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "peer_checksum": args.peer_checksum,
         "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -298,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}"
                 )
             variants = tuple(v for v in VARIANTS if v in chosen)
-            res = run_model(name, args.steps, args.warmup, device, Path(tmp), variants)
+            res = run_model(name, args.steps, args.warmup, device, Path(tmp), variants, args.peer_checksum)
             results["models"][name] = res
             print(
                 f"\n{name}: {res['params'] / 1e6:.2f} M parameters in {res['tensors']} tensors, "
@@ -322,8 +370,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print("  every-step histograms added no measurable time in this run (noise); no ratio")
             elif "peer_hist1_added_over_ours" in res:
                 print(
-                    f"  hand-written add_histogram every step adds {res['peer_hist1_added_over_ours']:.1f}x "
-                    f"the time gradwatch's every-step histograms add"
+                    f"  hand-written add_histogram every step ({args.peer_checksum} checksums) adds "
+                    f"{res['peer_hist1_added_over_ours']:.1f}x the time gradwatch's every-step histograms add"
                 )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,34 @@ def test_overhead_benchmark_runs(tmp_path) -> None:
     assert (tmp_path / "o.json").exists()
 
 
+def test_overhead_benchmark_peer_writes_valid_events_with_tensorboards_own_checksum(tmp_path) -> None:
+    from tensorboard.compat.tensorflow_stub import errors
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
+    from torch.utils.tensorboard import SummaryWriter
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import overhead
+    finally:
+        sys.path.pop(0)
+    writer = SummaryWriter(str(tmp_path))
+    overhead.stock_checksums(writer)
+    record_writer = writer._get_file_writer().event_writer._async_writer._writer
+    assert type(record_writer).__name__ == "StockRecordWriter"
+    for step in range(3):
+        writer.add_histogram("w", torch.randn(100), step)
+    writer.close()
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    reader, records = PyRecordReader_New(str(events)), 0
+    while True:  # raises DataLossError on a bad checksum
+        try:
+            reader.GetNext()
+        except errors.OutOfRangeError:
+            break
+        records += 1
+    assert records == 1 + 3  # the file header and the three histograms
+
+
 def test_memory_stays_bounded_over_5000_steps(tmp_path) -> None:
     """After warm-up (history full), 3,500 more steps add no Python objects and no held tensors.
 

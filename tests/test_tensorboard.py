@@ -710,3 +710,62 @@ def test_tensorboard_is_imported_only_when_needed(tmp_path, with_logdir):
         assert "tensorboard" in res["after_watch"] and "torch.utils.tensorboard" in res["after_watch"]
     else:
         assert res["after_watch"] == []
+
+
+_CRC_PROBE = r"""
+import json, sys, torch
+import gradwatch
+from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+from tensorboard.summary.writer import record_writer
+model = torch.nn.Linear(3, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+with gradwatch.watch(model, opt, logdir=sys.argv[1], histogram_every=1):
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.ones(2, 3)).sum().backward()
+        opt.step()
+print(json.dumps({"replaced": record_writer.masked_crc32c is not pywrap_tensorflow.masked_crc32c}))
+"""
+
+
+@pytest.mark.parametrize("env", ["1", "0"], ids=["native", "opted-out"])
+def test_event_checksums_in_c_write_the_bytes_tensorboard_checks(tmp_path, env):
+    # a fresh process: the replacement is process-wide and made once
+    out = subprocess.run(
+        [sys.executable, "-c", _CRC_PROBE, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**__import__("os").environ, "GRADWATCH_NATIVE_CRC": env},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["replaced"] is (env == "1")
+    # TensorBoard's own reader checks every record's header and data checksums with its own Python code
+    from tensorboard.compat.tensorflow_stub import errors
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
+
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    reader = PyRecordReader_New(str(events))
+    records = 0
+    while True:
+        try:
+            reader.GetNext()
+        except errors.OutOfRangeError:
+            break
+        records += 1
+    assert records >= 1 + 3 * 2  # the file header, then per step the scalars and the histograms
+
+
+def test_native_checksum_agrees_with_tensorboards_own():
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+    from tensorboard.summary.writer import record_writer
+
+    from gradwatch.sinks.tensorboard import native_event_checksums
+
+    pytest.importorskip("google_crc32c")
+    assert native_event_checksums() is True
+    native = record_writer.masked_crc32c
+    assert native is not reference
+    gen = torch.Generator().manual_seed(0)
+    for n in (0, 1, 7, 8, 9, 63, 64, 1000, 4097):
+        data = bytes(torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8).tolist())
+        assert native(data) == reference(data), n
+        assert native(bytearray(data)) == reference(data), n

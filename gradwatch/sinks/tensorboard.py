@@ -15,8 +15,10 @@ and ``gradwatch/findings`` (text). ``global_step`` is always the watcher's step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -27,7 +29,7 @@ import torch
 
 from gradwatch.findings import Finding, StepRecord
 
-__all__ = ["TensorBoardSink"]
+__all__ = ["TensorBoardSink", "native_event_checksums"]
 
 log = logging.getLogger("gradwatch")
 
@@ -36,6 +38,49 @@ _STOP = object()
 #: Steps the writer thread may fall behind before a step's TensorBoard output is dropped (the history
 #: in memory keeps every record). Bounds the memory the queue can hold.
 MAX_PENDING = 256
+
+
+@functools.cache
+def native_event_checksums() -> bool:
+    """Have TensorBoard's event writer checksum its records in C, with ``google-crc32c``, when installed.
+
+    Every record of an event file carries a masked CRC-32C of its length and of its bytes (the TFRecord
+    format). TensorBoard's writer (``tensorboard.summary.writer.record_writer``) computes them with a
+    pure-Python loop: measured 145 ns per byte, on a background thread that holds the GIL meanwhile, so
+    about 8 ms per step for the 52 histograms of a 4.5 M-parameter CNN, and 0.7 ms per step for the
+    scalars of a 52-tensor model. With the C implementation of
+    ``google-crc32c`` installed (the ``tensorboard`` extra installs it), this replaces that one function
+    of that module, process-wide, by the same checksum computed in C (under a microsecond per kB), after
+    checking that both agree on test inputs: the files are byte for byte the same, and TensorBoard's
+    reader checks them with its own code. Left alone when ``google-crc32c`` or its C extension is
+    missing, when the function was already replaced by someone else, and when the environment variable
+    ``GRADWATCH_NATIVE_CRC=0``. Called once per process, when a sink starts.
+
+    Returns:
+        Whether TensorBoard's writer now uses the C checksum.
+    """
+    if os.environ.get("GRADWATCH_NATIVE_CRC", "1") == "0":
+        return False
+    try:
+        import google_crc32c
+        from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+        from tensorboard.summary.writer import record_writer
+    except ImportError:
+        return False
+    reference: Callable[[bytes], int] = pywrap_tensorflow.masked_crc32c
+    if google_crc32c.implementation != "c" or getattr(record_writer, "masked_crc32c", None) is not reference:
+        return False
+
+    def masked_crc32c(data: bytes) -> int:
+        x = google_crc32c.value(bytes(data))
+        return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    probes = [b"", b"\x00", b"gradwatch", bytes(range(256)) * 3, bytes(k * k % 251 for k in range(999))]
+    if any(masked_crc32c(d) != reference(d) for d in probes):
+        log.warning("gradwatch: google-crc32c disagrees with TensorBoard's checksum; not using it")
+        return False
+    record_writer.masked_crc32c = masked_crc32c
+    return True
 
 
 class TensorBoardSink:
@@ -50,6 +95,7 @@ class TensorBoardSink:
     """
 
     def __init__(self, logdir: str | None = None, writer: Any = None) -> None:
+        native_event_checksums()
         if writer is None:
             from torch.utils.tensorboard import SummaryWriter  # lazy: imports tensorboard
 
