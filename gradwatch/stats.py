@@ -145,9 +145,9 @@ def grad_stats(
         if g[0].device.type == "cpu":
             extremes: list[torch.Tensor] = []
             out = _cpu_chunk(g, chunk_strides, extremes)
-            if ranges is not None:
-                for j, i in enumerate(pos):
-                    ranges[i] = (extremes[0][0, j], extremes[0][1, j])
+            if ranges is not None:  # (unbind: one call for the 0-dim views, not an indexing per entry)
+                lo, hi = extremes[0]
+                ranges.update(zip(pos, zip(lo.unbind(), hi.unbind())))
             return out
         return _device_chunk(g, chunk_strides)
 
