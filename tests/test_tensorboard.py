@@ -764,6 +764,8 @@ def test_native_checksum_agrees_with_tensorboards_own():
     assert native_event_checksums() is True
     native = record_writer.masked_crc32c
     assert native is not reference
+    assert native_event_checksums.__wrapped__() is True  # a second start (another thread): still in use
+    assert record_writer.masked_crc32c is native
     gen = torch.Generator().manual_seed(0)
     for n in (0, 1, 7, 8, 9, 63, 64, 1000, 4097):
         data = bytes(torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8).tolist())
