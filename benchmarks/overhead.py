@@ -26,7 +26,9 @@ The peer's writer checksums its events with TensorBoard's own pure-Python CRC-32
 process without gradwatch (``--peer-checksum stock``, the default). gradwatch's TensorBoard sink swaps
 that function for google-crc32c's C code process-wide
 (``gradwatch.sinks.tensorboard.native_event_checksums``), which would otherwise speed up the peer in this
-process too; ``--peer-checksum native`` measures the peer with it.
+process too; ``--peer-checksum native`` measures the peer with it. Every step of a variant that writes
+to TensorBoard ends by waiting for its writer threads (``flush``), so each variant is charged for the
+background work it makes instead of leaving it to slow whichever variant runs next.
 
 Usage:
   python benchmarks/overhead.py [--models digits,cnn,transformer] [--steps 30] [--warmup 3]
@@ -204,12 +206,18 @@ def run_model(
                 r["writer"].add_histogram(f"gradients/{pname}", p.grad, k)
                 r["writer"].add_histogram(f"parameters/{pname}", p, k)
         opt.step()
+        # wait for the TensorBoard writer threads (gradwatch's and TensorBoard's own): each variant is
+        # charged for the background work it makes, instead of leaving it to slow whichever runs next
+        if r["writer"] is not None:
+            r["writer"].flush()
+        elif r["watcher"] is not None and v != "stats":
+            r["watcher"].flush()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    # a fresh random order every round (seeded): a variant that leaves work behind on a background thread
-    # (TensorBoard's writer) slows whichever variant runs next, so no variant may always follow another
+    # a fresh random order every round (seeded): should a variant leave work behind after all (the
+    # allocator, the caches), no variant always follows the same other
     shuffler = random.Random(0)
     for k in range(warmup + steps):
         order = list(variants)
@@ -317,15 +325,26 @@ def main(argv: list[str] | None = None) -> dict:
         help="also measure peak memory added (bytes per parameter; CPU RSS, one process per variant)",
     )
     ap.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma-separated subset (unwatched is always run)"
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS[1:])} (unwatched is always run)",
     )
     ap.add_argument(
         "--peer-checksum",
         choices=("stock", "native"),
         default="stock",
-        help="the peer's event checksums: TensorBoard's Python CRC (as without gradwatch) or the C one",
+        help="the peer's event checksums: TensorBoard's Python CRC (as without gradwatch), or the C one "
+        "gradwatch switches TensorBoard to (needs google-crc32c with its C extension)",
     )
     args = ap.parse_args(argv)
+    if args.peer_checksum == "native":
+        from gradwatch.sinks.tensorboard import native_event_checksums
+
+        if not native_event_checksums():
+            ap.error(
+                "--peer-checksum native: TensorBoard could not be switched to the C checksum (install "
+                "google-crc32c with its C extension, and unset GRADWATCH_NATIVE_CRC)"
+            )
     bad = set(args.models.split(",")) - {"digits", "cnn", "transformer"}
     if bad:
         ap.error(f"unknown model(s) {', '.join(sorted(bad))}; choose from digits, cnn, transformer")

@@ -713,7 +713,11 @@ def test_tensorboard_is_imported_only_when_needed(tmp_path, with_logdir):
 
 
 _CRC_PROBE = r"""
-import json, sys, torch
+import json, sys, warnings, torch
+if sys.argv[2].startswith("no-c-extension"):  # google-crc32c falls back to Python (and warns) without it
+    sys.modules["google_crc32c.cext"] = None
+if sys.argv[2] == "no-c-extension-strict":
+    warnings.simplefilter("error")  # as under pytest's filterwarnings = ["error"]
 import gradwatch
 from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
 from tensorboard.summary.writer import record_writer
@@ -728,16 +732,29 @@ print(json.dumps({"replaced": record_writer.masked_crc32c is not pywrap_tensorfl
 """
 
 
-@pytest.mark.parametrize("env", ["1", "0"], ids=["native", "opted-out"])
-def test_event_checksums_in_c_write_the_bytes_tensorboard_checks(tmp_path, env):
-    # a fresh process: the replacement is process-wide and made once
+@pytest.mark.parametrize(
+    ("env", "mode", "replaced"),
+    [
+        ("", "", True),
+        ("0", "", False),
+        (" Off ", "", False),
+        ("false", "", False),
+        ("", "no-c-extension", False),
+        ("", "no-c-extension-strict", False),
+    ],
+    ids=["native", "opted-out", "opted-out-off", "opted-out-false", "no-c-extension", "strict-warnings"],
+)
+def test_event_checksums_in_c_write_the_bytes_tensorboard_checks(tmp_path, env, mode, replaced):
+    pytest.importorskip("google_crc32c")
+    # a fresh process: the replacement is process-wide
     out = subprocess.run(
-        [sys.executable, "-c", _CRC_PROBE, str(tmp_path)],
+        [sys.executable, "-c", _CRC_PROBE, str(tmp_path), mode or "-"],
         capture_output=True, text=True, timeout=60, check=False,
         env={**__import__("os").environ, "GRADWATCH_NATIVE_CRC": env},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1])["replaced"] is (env == "1")
+    assert json.loads(out.stdout.strip().splitlines()[-1])["replaced"] is replaced
+    assert "google-crc32c" not in out.stderr  # no warning about a package the user never imported
     # TensorBoard's own reader checks every record's header and data checksums with its own Python code
     from tensorboard.compat.tensorflow_stub import errors
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
@@ -754,20 +771,28 @@ def test_event_checksums_in_c_write_the_bytes_tensorboard_checks(tmp_path, env):
     assert records >= 1 + 3 * 2  # the file header, then per step the scalars and the histograms
 
 
-def test_native_checksum_agrees_with_tensorboards_own():
+def test_native_checksum_agrees_with_tensorboards_own(monkeypatch):
+    import array
+
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
     from tensorboard.summary.writer import record_writer
 
     from gradwatch.sinks.tensorboard import native_event_checksums
 
     pytest.importorskip("google_crc32c")
+    monkeypatch.delenv("GRADWATCH_NATIVE_CRC", raising=False)
     assert native_event_checksums() is True
     native = record_writer.masked_crc32c
     assert native is not reference
-    assert native_event_checksums.__wrapped__() is True  # a second start (another thread): still in use
+    assert native_event_checksums() is True  # a second start (another sink, another thread): still ours
     assert record_writer.masked_crc32c is native
     gen = torch.Generator().manual_seed(0)
     for n in (0, 1, 7, 8, 9, 63, 64, 1000, 4097):
         data = bytes(torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8).tolist())
         assert native(data) == reference(data), n
         assert native(bytearray(data)) == reference(data), n
+    # what TensorBoard's function also takes (iterables of byte values) goes to TensorBoard's function
+    assert native([1, 2, 250]) == reference([1, 2, 250])
+    assert native(array.array("I", [1, 2])) == reference(array.array("I", [1, 2]))  # not its raw bytes
+    with pytest.raises(TypeError):
+        native(5)  # as TensorBoard's (bytes(5) would be five zero bytes)
