@@ -78,6 +78,22 @@ def test_overhead_benchmark_runs(tmp_path) -> None:
     assert (tmp_path / "o.json").exists()
 
 
+def test_gpu_overhead_script_runs_its_overhead_loop(tmp_path, monkeypatch) -> None:
+    # the script needs CUDA; its interleaved loop runs here on the CPU (synchronize made a no-op) so
+    # that it cannot rot unnoticed between the sessions that are lent a GPU
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_overhead
+    finally:
+        sys.path.pop(0)
+    out = gpu_overhead.overhead("digits", 3, torch.device("cpu"), str(tmp_path))
+    assert set(out) == {"unwatched", "stats", "stats+tb"}
+    assert out["unwatched"]["ratio"] == 1.0
+    assert all(r["median_ms"] > 0 for r in out.values())
+    assert list(tmp_path.glob("digits/events.out.tfevents.*"))  # the TensorBoard variant wrote
+
+
 def test_overhead_benchmark_peer_writes_valid_events_with_tensorboards_own_checksum(tmp_path) -> None:
     from tensorboard.compat.tensorflow_stub import errors
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
