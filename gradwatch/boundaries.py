@@ -26,13 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-import torch
+from gradwatch import compat
 
 __all__ = ["BoundaryCallbacks", "StepTracker"]
 
 
-#: Id of the backward pass running in this thread, or -1 (called directly: it runs in every hook).
-_graph_task: Callable[[], int] = torch._C._current_graph_task_id
+def _graph_task() -> int:
+    """Id of the backward pass running in this thread, or -1 (see ``compat.current_graph_task_id``)."""
+    return compat.current_graph_task_id()
 
 
 class BoundaryCallbacks(Protocol):
@@ -59,8 +60,8 @@ class BoundaryCallbacks(Protocol):
     def parameters_changed(self) -> bool:
         """Whether a watched parameter was modified in place since the last backward pass ended."""
 
-    def queue_end_of_backward(self, callback: Callable[[], None]) -> None:
-        """Arrange for ``callback()`` at the end of the backward pass now running."""
+    def queue_end_of_backward(self, callback: Callable[[], None]) -> bool:
+        """Arrange for ``callback()`` at the end of the backward pass now running; False if it cannot."""
 
 
 class StepTracker:
@@ -80,6 +81,7 @@ class StepTracker:
         self.closed = False  # an optimizer stepped over this step's gradients (unmarked mode)
         self.in_backward = False
         self.task = -1  # graph task id of the backward pass in progress
+        self.end_queued = True  # its end callback is queued (else: ended at the next boundary)
         self.opt_depth = 0
         self.backward_in_opt = False
         self.user_marks = False  # the user marks steps (decorator or step())
@@ -92,8 +94,9 @@ class StepTracker:
 
     def _settle(self) -> None:
         """Close a backward pass whose end callback never ran (it raised, or was interrupted)."""
-        if self.in_backward and _graph_task() == -1:
-            self.owner.backward_aborted()
+        if self.in_backward and (not self.end_queued or _graph_task() == -1):
+            if self.end_queued:  # the queued end never ran: the pass died
+                self.owner.backward_aborted()
             self.backward_end()
 
     def incoming(self) -> None:
@@ -118,12 +121,13 @@ class StepTracker:
         """A gradient was accumulated into a watched ``.grad`` (post-accumulate hook)."""
         task = _graph_task()
         if self.in_backward and task != self.task:
-            self.owner.backward_aborted()  # the previous pass died before its end callback
+            if self.end_queued:
+                self.owner.backward_aborted()  # the previous pass died before its end callback
             self.backward_end()
         if not self.in_backward:
             self.in_backward = True
             self.task = task
-            self.owner.queue_end_of_backward(self.backward_end)
+            self.end_queued = self.owner.queue_end_of_backward(self.backward_end)
             if self.closed or (
                 self.backward_seen
                 and not self.has_optimizers
@@ -137,8 +141,9 @@ class StepTracker:
             self.backward_in_opt = True
 
     def backward_end(self) -> None:
-        """The backward pass finished (queued engine callback)."""
+        """The backward pass finished (queued engine callback, or the next boundary without one)."""
         self.in_backward = False
+        compat.backward_seen_ended()
         self.owner.backward_ended(self.step)
 
     def optimizer_pre(self, optimizer: object) -> None:

@@ -12,7 +12,8 @@ Hooks used (see the PyTorch docs of each):
 * ``Tensor.register_hook`` on the same leaves: runs just before that accumulation, while ``.grad`` still
   shows what the previous step left there (``None`` after ``zero_grad(set_to_none=True)``).
 * ``Optimizer.register_step_pre_hook`` / ``register_step_post_hook``: run around ``optimizer.step()``.
-* ``Variable._execution_engine.queue_callback``: run once at the end of the current backward pass
+* ``Variable._execution_engine.queue_callback`` (through :mod:`gradwatch.compat`): run once at the end
+  of the current backward pass
   (the mechanism ``DistributedDataParallel`` uses to finish gradient reduction).
 """
 
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
+
+from gradwatch import compat
 
 __all__ = ["HandleGroup", "queue_end_of_backward"]
 
@@ -40,7 +43,7 @@ class HandleGroup:
 
     def post_accumulate_grad(self, tensor: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> None:
         """Register ``hook(tensor)`` to run after each gradient accumulation into ``tensor.grad``."""
-        if tensor._post_accumulate_grad_hooks is None:
+        if compat.hook_dict(tensor, "post_accumulate") is None:
             self._restore_none.append(tensor)
         self._handles.append(tensor.register_post_accumulate_grad_hook(hook))
 
@@ -50,7 +53,7 @@ class HandleGroup:
         (``Tensor.register_hook`` on a leaf; it also runs for ``torch.autograd.grad`` calls that take the
         leaf as an input, which accumulate nothing.) The hook must return ``None``.
         """
-        if tensor._backward_hooks is None:
+        if compat.hook_dict(tensor, "backward") is None:
             self._restore_none_backward.append(tensor)
         self._handles.append(tensor.register_hook(hook))
 
@@ -69,19 +72,20 @@ class HandleGroup:
         for handle in self._handles:
             handle.remove()
         for tensor in self._restore_none:
-            if not tensor._post_accumulate_grad_hooks:
-                tensor._post_accumulate_grad_hooks = None  # type: ignore[assignment]
+            if not compat.hook_dict(tensor, "post_accumulate"):
+                compat.reset_hook_dict(tensor, "post_accumulate")
         for tensor in self._restore_none_backward:
-            if not tensor._backward_hooks:
-                tensor._backward_hooks = None  # type: ignore[assignment]
+            if not compat.hook_dict(tensor, "backward"):
+                compat.reset_hook_dict(tensor, "backward")
         self._handles.clear()
         self._restore_none.clear()
         self._restore_none_backward.clear()
 
 
-def queue_end_of_backward(callback: Callable[[], None]) -> None:
-    """Run ``callback()`` once when the backward pass now running finishes.
+def queue_end_of_backward(callback: Callable[[], None]) -> bool:
+    """Run ``callback()`` once when the backward pass now running finishes; False if it cannot be queued.
 
-    Must be called from inside a backward pass (e.g. from a gradient hook).
+    Must be called from inside a backward pass (e.g. from a gradient hook). See
+    :func:`gradwatch.compat.queue_end_of_backward`.
     """
-    torch.autograd.Variable._execution_engine.queue_callback(callback)  # type: ignore[attr-defined]
+    return compat.queue_end_of_backward(callback)

@@ -19,12 +19,13 @@ entries (:func:`sample_stride`, :func:`sample_view`).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+
+from gradwatch import compat, fused
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -56,6 +57,14 @@ RAW_FIELDS = ("norm", "max_abs", "sum", "nonzero", "nonfinite", "nan", "centered
 
 #: A block of results: positions in the caller's list, and a ``[len(positions), k]`` tensor.
 Block = tuple[list[int], torch.Tensor]
+
+
+def _host(device: torch.device) -> bool:
+    """Whether tensors on ``device`` take the CPU paths (where reading a value costs no device sync).
+
+    The tests set ``fused.force_on_cpu`` to run the accelerator paths on CPU tensors.
+    """
+    return device.type == "cpu" and not fused.force_on_cpu
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -142,7 +151,7 @@ def grad_stats(
 
     def reduce(g: list[torch.Tensor], pos: list[int]) -> torch.Tensor:
         chunk_strides = [step[i] for i in pos]
-        if g[0].device.type == "cpu":
+        if _host(g[0].device):
             extremes: list[torch.Tensor] = []
             out = _cpu_chunk(g, chunk_strides, extremes)
             if ranges is not None:  # (unbind: one call for the 0-dim views, not an indexing per entry)
@@ -151,7 +160,44 @@ def grad_stats(
             return out
         return _device_chunk(g, chunk_strides)
 
-    return _blocks_at(grads, reduce)
+    fused_blocks, rest = _fused_blocks(grads, step)
+    return fused_blocks + _blocks_at(rest, reduce)
+
+
+def _fused_blocks(
+    tensors: Sequence[torch.Tensor | None], strides: Sequence[int]
+) -> tuple[list[Block], list[torch.Tensor | None]]:
+    """The groups :mod:`gradwatch.fused` handles (one Triton launch each), and the tensors left over.
+
+    Returns the blocks of raw columns for the fused groups, and ``tensors`` with those entries replaced
+    by None (for the other paths). On the CPU (unless the tests force it) nothing is fused.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    readable: dict[int, torch.Tensor] = {}
+    on: dict[torch.device, bool] = {}
+    for i, t in enumerate(tensors):
+        if t is None:
+            continue
+        device = t.device
+        ok = on.get(device)
+        if ok is None:
+            ok = on[device] = fused.enabled(device)
+        if not ok or t.numel() == 0:
+            continue
+        if t.requires_grad or t.is_sparse or t.is_complex() or not t.is_contiguous():
+            t = fused.readable(t.detach())
+        if t.dtype not in fused.FUSED_DTYPES:
+            continue
+        readable[i] = t
+        groups.setdefault((device, t.dtype), []).append(i)
+    if not groups:
+        return [], list(tensors)
+    blocks: list[Block] = []
+    for idx in groups.values():
+        raw, _ = fused.grad_stats([readable[i] for i in idx], [strides[i] for i in idx])
+        blocks.append((idx, raw))
+    rest = [None if i in readable else t for i, t in enumerate(tensors)]
+    return blocks, rest
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -343,7 +389,7 @@ def _cpu_chunk(
             ]
         )
         # propagate like the foreach kernels do: NaN/Inf in norm, max |g| and the centred norm
-        direct = torch.stack(torch._foreach_norm(g, 2)).to(torch.float64)
+        direct = torch.stack(compat.foreach_norm(g, 2)).to(torch.float64)
         norm_t = torch.where(bad, direct, norm_t)
         max_abs = torch.where(bad & (counts[1] > 0), torch.nan, torch.where(bad, torch.inf, max_abs))
         centered_t = torch.where(bad, torch.nan, centered_t)
@@ -369,37 +415,48 @@ def _cpu_chunk(
 
 
 def _device_chunk(g: list[torch.Tensor], strides: Sequence[int] = ()) -> torch.Tensor:
-    """Raw columns with the foreach kernels: one launch per statistic for the whole chunk (CUDA)."""
+    """Raw columns with the foreach kernels (accelerators without Triton): a few launches per statistic.
+
+    The L2 norm is reduced in float64 (``_foreach_norm(dtype=float64)``): squares of entries below about
+    1e-19 underflow float32, and of entries above about 1e19 overflow it.
+    """
     n = len(g)
-    norm = torch._foreach_norm(g, 2)
+    norm = torch.stack(compat.foreach_norm(g, 2, dtype=torch.float64))
     sampled = [t if s == 1 else _flat(t)[::s] for t, s in zip(g, list(strides) or [1] * n)]
-    nonzero = torch._foreach_norm(sampled, 0)  # count of entries != 0 (among the sampled ones)
-    a = torch._foreach_abs(g)
-    max_abs = torch._foreach_max(a)
-    abs_sum = torch._foreach_norm(a, 1)
+    nonzero = compat.foreach_norm(sampled, 0)  # count of entries != 0 (among the sampled ones)
+    a = compat.foreach_abs(g)
+    max_abs = compat.foreach_max(a)
+    abs_sum = compat.foreach_norm(a, 1)
     del a
-    pos = torch._foreach_clamp_min(g, 0.0)
-    pos_sum = torch._foreach_norm(pos, 1)
+    pos = _clamp_min(g)
+    pos_sum = compat.foreach_norm(pos, 1)
     del pos
-    flat = torch.stack([*norm, *max_abs, *pos_sum, *abs_sum, *nonzero]).view(5, n).to(torch.float64)
-    flat[2] = 2 * flat[2] - flat[3]  # sum(g) = 2 sum(g+) - sum|g|: there is no foreach sum
+    flat = torch.stack([*max_abs, *pos_sum, *abs_sum, *nonzero]).view(4, n).to(torch.float64)
+    total = 2 * flat[1] - flat[2]  # sum(g) = 2 sum(g+) - sum|g|: there is no foreach sum
     counts = _nonfinite_counts(g)
-    centered = flat.new_full((1, n), -1.0)  # std derived on the host from the norm and the sum
-    return torch.cat([flat[[0, 1, 2, 4]], counts, centered]).T
+    centered = flat.new_full((n,), -1.0)  # std derived on the host from the norm and the sum
+    return torch.stack([norm, flat[0], total, flat[3], counts[0], counts[1], centered], dim=1)
+
+
+def _clamp_min(g: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``max(g, 0)`` per tensor: copies of ``g`` clamped in place (one foreach launch each)."""
+    out = list(compat.foreach_clone(g))
+    compat.foreach_clamp_min_(out, 0.0)
+    return out
 
 
 def _nonfinite_counts(g: list[torch.Tensor]) -> torch.Tensor:
     """``[2, n]`` float64: number of non-finite (NaN or +-Inf) entries, and of NaN entries, per tensor."""
     n = len(g)
-    a = torch._foreach_abs(g)
+    a = compat.foreach_abs(g)
     # |g| - max_finite is <= 0 for finite entries, +inf/NaN otherwise
-    torch._foreach_sub_(a, torch.finfo(g[0].dtype).max)
-    torch._foreach_clamp_min_(a, 0.0)
-    nonfinite = torch._foreach_norm(a, 0)
+    compat.foreach_sub_(a, torch.finfo(g[0].dtype).max)
+    compat.foreach_clamp_min_(a, 0.0)
+    nonfinite = compat.foreach_norm(a, 0)
     # clamping maps +inf to 1 and keeps NaN; times 0 leaves NaN only where g was NaN
-    torch._foreach_clamp_max_(a, 1.0)
-    torch._foreach_mul_(a, 0.0)
-    nan = torch._foreach_norm(a, 0)
+    compat.foreach_clamp_max_(a, 1.0)
+    compat.foreach_mul_(a, 0.0)
+    nan = compat.foreach_norm(a, 0)
     return torch.stack([*nonfinite, *nan]).view(2, n).to(torch.float64)
 
 
@@ -413,8 +470,8 @@ def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
     """
 
     def reduce(t: list[torch.Tensor]) -> torch.Tensor:
-        if t[0].device.type != "cpu":
-            return torch.stack(torch._foreach_norm(t, 2)).sum().isfinite().reshape(1, 1)
+        if not _host(t[0].device):
+            return torch.stack(compat.foreach_norm(t, 2)).sum().isfinite().reshape(1, 1)
         groups = _stacks([(k, x.shape) if (k := x.numel()) <= _SMALL else None for x in t])
         stacked = {j for js in groups for j in js}
         parts = [_stacked_rows([t[j] for j in js]).sum(1) for js in groups]
@@ -546,7 +603,7 @@ def take_samples(views: Sequence[torch.Tensor], layout: SampleLayout | None = No
     """
     layout = layout if layout is not None else SampleLayout(views)
     stacks = [torch.stack([views[i] for i in idx]) for idx in layout.stacked]
-    rest = [list(torch._foreach_clone([views[i] for i in idx])) for idx in layout.rest]  # type: ignore[attr-defined]
+    rest = [list(compat.foreach_clone([views[i] for i in idx])) for idx in layout.rest]
     return Samples(layout, stacks, rest)
 
 
@@ -607,7 +664,7 @@ def sample_distances(
         b = before.stacks[k]
         if a.shape != b.shape or a.dtype != b.dtype:
             continue
-        if a.device.type != "cpu":
+        if not _host(a.device):
             blocks.append((idx, torch.linalg.vector_norm(a.double() - b.double(), ord, dim=1)[:, None]))
             continue
         if a.element_size() < 4:  # 16-bit floats: a difference rounded to 8 or 11 bits is too coarse
@@ -623,11 +680,11 @@ def sample_distances(
         b_list = before.rest[k] if before is not None else None
         if b_list is not None and [t.shape for t in a_list] != [t.shape for t in b_list]:
             continue
-        if a_list[0].device.type == "cpu" and a_list[0].element_size() >= 4 and _foreach_norm_takes_dtype():
+        if _host(a_list[0].device) and a_list[0].element_size() >= 4:
             # as for the stacked groups: differences in the samples' dtype, norms in float64, non-finite
             # results redone in float64
-            diffs = a_list if b_list is None else list(torch._foreach_sub(a_list, b_list))
-            dist = torch.stack(torch._foreach_norm(diffs, ord, dtype=torch.float64))
+            diffs = a_list if b_list is None else list(compat.foreach_sub(a_list, b_list))
+            dist = torch.stack(compat.foreach_norm(diffs, ord, dtype=torch.float64))
             for j in torch.nonzero(~torch.isfinite(dist)).flatten().tolist():
                 exact = a_list[j].double() - (0.0 if b_list is None else b_list[j].double())
                 dist[j] = torch.linalg.vector_norm(exact, ord)
@@ -636,19 +693,9 @@ def sample_distances(
         # in float64: samples are small, and squares of 1e20 overflow float32
         a64 = [t.double() for t in a_list]
         if b_list is not None:
-            a64 = list(torch._foreach_sub(a64, [t.double() for t in b_list]))
-        blocks.append((idx, torch.stack(torch._foreach_norm(a64, ord))[:, None]))
+            a64 = list(compat.foreach_sub(a64, [t.double() for t in b_list]))
+        blocks.append((idx, torch.stack(compat.foreach_norm(a64, ord))[:, None]))
     return blocks
-
-
-@functools.cache
-def _foreach_norm_takes_dtype() -> bool:
-    """Whether this PyTorch's ``torch._foreach_norm`` takes ``dtype=`` (newer than 2.1); asked once."""
-    try:
-        torch._foreach_norm([torch.ones(1)], 2.0, dtype=torch.float64)
-    except (TypeError, RuntimeError):
-        return False
-    return True
 
 
 #: Entries binned per pass of :func:`histograms`: its scratch buffers (about 5 MiB, kept for reuse
@@ -730,6 +777,35 @@ def _bucket_counts(
     return counts[:bins]
 
 
+def _fused_histograms(tensors: Sequence[torch.Tensor], bins: int) -> torch.Tensor | None:
+    """:func:`histograms` with the fused kernels: per dtype one statistics pass and one binning pass.
+
+    No host read at all; None when a tensor is of a dtype the kernels do not read.
+    """
+    # (read by address: a parameter needs no detach unless it is copied first)
+    readable = [
+        fused.readable(t.detach()) if t.is_sparse or t.is_complex() or not t.is_contiguous() else t
+        for t in tensors
+    ]
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(readable):
+        if t.dtype not in fused.FUSED_DTYPES:
+            return None
+        groups.setdefault(t.dtype, []).append(i)
+    parts = []
+    for idx in groups.values():
+        ts = [readable[i] for i in idx]
+        raw, extra = fused.grad_stats(ts, [1] * len(ts))
+        parts.append(fused.histogram_rows(ts, extra, raw[:, 4], bins))
+    if len(parts) == 1:
+        return parts[0]
+    order = [i for idx in groups.values() for i in idx]
+    out = torch.cat(parts)
+    inverse = torch.empty(len(order), dtype=torch.int64)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return out[inverse.to(out.device)]
+
+
 def histograms(
     tensors: Sequence[torch.Tensor],
     bins: int,
@@ -771,6 +847,10 @@ def histograms(
     """
     n = len(tensors)
     device = tensors[0].device
+    if fused.enabled(device):
+        rows = _fused_histograms(tensors, bins)
+        if rows is not None:
+            return rows
     xs = [_flat(_prepare(t, _compute_dtype(t.dtype))) for t in tensors]
     given = list(ranges) if ranges is not None else [None] * n
     # NaN propagates, +-Inf shows in the range; a given range is exact in the tensor's dtype
@@ -820,7 +900,7 @@ def histograms(
             middle = torch.zeros(bins, dtype=torch.int64, device=device)
             middle[bins // 2] = x.numel()
             counts.append(middle)
-        elif x.numel() <= _HISTC_MAX and device.type == "cpu" and fits:
+        elif x.numel() <= _HISTC_MAX and _host(device) and fits:
             # the range read on the host (free on the CPU; exact: float32 values are float64 values)
             lo_f, hi_f = lohi[i].tolist()
             counts.append(torch.histc(x, bins, lo_f, hi_f).long())
@@ -833,7 +913,7 @@ def histograms(
             totals.append(pair[0].double())
             squares.append(pair[1].double())
     sum_sq = torch.stack(squares)
-    if device.type == "cpu" and not bool(sum_sq.isfinite().all()):  # squares past ~1e19 overflow float32
+    if _host(device) and not bool(sum_sq.isfinite().all()):  # squares past ~1e19 overflow float32
         for i in torch.nonzero(~sum_sq.isfinite()).flatten().tolist():
             x = xs[i][torch.isfinite(xs[i])]
             sum_sq[i] = torch.linalg.vector_norm(x, dtype=torch.float64).square()

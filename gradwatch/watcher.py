@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from gradwatch import stats
+from gradwatch import compat, stats
 from gradwatch.boundaries import StepTracker, _graph_task
 from gradwatch.config import Config, check_kinds
 from gradwatch.detectors import (
@@ -91,7 +91,7 @@ class _StepState:
         self.received = bytearray(n)
         self.snaps: dict[int, tuple[list[int], stats.Samples]] = {}
         self.unowned_snap: tuple[list[int], stats.Samples] | None = None
-        self.grad_hist: dict[int, torch.Tensor] = {}
+        self.grad_hist: list[tuple[list[int], torch.Tensor]] = []  # (positions, rows) per capture
         self.kept: dict[str, torch.Tensor] = {}
         self.loss: torch.Tensor | float | None = None
         self.order = [-1] * n  # rank of each parameter's first gradient in this step (backward order)
@@ -540,16 +540,16 @@ class Watcher:
             self._guard(self._tracker.optimizer_post, optimizer)
 
     # ------------------------------------------------------------------ BoundaryCallbacks
-    def queue_end_of_backward(self, callback: Callable[[], None]) -> None:
+    def queue_end_of_backward(self, callback: Callable[[], None]) -> bool:
         """Internal (BoundaryCallbacks): run ``callback`` when the running backward pass ends."""
-        queue_end_of_backward(lambda: self._guard(callback))
+        return queue_end_of_backward(lambda: self._guard(callback))
 
     def parameters_changed(self) -> bool:
         """Internal (BoundaryCallbacks): whether a watched parameter changed in place since then."""
         if not self._versions:
             return False
         params = self._live_params()
-        return any(p._version != v for p, v in zip(params, self._versions))
+        return any(compat.version_counter(p) != v for p, v in zip(params, self._versions))
 
     def backward_started(self, inside_optimizer: bool) -> None:
         """Internal (BoundaryCallbacks): a backward pass reached its first watched parameter."""
@@ -564,7 +564,7 @@ class Watcher:
         """Internal (BoundaryCallbacks): a backward pass ended; capture what no optimizer will read."""
         params = self._live_params()
         if not self._optimizers:
-            self._versions = [p._version for p in params]
+            self._versions = [compat.version_counter(p) for p in params]
         else:  # one device flag per pass: tells an AMP-skipped step from discarded gradients
             touched = self._prov.touched.get(self._prov.pass_id)
             if touched:
@@ -668,14 +668,15 @@ class Watcher:
         """Run the record detectors on sealed records whose host copy has arrived.
 
         On the CPU that is every record at once. On CUDA a record waits until its asynchronous copy is
-        done (``Event.query()``) or one newer record exists, so the training thread never blocks on a
-        copy it just started; ``final`` judges everything (close, reads of ``findings``).
+        done (``Event.query()``, which does not block), usually one step later; only when more than
+        :data:`_MAX_UNJUDGED` records wait (the device runs that far behind) does the oldest one wait for
+        its copy. ``final`` judges everything (close, reads of ``findings``).
         """
         findings: list[Finding] = []
         while self._unjudged:
             record = self._unjudged[0]
             event = record._event
-            if not final and event is not None and len(self._unjudged) < 2 and not event.query():
+            if not final and event is not None and len(self._unjudged) <= _MAX_UNJUDGED and not event.query():
                 break
             self._unjudged.pop(0)
             for d in self._detectors:
@@ -689,25 +690,25 @@ class Watcher:
         param_hist = None
         if self._sink is not None and self.config.histogram_every(step):
             param_hist = self._named_hist(self._histograms(range(len(params)), params))
-        # one device-to-host copy per device (asynchronous on CUDA, waited for by whoever reads first)
-        host_parts: list[Part] = []
-        event = None
-        for pos, col, t in cur.parts:
-            if t.device.type == "cuda":
-                host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
-                host.copy_(t, non_blocking=True)
-                t = host
-            host_parts.append((pos, col, t))
+        grad_hist = self._grad_hist_rows(cur.grad_hist)
+        # one device-to-host copy for the whole step (asynchronous; waited for by whoever reads first)
         loss = cur.loss
-        if isinstance(loss, torch.Tensor) and loss.device.type == "cuda":
-            host_loss = torch.empty((), dtype=loss.dtype, pin_memory=True)
-            host_loss.copy_(loss, non_blocking=True)
+        host, singles, event = _to_host(
+            [t for _, _, t in cur.parts],
+            [
+                loss if isinstance(loss, torch.Tensor) else None,
+                None if grad_hist is None else grad_hist[1],
+                None if param_hist is None else param_hist[1],
+            ],
+        )
+        host_parts: list[Part] = [(pos, col, t) for (pos, col, _), t in zip(cur.parts, host)]
+        host_loss, grad_rows, param_rows = singles
+        if host_loss is not None:
             loss = host_loss
-        if any(t.device.type == "cuda" for _, _, t in cur.parts) or (
-            isinstance(cur.loss, torch.Tensor) and cur.loss.is_cuda
-        ):
-            event = torch.cuda.Event()
-            event.record()
+        if grad_hist is not None and grad_rows is not None:
+            grad_hist = (grad_hist[0], grad_rows)
+        if param_hist is not None and param_rows is not None:
+            param_hist = (param_hist[0], param_rows)
         record = StepRecord(
             step,
             self.names,
@@ -726,10 +727,6 @@ class Watcher:
         self._history.append(record)
         self._unjudged.append(record)
         if self._sink is not None:
-            grad_hist = None
-            if cur.grad_hist:
-                order = sorted(cur.grad_hist)
-                grad_hist = ([self.names[i] for i in order], torch.stack([cur.grad_hist[i] for i in order]))
             self._sink.write_step(record, grad_hist, param_hist)
 
     # ------------------------------------------------------------------ internals
@@ -924,14 +921,13 @@ class Watcher:
                 self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)
         if ranges is not None:
             sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sum and sum of squares, known
-            for pos, block in grad_blocks:
+            for pos, block in grad_blocks if ranges else ():  # (the CPU path; the fused one needs none)
                 for j, (total, square) in zip(pos, torch.stack([block[:, 2], block[:, 0].square()], 1)):
                     sums[idx[j]] = (total, square)
             known_ranges = {idx[j]: r for j, r in ranges.items()}  # min and max, known (CPU)
             hist = self._histograms(idx, [g for g in grads], sums, known_ranges)
             if hist is not None:
-                for i, row in zip(*hist):
-                    self._cur.grad_hist[i] = row
+                self._cur.grad_hist.append(hist)
 
     def _histograms(
         self,
@@ -945,7 +941,8 @@ class Watcher:
         ``sums``: parameter position -> the tensor's sum and sum of squares, already computed;
         ``ranges``: parameter position -> its min and max, already computed.
         """
-        keep = [(i, t.detach()) for i, t in zip(idx, tensors) if t is not None and t.numel()]
+        # (not detached here: the statistics read parameters without recording autograd history)
+        keep = [(i, t) for i, t in zip(idx, tensors) if t is not None and t.numel()]
         if not keep:
             return None
         by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
@@ -958,8 +955,23 @@ class Watcher:
             extremes = [ranges.get(i) for i, _ in items] if ranges else None
             h = stats.histograms([t for _, t in items], self.config.histogram_bins, known, extremes)
             order.extend(i for i, _ in items)
-            rows.append(h.cpu())  # a histogram step is written out: one copy per device
-        return order, torch.cat(rows)
+            rows.append(h)  # on the device: copied with the rest of the step's record
+        return order, torch.cat(rows) if len(rows) == 1 else torch.cat([r.to(rows[0].device) for r in rows])
+
+    def _grad_hist_rows(
+        self, blocks: list[tuple[list[int], torch.Tensor]]
+    ) -> tuple[list[str], torch.Tensor] | None:
+        """The step's gradient histogram rows by parameter name (a later capture of one replaces it)."""
+        if not blocks:
+            return None
+        order = [i for idx, _ in blocks for i in idx]
+        rows = torch.cat([r for _, r in blocks]) if len(blocks) > 1 else blocks[0][1]
+        last = {i: k for k, i in enumerate(order)}
+        if len(last) < len(order):  # captured twice in one step: keep the last rows
+            keep = sorted(last.values())
+            order = [order[k] for k in keep]
+            rows = rows[torch.tensor(keep, device=rows.device)]
+        return [self.names[i] for i in order], rows
 
     def _named_hist(
         self, hist: tuple[list[int], torch.Tensor] | None
@@ -1097,6 +1109,35 @@ class Watcher:
                 err,
                 exc_info=err,
             )
+
+
+#: Records whose host copy may still be in flight before the oldest is waited for (see ``_judge_records``).
+_MAX_UNJUDGED = 4
+
+
+def _to_host(
+    parts: list[torch.Tensor], singles: list[torch.Tensor | None]
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None], Any]:
+    """Host copies of a step's device tensors: one ``cat`` on the device, one non-blocking copy.
+
+    ``parts`` (float64 blocks) and ``singles`` (the loss, histogram rows; None where absent) are
+    returned in the same structure, as views of one pinned host buffer, with the CUDA event recorded
+    after the copy (None when nothing was on a CUDA device: CPU tensors are returned as they are).
+    """
+    wanted = [*parts, *(t for t in singles if t is not None)]
+    on_device = [t for t in wanted if t.device.type == "cuda"]
+    if not on_device:
+        return parts, singles, None
+    device = on_device[0].device
+    flat = torch.cat([t.reshape(-1).to(device=device, dtype=torch.float64) for t in wanted])
+    host = torch.empty(flat.shape, dtype=torch.float64, pin_memory=True)
+    host.copy_(flat, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    views = iter(host.split([t.numel() for t in wanted]))
+    out_parts = [next(views).view(t.shape) for t in parts]
+    out_singles = [None if t is None else next(views).view(t.shape) for t in singles]
+    return out_parts, out_singles, event
 
 
 def watch(target: Any, optimizer: Any = None, **options: Any) -> Watcher:

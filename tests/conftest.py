@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+# Without a GPU, Triton's interpreter runs gradwatch's Triton kernels on CPU tensors (tests/test_fused.py);
+# it must be set before Triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CASES = REPO.parent / "shared" / "cases"

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
+from gradwatch import compat
+
 __all__ = ["HORIZON", "Provenance"]
 
 #: Backward passes older than this many passes are forgotten (bounds memory; a discarded pass is
@@ -80,7 +82,7 @@ class Provenance:
         unused = [p for p in passes if p not in self.used_passes]
         # the parameter itself was written in place since its gradient arrived (a hand-written update,
         # a constraint such as clamp_ or renorm_, an Embedding's max_norm)
-        moved = param._version != self._param_ver[i]
+        moved = compat.version_counter(param) != self._param_ver[i]
         for p in unused:
             self.reset_unused.setdefault(p, set()).add(i)
             if moved:
@@ -92,7 +94,7 @@ class Provenance:
 
     def _observe(self, i: int, g: torch.Tensor | None) -> None:
         self._ref[i] = None if g is None else id(g)
-        self._ver[i] = 0 if g is None else g._version
+        self._ver[i] = 0 if g is None else compat.version_counter(g)
 
     def before_accumulate(self, i: int, param: torch.Tensor) -> None:
         """A gradient is about to be accumulated into ``param.grad`` (tensor hook on the leaf).
@@ -103,10 +105,12 @@ class Provenance:
         """
         g = param.grad
         ref = self._ref[i]
-        if ref is not None and (g is None or id(g) != ref or g._version != self._ver[i]):  # not kept
+        if ref is not None and (
+            g is None or id(g) != ref or compat.version_counter(g) != self._ver[i]
+        ):  # not kept
             self._reset(i, param)
             self._ref[i] = None if g is None else id(g)
-            self._ver[i] = 0 if g is None else g._version
+            self._ver[i] = 0 if g is None else compat.version_counter(g)
         elif self.holds_used[i] and g is not None and not bool(g.any()):
             # kept by its version, yet all zeros: zeroed behind the version counter
             # (``p.grad.data.zero_()``, the old idiom), or a used gradient that was exactly 0; either way
@@ -122,10 +126,10 @@ class Provenance:
             touching = self._touching = self.touched.setdefault(self.pass_id, set())
         touching.add(i)
         self.fresh[i] = True
-        self._param_ver[i] = param._version
+        self._param_ver[i] = compat.version_counter(param)
         g = param.grad
         self._ref[i] = None if g is None else id(g)
-        self._ver[i] = 0 if g is None else g._version
+        self._ver[i] = 0 if g is None else compat.version_counter(g)
 
     def check(self, i: int, param: torch.Tensor) -> None:
         """Look at ``param.grad`` just before its optimizer steps: notice a reset since the last observation.
@@ -141,7 +145,7 @@ class Provenance:
             return
         if g is None or id(g) != ref:
             self._reset(i, param)
-        elif self.holds_used[i] and not self.fresh[i] and g._version == self._ver[i]:
+        elif self.holds_used[i] and not self.fresh[i] and compat.version_counter(g) == self._ver[i]:
             # untouched since the owner used it, no new gradient: the owner is about to step again on
             # exactly the gradient it already applied
             self.restep[i] = True
