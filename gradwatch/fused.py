@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -59,8 +60,25 @@ compat._cleared_on_refresh.append(triton_available)
 force_on_cpu = False
 
 
+#: Set when a kernel failed (an incompatible Triton, an unsupported GPU): the torch paths from then on.
+broken: str | None = None
+
+
+def disable(err: BaseException) -> None:
+    """Stop using the kernels in this process after ``err`` (logged once); the torch paths take over."""
+    global broken
+    if broken is None:
+        broken = f"{type(err).__name__}: {err}"
+        logging.getLogger("gradwatch").warning(
+            "gradwatch: the Triton statistics kernels failed (%s); using the torch foreach path instead",
+            broken,
+        )
+
+
 def enabled(device: torch.device) -> bool:
     """Whether the fused kernels handle tensors on ``device``."""
+    if broken is not None:
+        return False
     if device.type == "cuda":
         return triton_available()
     if device.type == "cpu":

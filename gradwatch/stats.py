@@ -193,9 +193,13 @@ def _fused_blocks(
     if not groups:
         return [], list(tensors)
     blocks: list[Block] = []
-    for idx in groups.values():
-        raw, _ = fused.grad_stats([readable[i] for i in idx], [strides[i] for i in idx])
-        blocks.append((idx, raw))
+    try:
+        for idx in groups.values():
+            raw, _ = fused.grad_stats([readable[i] for i in idx], [strides[i] for i in idx])
+            blocks.append((idx, raw))
+    except Exception as err:  # a kernel that does not compile or run here: the torch paths instead
+        fused.disable(err)
+        return [], list(tensors)
     rest = [None if i in readable else t for i, t in enumerate(tensors)]
     return blocks, rest
 
@@ -848,7 +852,11 @@ def histograms(
     n = len(tensors)
     device = tensors[0].device
     if fused.enabled(device):
-        rows = _fused_histograms(tensors, bins)
+        try:
+            rows = _fused_histograms(tensors, bins)
+        except Exception as err:  # as in grad_stats: the torch path instead
+            fused.disable(err)
+            rows = None
         if rows is not None:
             return rows
     xs = [_flat(_prepare(t, _compute_dtype(t.dtype))) for t in tensors]

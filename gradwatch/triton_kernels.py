@@ -8,8 +8,7 @@ With ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (Triton's interpreter
 test suite runs them on machines without a GPU.
 """
 
-from __future__ import annotations
-
+# (no ``from __future__ import annotations``: Triton 3.0 reads ``tl.constexpr`` annotations as objects)
 import contextlib
 import os
 
@@ -158,7 +157,7 @@ def histogram_counts(
         )
 
 
-def _quiet() -> contextlib.AbstractContextManager:
+def _quiet() -> "contextlib.AbstractContextManager[object]":
     """Silence numpy's floating-point warnings where Triton's interpreter runs the kernels on numpy.
 
     (``inf - inf`` is how the kernels test for non-finite entries; on a GPU it raises nothing.)

@@ -225,3 +225,19 @@ def test_import_gradwatch_does_not_import_triton() -> None:
     code = "import sys, gradwatch; print('triton' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_failing_kernel_falls_back_to_the_torch_path(on_device_path, monkeypatch) -> None:
+    from gradwatch import triton_kernels
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(triton_kernels, "grad_stats_partials", fails)
+    monkeypatch.setattr(fused, "broken", None)
+    _, grads = _train(*_mlp(3), 2)
+    w, grads = _train(*_mlp(3), 2)
+    assert fused.broken is not None and "no kernel image" in fused.broken
+    for record, g in zip(w.history, grads):
+        for name, grad in g.items():
+            assert record.params[name].grad_norm == pytest.approx(grad.double().norm().item(), rel=1e-6)
