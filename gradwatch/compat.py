@@ -19,7 +19,8 @@ torch name                                         since  fallback
 ``torch._foreach_norm(..., dtype=)``               2.4    the tensors converted to ``dtype``, then the norm
 ``torch._foreach_norm``                            <2.1   one ``torch.linalg.vector_norm`` per tensor
 ``torch._foreach_abs``, ``_sub``, ``_sub_``,       <2.1   the same method called once per tensor
-``_clamp_min_``, ``_clamp_max_``, ``_mul_``
+``_clamp_min``, ``_clamp_min_``, ``_clamp_max_``,
+``_mul_``
 ``torch._C._current_graph_task_id``                <2.1   -1 outside a backward pass, 0 inside one (as far
                                                           as gradwatch's own end-of-pass callbacks tell)
 ``Variable._execution_engine.queue_callback``      <2.1   the end of a backward pass is seen at the next
@@ -51,6 +52,7 @@ __all__ = [
     "current_graph_task_id",
     "foreach_abs",
     "foreach_clamp_max_",
+    "foreach_clamp_min",
     "foreach_clamp_min_",
     "foreach_clone",
     "foreach_max",
@@ -94,6 +96,7 @@ FEATURES: dict[str, Feature] = {
         Feature("torch._foreach_abs", "<2.1", "one abs per tensor"),
         Feature("torch._foreach_sub", "<2.1", "one sub per tensor"),
         Feature("torch._foreach_sub_", "<2.1", "one sub_ per tensor"),
+        Feature("torch._foreach_clamp_min", "<2.1", "one clamp_min per tensor"),
         Feature("torch._foreach_clamp_min_", "<2.1", "one clamp_min_ per tensor"),
         Feature("torch._foreach_clamp_max_", "<2.1", "one clamp_max_ per tensor"),
         Feature("torch._foreach_mul_", "<2.1", "one mul_ per tensor"),
@@ -188,6 +191,8 @@ foreach_abs: Callable[[Tensors], Sequence[torch.Tensor]]
 foreach_sub: Callable[[Tensors, Tensors], Sequence[torch.Tensor]]
 #: ``torch._foreach_sub_(tensors, scalar)``.
 foreach_sub_: Callable[[Tensors, float], None]
+#: ``torch._foreach_clamp_min(tensors, scalar)``: clamped copies.
+foreach_clamp_min: Callable[[Tensors, float], Sequence[torch.Tensor]]
 #: ``torch._foreach_clamp_min_(tensors, scalar)``.
 foreach_clamp_min_: Callable[[Tensors, float], None]
 #: ``torch._foreach_clamp_max_(tensors, scalar)``.
@@ -266,6 +271,7 @@ def refresh() -> None:
         "torch._foreach_abs": hasattr(torch, "_foreach_abs"),
         "torch._foreach_sub": hasattr(torch, "_foreach_sub"),
         "torch._foreach_sub_": hasattr(torch, "_foreach_sub_"),
+        "torch._foreach_clamp_min": hasattr(torch, "_foreach_clamp_min"),
         "torch._foreach_clamp_min_": hasattr(torch, "_foreach_clamp_min_"),
         "torch._foreach_clamp_max_": hasattr(torch, "_foreach_clamp_max_"),
         "torch._foreach_mul_": hasattr(torch, "_foreach_mul_"),
@@ -288,6 +294,9 @@ def refresh() -> None:
     mod.foreach_abs = pick("torch._foreach_abs", "_foreach_abs", _loop("abs", False))  # type: ignore[attr-defined]
     mod.foreach_sub = pick("torch._foreach_sub", "_foreach_sub", _loop("sub", False))  # type: ignore[attr-defined]
     mod.foreach_sub_ = pick("torch._foreach_sub_", "_foreach_sub_", _loop("sub_", True))  # type: ignore[attr-defined]
+    mod.foreach_clamp_min = pick(  # type: ignore[attr-defined]
+        "torch._foreach_clamp_min", "_foreach_clamp_min", _loop("clamp_min", False)
+    )
     mod.foreach_clamp_min_ = pick(  # type: ignore[attr-defined]
         "torch._foreach_clamp_min_", "_foreach_clamp_min_", _loop("clamp_min_", True)
     )

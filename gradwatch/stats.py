@@ -432,7 +432,7 @@ def _device_chunk(g: list[torch.Tensor], strides: Sequence[int] = ()) -> torch.T
     max_abs = compat.foreach_max(a)
     abs_sum = compat.foreach_norm(a, 1)
     del a
-    pos = _clamp_min(g)
+    pos = compat.foreach_clamp_min(g, 0.0)
     pos_sum = compat.foreach_norm(pos, 1)
     del pos
     flat = torch.stack([*max_abs, *pos_sum, *abs_sum, *nonzero]).view(4, n).to(torch.float64)
@@ -440,13 +440,6 @@ def _device_chunk(g: list[torch.Tensor], strides: Sequence[int] = ()) -> torch.T
     counts = _nonfinite_counts(g)
     centered = flat.new_full((n,), -1.0)  # std derived on the host from the norm and the sum
     return torch.stack([norm, flat[0], total, flat[3], counts[0], counts[1], centered], dim=1)
-
-
-def _clamp_min(g: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``max(g, 0)`` per tensor: copies of ``g`` clamped in place (one foreach launch each)."""
-    out = list(compat.foreach_clone(g))
-    compat.foreach_clamp_min_(out, 0.0)
-    return out
 
 
 def _nonfinite_counts(g: list[torch.Tensor]) -> torch.Tensor:

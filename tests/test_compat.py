@@ -185,6 +185,22 @@ def fallback_foreach_sub_(monkeypatch: pytest.MonkeyPatch) -> None:
     _elementwise(monkeypatch, "_foreach_sub_", lambda xs: compat.foreach_sub_(xs, 0.5), lambda t: t - 0.5)
 
 
+def fallback_foreach_clamp_min(monkeypatch: pytest.MonkeyPatch) -> None:
+    _elementwise(
+        monkeypatch,
+        "_foreach_clamp_min",
+        lambda xs: compat.foreach_clamp_min(xs, 0.0),
+        lambda t: t.clamp_min(0),
+    )
+    # the foreach statistics path that uses it (sum = 2 sum(g+) - sum|g|), against float64 sums
+    from gradwatch import stats
+
+    g = _some_tensors()
+    raw = stats._device_chunk(g)
+    want = torch.tensor([t.double().sum().item() for t in g], dtype=torch.float64)
+    torch.testing.assert_close(raw[:, 2], want, rtol=1e-6, atol=1e-9)
+
+
 def fallback_foreach_clamp_min_(monkeypatch: pytest.MonkeyPatch) -> None:
     _elementwise(
         monkeypatch,
@@ -299,6 +315,7 @@ FALLBACK_TESTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "torch._foreach_abs": fallback_foreach_abs,
     "torch._foreach_sub": fallback_foreach_sub,
     "torch._foreach_sub_": fallback_foreach_sub_,
+    "torch._foreach_clamp_min": fallback_foreach_clamp_min,
     "torch._foreach_clamp_min_": fallback_foreach_clamp_min_,
     "torch._foreach_clamp_max_": fallback_foreach_clamp_max_,
     "torch._foreach_mul_": fallback_foreach_mul_,
@@ -344,7 +361,13 @@ def test_everything_missing_at_once_gives_the_main_path_values(monkeypatch: pyte
     main = _loop(*_model(), steps=5)
     for name in ("_foreach_clone", "_foreach_max", "_foreach_norm", "_foreach_abs", "_foreach_sub"):
         monkeypatch.delattr(torch, name, raising=False)  # (older torch lacks the newer ones)
-    for name in ("_foreach_sub_", "_foreach_clamp_min_", "_foreach_clamp_max_", "_foreach_mul_"):
+    for name in (
+        "_foreach_sub_",
+        "_foreach_clamp_min",
+        "_foreach_clamp_min_",
+        "_foreach_clamp_max_",
+        "_foreach_mul_",
+    ):
         monkeypatch.delattr(torch, name)
     monkeypatch.delattr(torch._C, "_current_graph_task_id")
     compat.refresh()
