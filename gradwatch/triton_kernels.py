@@ -26,6 +26,17 @@ PARTIAL_COLUMNS = ("sumsq", "sum", "min", "max", "nonzero", "nonfinite", "nan", 
 
 
 @triton.jit
+def _this_block(ptrs, numels, block_tensor, block_start, DTYPE: tl.constexpr):
+    """The program's block: its tensor's index, first entry, entry count and address (typed ``DTYPE``)."""
+    b = tl.program_id(0)
+    t = tl.load(block_tensor + b)
+    start = tl.load(block_start + b)
+    n = tl.load(numels + t)
+    base = tl.load(ptrs + t).to(tl.pointer_type(DTYPE))
+    return t, start, n, base
+
+
+@triton.jit
 def _grad_stats_kernel(
     ptrs,
     numels,
@@ -37,12 +48,8 @@ def _grad_stats_kernel(
     BLOCK: tl.constexpr,
     ITERS: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    t = tl.load(block_tensor + b)
-    start = tl.load(block_start + b)
-    n = tl.load(numels + t)
+    t, start, n, base = _this_block(ptrs, numels, block_tensor, block_start, DTYPE)
     s = tl.load(strides + t)
-    base = tl.load(ptrs + t).to(tl.pointer_type(DTYPE))
     sq = tl.zeros([BLOCK], dtype=tl.float64)
     total = tl.zeros([BLOCK], dtype=tl.float64)
     raw = tl.zeros([BLOCK], dtype=tl.float64)
@@ -66,7 +73,7 @@ def _grad_stats_kernel(
         nonzero += ((x != 0.0) & m & ((offs % s) == 0)).to(tl.int32)
         nonfinite += ((finite == 0) & m).to(tl.int32)
         nan += ((x != x) & m).to(tl.int32)
-    row = out + b * 8
+    row = out + tl.program_id(0) * 8
     tl.store(row + 0, tl.sum(sq, axis=0))
     tl.store(row + 1, tl.sum(total, axis=0))
     tl.store(row + 2, tl.min(lo, axis=0))
@@ -104,11 +111,7 @@ def _histogram_kernel(
     BLOCK: tl.constexpr,
     ITERS: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    t = tl.load(block_tensor + b)
-    start = tl.load(block_start + b)
-    n = tl.load(numels + t)
-    base = tl.load(ptrs + t).to(tl.pointer_type(DTYPE))
+    t, start, n, base = _this_block(ptrs, numels, block_tensor, block_start, DTYPE)
     lo64 = tl.load(ranges + 2 * t)
     hi64 = tl.load(ranges + 2 * t + 1)
     lo = lo64.to(CDTYPE)
