@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -51,6 +52,10 @@ RAW_COLUMNS: tuple[str, ...] = (
 )
 #: Columns of the parameter norm, of the sampled update norm, and of the change since the last record.
 PARAM_COL, UPDATE_COL, RESTORE_COL = 7, 8, 9
+
+#: A column's value where no part of a record filled it: zero statistics, and NaN (not measured) for the
+#: parameter norm and the change; -1 in the update column (a measured norm is >= 0, or NaN for NaN weights).
+_UNMEASURED = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, math.nan, -1.0, math.nan])
 
 #: One piece of a record: parameter positions, first column, and a ``[len(positions), k]`` tensor
 #: (on the host, or being copied there).
@@ -237,23 +242,19 @@ class StepRecord:
             self._loss = float(self._loss)
         return self._loss
 
-    def _buffer(self) -> torch.Tensor:
-        """The ``[num_params, 10]`` float64 host buffer (:data:`RAW_COLUMNS`); waits for the copy."""
-        if self._event is not None and not self._event.query():
-            self._event.synchronize()  # the copy is not done yet: wait (a finished one needs no call)
-        # -1 in the update column: not measured (a measured norm is >= 0, or NaN for NaN weights)
-        buf = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, math.nan, -1.0, math.nan], dtype=torch.float64)
-        buf = buf.repeat(len(self._names), 1)
-        for positions, col, values in self._parts:  # later parts overwrite earlier ones
-            buf[positions, col : col + values.shape[1]] = values.to(torch.float64)
-        return buf
-
     def raw(self) -> list[list[float]]:
         """The ``[10][num_params]`` host buffer by column (:data:`RAW_COLUMNS`); waits for the copy if needed.
 
         By column: ten lists, not one per parameter, for the garbage collector to track.
         """
-        return self._buffer().T.tolist()
+        if self._event is not None and not self._event.query():
+            self._event.synchronize()  # the copy is not done yet: wait (a finished one needs no call)
+        buf = np.empty((10, len(self._names)), dtype=np.float64)
+        buf[:] = _UNMEASURED[:, None]
+        for positions, col, values in self._parts:  # later parts overwrite earlier ones
+            v = values.numpy() if values.dtype == torch.float64 else values.double().numpy()
+            buf[col : col + v.shape[1], positions] = v.T
+        return buf.tolist()
 
     @property
     def params(self) -> Mapping[str, ParamStats]:

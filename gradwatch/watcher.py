@@ -823,7 +823,7 @@ class Watcher:
         if hit is not None and hit[0] == self._views_made:
             return hit[1]
         layout = stats.SampleLayout(views)
-        if hit is not None and (hit[1].stacked, hit[1].rest) == (layout.stacked, layout.rest):
+        if hit is not None and hit[1].same_batches(layout):
             layout = hit[1]  # views rebuilt, batched alike: samples taken with the old layout still pair up
         self._layouts[key] = (self._views_made, layout)
         self._forget_stale(self._layouts)

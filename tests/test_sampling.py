@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import gradwatch as gw
 from gradwatch import stats
+from gradwatch.stats import host
+
+
+@pytest.fixture(autouse=True, params=["host", "torch"])
+def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: small CPU tensors through numpy (stats/host.py, the default) and through torch."""
+    monkeypatch.setattr(host, "ENABLED", request.param == "host")
+    return request.param
+
 
 SAMPLED_REL = 4 * math.sqrt(0.5 / stats.SAMPLE_SIZE)
 
@@ -160,7 +170,7 @@ def test_samples_kept_between_steps_are_bounded() -> None:
         exact_ratios(model, opt, 3, batches(1000, 10))
         kept = sum(s.nbytes for s in w._prev_samples.values())
     assert len(w._prev_samples) == 1  # one optimizer: one set of samples, of its 4 tensors
-    assert kept <= 4 * 4 * stats.SAMPLE_SIZE  # at most 4 KiB per float32 tensor
+    assert kept <= 4 * 8 * stats.SAMPLE_SIZE  # at most 8 KiB per tensor (CPU samples: float64 copies)
 
 
 def test_undone_update_of_a_large_parameter_is_found() -> None:
@@ -396,10 +406,14 @@ def test_sampled_gappy_parameter_is_read_afresh_at_every_step() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("ord", [2.0, 1.0], ids=["l2", "l1"])
-def test_stacked_sample_distances_match_float64(dtype: torch.dtype, ord: float) -> None:
-    # six samples of one length (a stacked group: one [6, 33] copy) and two of other lengths (copied one
-    # by one): an ordinary update, entries whose difference overflows the dtype, NaN weights, an
-    # untouched sample
+@pytest.mark.parametrize("path", ["torch", "host"])
+def test_stacked_sample_distances_match_float64(
+    dtype: torch.dtype, ord: float, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch path: six samples of one length (a stacked group: one [6, 33] copy) and two of other lengths
+    # (copied one by one); host path (the CPU default): all eight in one float64 copy. An ordinary update,
+    # entries whose difference overflows the dtype, NaN weights, an untouched sample
+    monkeypatch.setattr(host, "ENABLED", path == "host")  # (overrides cpu_path)
     g = torch.Generator().manual_seed(5)
     big = torch.finfo(dtype).max * 0.75
     before = [torch.randn(33, generator=g).to(dtype) for _ in range(6)]
@@ -412,9 +426,13 @@ def test_stacked_sample_distances_match_float64(dtype: torch.dtype, ord: float) 
     now[2][3] = float("nan")
     now[3] = before[3].clone()  # no update: exactly 0
     layout = stats.SampleLayout(before)
-    assert layout.stacked == [list(range(6))] and layout.rest == [[6, 7]]
     copies = stats.take_samples(before, layout)
-    assert len(copies.stacks) == 1 and copies.stacks[0].shape == (6, 33)
+    if path == "torch":
+        assert layout.host == [] and layout.stacked == [list(range(6))] and layout.rest == [[6, 7]]
+        assert len(copies.stacks) == 1 and copies.stacks[0].shape == (6, 33)
+    else:
+        assert layout.host == list(range(8)) and layout.stacked == [] and layout.rest == []
+        assert copies.host is not None and copies.host.dtype == np.float64
     later = stats.take_samples(now, layout)
     for side in (now, later):  # views stacked on the fly, or copies read in place
         got = {}
@@ -434,7 +452,8 @@ def test_stacked_sample_distances_match_float64(dtype: torch.dtype, ord: float) 
     for pos, norms in stats.sample_norms(copies):
         for j, d in zip(pos, norms[:, 0].tolist()):
             assert d == pytest.approx(torch.linalg.vector_norm(before[j].double()).item(), rel=1e-6)
-    assert copies.nbytes == sum(t.numel() * t.element_size() for t in before)
+    size = 8 if path == "host" else before[0].element_size()
+    assert copies.nbytes == sum(t.numel() * size for t in before)
 
 
 def test_update_ratio_of_parameters_whose_sample_is_a_copy() -> None:

@@ -11,6 +11,14 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch import stats
+from gradwatch.stats import host
+
+
+@pytest.fixture(autouse=True, params=["host", "torch"])
+def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: small CPU tensors through numpy (stats/host.py, the default) and through torch."""
+    monkeypatch.setattr(host, "ENABLED", request.param == "host")
+    return request.param
 
 
 def _batch(kind: str, dtype: torch.dtype):

@@ -17,6 +17,7 @@ step boundary when no optimizer holds it), and whether it received a new gradien
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -61,8 +62,8 @@ class Provenance:
         #: backward pass -> parameters it accumulated into
         self.touched: dict[int, set[int]] = {}
         self._touching: set[int] | None = None  # touched[pass_id], while it is in the table
-        #: backward pass -> 0-dim bool tensors, all True if every gradient it touched was finite
-        self.pass_finite: dict[int, list[torch.Tensor]] = {}
+        #: backward pass -> flags (``stats.all_finite``), all true if every gradient it touched was finite
+        self.pass_finite: dict[int, list[Any]] = {}
         #: backward pass -> the unused passes whose gradients were accumulated into the same ``.grad``
         #: content as its own and reset with it (gradient accumulation)
         self.co_reset: dict[int, set[int]] = {}

@@ -23,9 +23,11 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from gradwatch import compat, fused
+from gradwatch.stats import host
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -161,7 +163,51 @@ def grad_stats(
         return _device_chunk(g, chunk_strides)
 
     fused_blocks, rest = _fused_blocks(grads, step)
-    return fused_blocks + _blocks_at(rest, reduce)
+    host_blocks, rest = _host_blocks(rest, step, ranges)
+    return fused_blocks + host_blocks + _blocks_at(rest, reduce)
+
+
+def _host_chunks(
+    tensors: Sequence[torch.Tensor | None],
+) -> tuple[list[list[int]], list[torch.Tensor | None]]:
+    """The small CPU tensors :mod:`.host` reads, and ``tensors`` with those replaced by None.
+
+    Positions in chunks of at most ``host.MAX_GROUP`` entries.
+    """
+    if not host.ENABLED or fused.force_on_cpu:
+        return [], list(tensors)
+    chunks: list[list[int]] = []
+    size = host.MAX_GROUP
+    for i, t in enumerate(tensors):
+        if t is not None and host.eligible(t):
+            n = t.numel()
+            if size + n > host.MAX_GROUP:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(i)
+            size += n
+    if not chunks:
+        return [], list(tensors)
+    taken = {i for c in chunks for i in c}
+    return chunks, [None if i in taken else t for i, t in enumerate(tensors)]
+
+
+def _host_blocks(
+    tensors: Sequence[torch.Tensor | None],
+    strides: Sequence[int],
+    ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None,
+) -> tuple[list[Block], list[torch.Tensor | None]]:
+    """The raw columns of the small CPU tensors (:mod:`.host`), and the tensors left for the other paths."""
+    chunks, rest = _host_chunks(tensors)
+    blocks: list[Block] = []
+    for idx in chunks:
+        chunk = [t for i in idx if (t := tensors[i]) is not None]
+        raw, extremes = host.grad_stats(chunk, [strides[i] for i in idx], ranges is not None)
+        if ranges is not None and extremes is not None:
+            lo, hi = extremes
+            ranges.update(zip(idx, zip(lo.unbind(), hi.unbind())))
+        blocks.append((idx, raw))
+    return blocks, rest
 
 
 def _fused_blocks(
@@ -457,14 +503,21 @@ def _nonfinite_counts(g: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([*nonfinite, *nan]).view(2, n).to(torch.float64)
 
 
-def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
-    """0-dim bool tensors (one per device and dtype chunk), True where every entry of those tensors is finite.
+def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[Any]:
+    """Flags, one per device and dtype chunk, true where every entry of those tensors is finite.
 
-    Without a host read. On the CPU one cascade ``sum`` per tensor (small same-size tensors summed
-    stacked, row-wise): a sum is finite exactly when no entry is NaN or +-Inf (barring an overflow past
-    about 3e38). Elsewhere one batched L2 norm per chunk (one kernel launch; its sum of squares
-    overflows only past about 1e19 per entry in float32).
+    Without a host read; read them with ``bool()``. Small CPU tensors (:mod:`.host`): one
+    :class:`~gradwatch.stats.host.DeferredFinite` flag, computed when first read (see there for what
+    that means for tensors written in place in between). Others: 0-dim bool tensors.
+    Other CPU tensors: one cascade ``sum`` per tensor (small same-size tensors summed stacked,
+    row-wise): a sum is finite exactly when no entry is NaN or +-Inf (barring an overflow past about
+    3e38). Elsewhere one batched L2 norm per chunk (one kernel launch; its sum of squares overflows only
+    past about 1e19 per entry in float32).
     """
+    chunks, rest = _host_chunks(tensors)
+    flags: list[Any] = [
+        host.DeferredFinite([t for i in idx if (t := tensors[i]) is not None]) for idx in chunks
+    ]
 
     def reduce(t: list[torch.Tensor]) -> torch.Tensor:
         if not _host(t[0].device):
@@ -475,7 +528,7 @@ def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         parts += [x.sum().reshape(1) for j, x in enumerate(t) if j not in stacked]
         return torch.cat(parts).sum().isfinite().reshape(1, 1)
 
-    return [flags.all() for _, flags in _blocks(tensors, reduce)]
+    return flags + [block.all() for _, block in _blocks(rest, reduce)]
 
 
 # ------------------------------------------------------------------------------ sampled update ratio
@@ -533,7 +586,9 @@ class SampleLayout:
 
     Built once from the sample views of a list of parameters (:func:`sample_view`) and reused for as long
     as those views are: the grouping is the per-tensor Python work, and it does not change from step to
-    step. ``stacked``: groups of positions of one device, dtype and length shared by at least
+    step. ``host``: the positions of CPU views, copied together into one float64 buffer and reduced with
+    numpy segment reductions (:mod:`gradwatch.stats.host`; ``host_starts``: where each one starts in it);
+    ``stacked``: groups of positions of one device, dtype and length shared by at least
     :data:`_STACK_MIN` tensors (copied with one ``stack``, reduced row-wise); ``rest``: the others, per
     device and dtype (one ``_foreach`` call each). Empty tensors are in no group.
 
@@ -541,13 +596,18 @@ class SampleLayout:
         views: 1-D tensors (any device and dtype).
     """
 
-    __slots__ = ("rest", "stacked")
+    __slots__ = ("host", "host_starts", "rest", "stacked")
 
     def __init__(self, views: Sequence[torch.Tensor]) -> None:
         groups: dict[_LengthKey, list[int]] = {}
+        self.host: list[int] = []
+        on_host = host.ENABLED and not fused.force_on_cpu
         for i, t in enumerate(views):
-            if k := t.numel():
+            if on_host and host.eligible(t):
+                self.host.append(i)
+            elif k := t.numel():
                 groups.setdefault((t.device, t.dtype, k), []).append(i)
+        self.host_starts = host.starts([views[i] for i in self.host])
         rest: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         self.stacked: list[list[int]] = []
         for (device, dtype, _), idx in groups.items():
@@ -557,27 +617,45 @@ class SampleLayout:
                 rest.setdefault((device, dtype), []).extend(idx)
         self.rest: list[list[int]] = list(rest.values())
 
+    def same_batches(self, other: SampleLayout) -> bool:
+        """Whether ``other`` batches the same positions alike (samples of the two pair up)."""
+        return (self.host, self.stacked, self.rest) == (other.host, other.stacked, other.rest) and bool(
+            np.array_equal(self.host_starts, other.host_starts)
+        )
+
 
 class Samples:
     """Copies of the sampled entries of a list of tensors, batched as their :class:`SampleLayout` says.
 
-    ``stacks[k]``: a ``[len(layout.stacked[k]), length]`` tensor (one row per tensor, in the group's
-    order); ``rest[k]``: 1-D copies, aligned with ``layout.rest[k]``. At most :data:`SAMPLE_SIZE`
-    entries per tensor (4 KiB of float32).
+    ``host``: one 1-D float64 numpy copy of the samples of ``layout.host``, one after the other (None when
+    that group is empty); ``stacks[k]``: a ``[len(layout.stacked[k]), length]`` tensor (one row per
+    tensor, in the group's order); ``rest[k]``: 1-D copies, aligned with ``layout.rest[k]``. At most
+    :data:`SAMPLE_SIZE` entries per tensor.
     """
 
-    __slots__ = ("layout", "rest", "stacks")
+    __slots__ = ("host", "layout", "rest", "stacks")
 
     def __init__(
-        self, layout: SampleLayout, stacks: list[torch.Tensor], rest: list[list[torch.Tensor]]
+        self,
+        layout: SampleLayout,
+        stacks: list[torch.Tensor],
+        rest: list[list[torch.Tensor]],
+        host_copy: np.ndarray | None = None,
     ) -> None:
         self.layout = layout
         self.stacks = stacks
         self.rest = rest
+        self.host = host_copy
 
     def rows(self) -> dict[int, torch.Tensor]:
         """Position -> that tensor's 1-D sample (views of the copies)."""
         out: dict[int, torch.Tensor] = {}
+        if self.host is not None:
+            ends = [*self.layout.host_starts.tolist()[1:], len(self.host)]
+            rows = torch.from_numpy(self.host)
+            out.update(
+                (i, rows[a:b]) for i, a, b in zip(self.layout.host, self.layout.host_starts.tolist(), ends)
+            )
         for idx, stack in zip(self.layout.stacked, self.stacks):
             out.update(zip(idx, stack.unbind(0)))
         for idx, group in zip(self.layout.rest, self.rest):
@@ -588,20 +666,25 @@ class Samples:
     def nbytes(self) -> int:
         """Bytes held by the copies."""
         tensors = [*self.stacks, *(t for group in self.rest for t in group)]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        extra = 0 if self.host is None else self.host.nbytes
+        return extra + sum(t.numel() * t.element_size() for t in tensors)
 
 
 def take_samples(views: Sequence[torch.Tensor], layout: SampleLayout | None = None) -> Samples:
-    """Copies of the sample views: one ``stack`` per stacked group, one ``_foreach_clone`` per other group.
+    """Copies of the sample views, batched as ``layout`` says.
+
+    One float64 copy of the CPU ones (``layout.host``), one ``stack`` per stacked group, one
+    ``_foreach_clone`` per other group.
 
     Args:
         views: 1-D sample views (:func:`sample_view`), any device and dtype.
         layout: ``SampleLayout(views)``, when the caller keeps it across steps.
     """
     layout = layout if layout is not None else SampleLayout(views)
+    host_copy = host.gather([views[i] for i in layout.host], keep=True) if layout.host else None
     stacks = [torch.stack([views[i] for i in idx]) for idx in layout.stacked]
     rest = [list(compat.foreach_clone([views[i] for i in idx])) for idx in layout.rest]
-    return Samples(layout, stacks, rest)
+    return Samples(layout, stacks, rest, host_copy)
 
 
 def _stack_of(x: Samples | Sequence[torch.Tensor], k: int, layout: SampleLayout) -> torch.Tensor:
@@ -653,6 +736,15 @@ def sample_distances(
     if lay is None:
         raise ValueError("sample_distances: views need their SampleLayout (layout=SampleLayout(views))")
     blocks: list[Block] = []
+    if lay.host:
+        a_host = now.host if isinstance(now, Samples) else host.gather([now[i] for i in lay.host], keep=True)
+        b_host = None if before is None else before.host
+        if (
+            a_host is not None
+            and (b_host is None) == (before is None)
+            and (b_host is None or b_host.shape == a_host.shape)
+        ):
+            blocks.append((lay.host, torch.from_numpy(host.distances(a_host, b_host, lay.host_starts, ord))))
     for k, idx in enumerate(lay.stacked):
         a = _stack_of(now, k, lay)
         if before is None:

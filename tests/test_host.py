@@ -1,0 +1,173 @@
+"""The CPU path for small tensors (gradwatch/stats/host.py) against float64 references and the torch path."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradwatch as gw
+from gradwatch import compat, stats
+from gradwatch.stats import host
+
+
+def reference_raw(t: torch.Tensor, stride: int) -> list[float]:
+    """RAW_FIELDS of ``t`` in float64 with plain torch reductions (memory order, as the sample reads it)."""
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    x = t.detach().permute(*np.argsort(t.stride())[::-1].tolist()).reshape(-1).double()  # memory order
+    finite = torch.isfinite(x)
+    nan = int(torch.isnan(x).sum())
+    nonfinite = int((~finite).sum())
+    nonzero = float((x[::stride] != 0).sum())
+    if nonfinite:
+        return [math.nan] * 3 + [nonzero, nonfinite, nan, math.nan]
+    mean = x.mean().item()
+    return [
+        x.norm().item(),
+        x.abs().max().item(),
+        x.sum().item(),
+        nonzero,
+        0.0,
+        0.0,
+        (x - mean).norm().item(),
+    ]
+
+
+def check(raw: torch.Tensor, tensors: list[torch.Tensor], strides: list[int], rel: float) -> None:
+    assert raw.shape == (len(tensors), 7) and raw.dtype == torch.float64
+    for row, t, s in zip(raw.tolist(), tensors, strides):
+        ref = reference_raw(t, s)
+        norm, max_abs, total, nonzero, nonfinite, nan, centered = row
+        assert (nonzero, nonfinite, nan) == (ref[3], ref[4], ref[5])
+        if ref[4]:  # NaN/Inf propagate
+            assert not math.isfinite(norm) and not math.isfinite(max_abs) and math.isnan(centered)
+            continue
+        assert norm == pytest.approx(ref[0], rel=rel, abs=0.0)
+        assert max_abs == ref[1]
+        assert total == pytest.approx(ref[2], rel=rel, abs=1e-12 * ref[0])
+        if centered >= 0:  # measured directly (else derived on the host from norm and sum)
+            assert centered == pytest.approx(ref[6], rel=rel, abs=1e-12 * ref[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_grad_stats_match_float64_reference(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    shapes = [(128, 64), (128,), (64, 128), (64,), (10, 64), (10,), (3, 5, 7, 11), (1,)]
+    tensors = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    tensors[3].zero_()
+    tensors[5] += 1e4  # the mean dominates: the centred norm is measured directly
+    tensors[2][::3] = 0.0
+    strides = [stats.sample_stride(t.shape) for t in tensors]
+    assert max(strides) > 1  # some nonzero counts are among sampled entries only
+    raw, extremes = host.grad_stats(tensors, strides, extremes=True)
+    check(raw, tensors, strides, rel=1e-12)
+    assert raw[5, 6] >= 0 and raw[0, 6] == -1  # measured where the mean dominates, derived elsewhere
+    assert extremes is not None
+    for k, t in enumerate(tensors):
+        assert extremes[:, k].tolist() == [t.double().min().item(), t.double().max().item()]
+
+
+def test_grad_stats_nonfinite_complex_and_strided_layouts() -> None:
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(40, 30, generator=g)
+    a[3, 4], a[5, 6], a[7, 8] = math.nan, math.inf, -math.inf
+    b = torch.randn(8, 6, 5, 5, generator=g).to(memory_format=torch.channels_last)  # 1200: sampled
+    c = torch.randn(20, 30, generator=g).t()  # transposed
+    d = torch.randn(17, generator=g, dtype=torch.complex64)
+    e = torch.full((33,), math.nan)
+    tensors = [a, b, c, d, e]
+    strides = [stats.sample_stride(t.shape) for t in tensors]
+    raw, _ = host.grad_stats(tensors, strides)
+    check(raw, tensors, strides, rel=1e-12)
+    assert raw[0, 4:6].tolist() == [3.0, 1.0] and raw[4, 4:6].tolist() == [33.0, 33.0]
+
+
+def test_float32_extremes_and_float64_rescaling() -> None:
+    # float32 entries near 1e-30 and 1e30: float64 squares neither underflow nor overflow; float64
+    # entries near 1e-200 and 1e200 are rescaled by max |g|
+    g = torch.Generator().manual_seed(2)
+    tensors = [
+        torch.randn(500, generator=g) * 1e-30,
+        torch.randn(500, generator=g) * 1e30,
+        torch.randn(500, generator=g, dtype=torch.float64) * 1e-200,
+        torch.randn(500, generator=g, dtype=torch.float64) * 1e200,
+        torch.full((50,), 1e-200, dtype=torch.float64)
+        + torch.randn(50, generator=g, dtype=torch.float64) * 1e-205,
+    ]
+    raw, _ = host.grad_stats(tensors, [1] * 5)
+    for row, t in zip(raw.tolist(), tensors):
+        x = t.double()
+        scale = x.abs().max()
+        ref_norm = (scale * (x / scale).norm()).item()
+        assert row[0] == pytest.approx(ref_norm, rel=1e-12)
+        assert row[6] == -1 or row[6] == pytest.approx(
+            (scale * ((x - x.mean()) / scale).norm()).item(), rel=1e-9
+        )
+    assert raw[4, 6] > 0  # the mean-dominated float64 one: measured after rescaling, not 0
+
+
+def test_all_finite_and_the_deferred_flag() -> None:
+    a, b = torch.randn(100), torch.randn(7, 9).to(torch.bfloat16)
+    assert host.all_finite([a, b]) and host.all_finite([a * 1e30, torch.full((3,), 3e38)])
+    for bad in (math.nan, math.inf, -math.inf):
+        x = a.clone()
+        x[17] = bad
+        assert not host.all_finite([x, b]) and not host.all_finite(
+            [a, b.index_fill(0, torch.tensor([2]), bad)]
+        )
+    x = a.clone()
+    x[0] = math.nan
+    flag = host.DeferredFinite([x])
+    x.zero_()  # written in place after the flag was made (zero_grad(set_to_none=False)): no evidence left
+    assert compat.version_counter(x) > 0 and bool(flag) is True
+    y = a.clone()
+    y[1] = math.inf
+    late = host.DeferredFinite([y])
+    assert not bool(late) and late._tensors == []  # computed on first read, references dropped
+    assert not bool(late)  # and kept
+
+
+def test_stats_dispatch_sends_only_small_cpu_tensors_to_the_host_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(host, "MAX_TENSOR", 1000)
+    monkeypatch.setattr(host, "MAX_GROUP", 1500)
+    tensors = [torch.randn(900), torch.randn(2000), None, torch.randn(900), torch.randn(0), torch.randn(10)]
+    chunks, rest = stats._host_chunks(tensors)
+    assert chunks == [[0], [3, 5]]  # at most MAX_GROUP entries per copy
+    assert [t is not None for t in rest] == [False, True, False, False, True, False]
+    blocks = stats.grad_stats(tensors)
+    assert sorted(i for pos, _ in blocks for i in pos) == [0, 1, 3, 5]
+
+
+def _train(model: nn.Module, steps: int, seed: int) -> list[gw.StepRecord]:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(steps):
+            x = torch.randn(16, 12, generator=g)
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    return list(w.history)
+
+
+def test_watcher_records_match_between_host_and_torch_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(3)
+    base = nn.Sequential(nn.Linear(12, 40), nn.Tanh(), nn.Linear(40, 1200), nn.Tanh(), nn.Linear(1200, 3))
+    records = {}
+    for path in ("host", "torch"):
+        monkeypatch.setattr(host, "ENABLED", path == "host")
+        records[path] = _train(copy.deepcopy(base), 6, seed=4)
+    for a, b in zip(records["host"], records["torch"], strict=True):
+        for name, s in a.params.items():
+            t = b.params[name]
+            for field in ("grad_norm", "grad_max_abs", "grad_mean", "grad_std", "param_norm", "update_ratio"):
+                x, y = getattr(s, field), getattr(t, field)
+                assert x == pytest.approx(y, rel=2e-5, abs=1e-9), (a.step, name, field)
+            assert (s.zero_fraction, s.nan_count, s.inf_count) == (t.zero_fraction, t.nan_count, t.inf_count)
