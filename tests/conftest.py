@@ -15,6 +15,55 @@ from torch import nn
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+def _runs(fn) -> bool:
+    try:
+        fn()
+    except (RuntimeError, AttributeError, TypeError, NotImplementedError):
+        return False
+    return True
+
+
+def _half_precision_cpu_training() -> None:
+    for dtype in (torch.float16, torch.bfloat16):
+        lin = nn.Linear(4, 3).to(dtype)
+        conv = nn.Conv2d(2, 2, 3).to(dtype)
+        x = torch.randn(5, 4, dtype=dtype)
+        loss = nn.functional.mse_loss(lin(x), torch.zeros(5, 3, dtype=dtype))
+        loss = loss + conv(torch.randn(1, 2, 5, 5, dtype=dtype)).sum()
+        loss.backward()
+
+
+def _triton_interpreter() -> None:
+    import triton
+
+    if int(triton.__version__.split(".")[0]) < 3:  # Triton 2 has no interpreter for CPU tensors
+        raise RuntimeError(f"Triton {triton.__version__}")
+
+
+# What the installed PyTorch can do (the declared minimum is 2.1): tests that use a newer feature
+# themselves are skipped where it is missing, the rest run everywhere.
+#: fp16/bf16 Linear, Conv2d and mse_loss forward and backward on the CPU (2.5+ for all of them)
+CPU_HALF = _runs(_half_precision_cpu_training)
+#: ``torch.amp.GradScaler("cpu")`` (2.3+)
+AMP_GRADSCALER = hasattr(torch.amp, "GradScaler")
+#: ``torch.__future__.set_swap_module_params_on_conversion`` (2.3+)
+SWAP_MODULE_PARAMS = hasattr(torch.__future__, "get_swap_module_params_on_conversion")
+#: Triton 3+, whose interpreter runs the kernels on CPU tensors
+TRITON_INTERPRETER = _runs(_triton_interpreter) if not torch.cuda.is_available() else _runs(lambda: None)
+
+needs_cpu_half = pytest.mark.skipif(not CPU_HALF, reason="this PyTorch lacks fp16/bf16 CPU kernels")
+needs_amp_gradscaler = pytest.mark.skipif(not AMP_GRADSCALER, reason="torch.amp.GradScaler is 2.3+")
+needs_swap_module_params = pytest.mark.skipif(not SWAP_MODULE_PARAMS, reason="swap-mode Module.to is 2.3+")
+
+
+def half_dtypes(*dtypes: torch.dtype) -> list:
+    """``dtypes`` as pytest params, fp16/bf16 ones skipped where this PyTorch cannot train in them on CPU."""
+    return [
+        pytest.param(d, marks=needs_cpu_half) if d in (torch.float16, torch.bfloat16) else d for d in dtypes
+    ]
+
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CASES = REPO.parent / "shared" / "cases"
 

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import needs_amp_gradscaler
 from torch import nn
 
 import gradwatch as gw
@@ -352,7 +353,9 @@ HEALTHY = {
 }
 
 
-@pytest.mark.parametrize("name", list(HEALTHY))
+@pytest.mark.parametrize(
+    "name", [pytest.param(k, marks=needs_amp_gradscaler) if k.startswith("amp") else k for k in HEALTHY]
+)
 def test_healthy_loop_reports_nothing(name: str) -> None:
     target, opt, loop = HEALTHY[name]()
     with warnings.catch_warnings():

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import needs_swap_module_params
 from torch import nn
 
 import gradwatch as gw
@@ -141,6 +142,7 @@ def test_huge_finite_gradients_have_finite_norms() -> None:
     assert s.grad_norm == pytest.approx(2e30, rel=1e-6) and s.inf_count == 0 and s.nan_count == 0
 
 
+@needs_swap_module_params
 @pytest.mark.parametrize("state", ["constructed", "attached", "closed"])
 def test_module_to_in_swap_mode(state: str) -> None:
     model = _mlp()

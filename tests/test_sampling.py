@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import half_dtypes
 from torch import nn
 
 import gradwatch as gw
@@ -291,7 +292,7 @@ def test_param_norm_and_zero_fraction_of_large_parameters_are_sample_estimates()
     assert record.params["0.weight"].zero_fraction > 0.3
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", half_dtypes(torch.bfloat16, torch.float16, torch.float64), ids=str)
 def test_sampled_statistics_in_other_dtypes(dtype) -> None:
     torch.manual_seed(9)
     model = nn.Sequential(nn.Linear(100, 50), nn.Tanh(), nn.Linear(50, 3)).to(dtype)

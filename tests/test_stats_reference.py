@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import MLP, ResCNN, TiedLM, assert_stats_close, reference_stats
+from conftest import MLP, ResCNN, TiedLM, assert_stats_close, half_dtypes, reference_stats
 from torch import nn
 
 import gradwatch as gw
@@ -36,7 +36,7 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-5, torch.fl
 
 @pytest.mark.parametrize(
     "dtype",
-    [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+    half_dtypes(torch.float32, torch.float64, torch.bfloat16, torch.float16),
     ids=lambda d: str(d).replace("torch.", ""),
 )
 @pytest.mark.parametrize("kind", list(MODELS))

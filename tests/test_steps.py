@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import needs_amp_gradscaler
 from torch import nn
 
 import gradwatch as gw
@@ -260,6 +261,7 @@ def test_has_grad_false_for_unused_branch() -> None:
     assert w.history[0].params["b.weight"].zero_fraction == 1.0
 
 
+@needs_amp_gradscaler
 def test_amp_gradscaler_steps_are_read_unscaled() -> None:
     model, (x, y) = _mlp(), _data()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

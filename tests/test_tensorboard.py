@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import half_dtypes
 
 import gradwatch
 from gradwatch import at_steps, every
@@ -455,7 +456,7 @@ def test_nonfinite_gradients_counted_and_left_out_of_buckets(tmp_path):
         check_histogram(b_hist[s], torch.full((3,), float(s + 1)), 30, f"gradients/b step {s}")
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", half_dtypes(torch.bfloat16, torch.float16, torch.float64), ids=str)
 def test_low_and_high_precision_models(tmp_path, dtype):
     model = make_mlp(seed=5, dtype=dtype)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)

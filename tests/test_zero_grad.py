@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import needs_amp_gradscaler
 from torch import nn
 
 import gradwatch as gw
@@ -259,7 +260,9 @@ HEALTHY = {
 }
 
 
-@pytest.mark.parametrize("loop", list(HEALTHY))
+@pytest.mark.parametrize(
+    "loop", [pytest.param(k, marks=needs_amp_gradscaler) if k.startswith("amp") else k for k in HEALTHY]
+)
 def test_silent_on_correct_single_optimizer_loops(loop: str) -> None:
     model, (x, y) = _mlp(), _xy()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
