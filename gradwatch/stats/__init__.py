@@ -4,11 +4,14 @@ No hooks, no I/O and no host synchronisation on CUDA: every function returns dev
 caller copies them to the host once per recorded step. Work is grouped per (device, dtype), in chunks of
 at most :data:`CHUNK_ELEMENTS` entries so that transient memory stays bounded whatever the model size:
 
-* on CUDA, ``torch._foreach_*`` kernels: one launch per statistic per chunk instead of one per tensor;
-* on the CPU (no launch cost; reading a value costs no device sync), PyTorch's vectorised,
-  multi-threaded reductions, one memory pass per statistic: one call per tensor for large tensors, and
-  row-wise over a stacked copy for groups of small tensors of one shape (per-call overhead dominates
-  those).
+* on CUDA without Triton, ``torch._foreach_*`` kernels: one launch per statistic per chunk instead of one
+  per tensor;
+* on the CPU (no launch cost; reading a value costs no device sync): tensors of at most
+  ``host.MAX_TENSOR`` entries in one float64 copy per group and numpy segment reductions
+  (:mod:`gradwatch.stats.host`: per-call overhead dominates small tensors); larger ones with PyTorch's
+  vectorised, multi-threaded reductions, one memory pass per statistic (and, with the host path switched
+  off, small tensors row-wise over a stacked copy per shape);
+* on CUDA with Triton, one multi-tensor kernel launch per (device, dtype) group (:mod:`gradwatch.fused`).
 
 Per-tensor raw columns (:data:`RAW_FIELDS`) are sums and counts; means and standard deviations are
 derived on the host from them and the tensors' sizes (which the host already knows), so no size tensor
@@ -28,6 +31,7 @@ import torch
 
 from gradwatch import compat, fused
 from gradwatch.stats import host
+from gradwatch.stats.host import memory_order as _flat
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -248,20 +252,6 @@ def _fused_blocks(
         return [], list(tensors)
     rest = [None if i in readable else t for i, t in enumerate(tensors)]
     return blocks, rest
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """A 1-D view of a dense tensor's entries in memory order (a copy only for overlapping/gappy strides)."""
-    if t.is_contiguous():
-        return t.view(-1)
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
-        if size == 1:
-            continue
-        if stride != expected:
-            return t.reshape(-1)
-        expected *= size
-    return t.as_strided((t.numel(),), (1,), t.storage_offset())  # channels_last and other dense layouts
 
 
 #: Tensors of at most this many entries are reduced together, stacked by shape, with row-wise kernels

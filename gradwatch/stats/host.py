@@ -37,6 +37,7 @@ __all__ = [
     "eligible",
     "gather",
     "grad_stats",
+    "memory_order",
     "starts",
 ]
 
@@ -60,6 +61,20 @@ def eligible(t: torch.Tensor) -> bool:
     return t.is_cpu and t.layout == torch.strided and 0 < t.numel() <= MAX_TENSOR
 
 
+def memory_order(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense tensor's entries in memory order (a copy only for overlapping/gappy strides)."""
+    if t.is_contiguous():
+        return t.view(-1)
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return t.reshape(-1)
+        expected *= size
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())  # channels_last and other dense layouts
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """A 1-D view of ``t``'s entries in memory order (complex: real and imaginary parts side by side).
 
@@ -71,11 +86,7 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
         t = torch.view_as_real(t)
     if t.dim() == 1:
         return t
-    if t.is_contiguous():
-        return t.view(-1)
-    from gradwatch.stats import _flat as memory_order  # (channels-last and other layouts)
-
-    return memory_order(t)
+    return t.view(-1) if t.is_contiguous() else memory_order(t)  # (channels-last and other layouts)
 
 
 class _Plan:
