@@ -155,6 +155,7 @@ class StepRecord:
     """
 
     __slots__ = (
+        "_derived",
         "_event",
         "_grad_none",
         "_grads",
@@ -203,6 +204,8 @@ class StepRecord:
         self._grad_none = grad_none
         self._sample_sizes = sample_sizes
         self._layer_map: dict[str, str] | None = None
+        #: values derived from the record that several detectors read, computed once (dropped with params)
+        self._derived: dict[str, Any] = {}
         #: internal readers (the detectors, a sink) still to read ``params`` (see :meth:`_read_by`)
         self._waiting: set[str] = set()
 
@@ -218,6 +221,7 @@ class StepRecord:
         self._waiting.discard(reader)  # atomic under the GIL: the sink reads on its own thread
         if not self._waiting:
             self._params = None
+            self._derived = {}
 
     @property
     def backward_order(self) -> dict[str, int]:
@@ -251,9 +255,11 @@ class StepRecord:
             self._event.synchronize()  # the copy is not done yet: wait (a finished one needs no call)
         buf = np.empty((10, len(self._names)), dtype=np.float64)
         buf[:] = _UNMEASURED[:, None]
+        every = list(range(len(self._names)))
         for positions, col, values in self._parts:  # later parts overwrite earlier ones
             v = values.numpy() if values.dtype == torch.float64 else values.double().numpy()
-            buf[col : col + v.shape[1], positions] = v.T
+            at = slice(None) if positions == every else positions  # (a slice: no index array built)
+            buf[col : col + v.shape[1], at] = v.T
         return buf.tolist()
 
     @property

@@ -187,7 +187,16 @@ def _update_band(record: StepRecord) -> str:
 
 
 def _layer_norms_in_backward_order(record: StepRecord) -> list[tuple[str, float]]:
-    """(layer, gradient norm), nearest the loss first, for layers that got a gradient this step."""
+    """(layer, gradient norm), nearest the loss first, for layers that got a gradient this step.
+
+    Computed once per record (both the vanishing and the exploding detector read it).
+    """
+    if record._derived.get("layer_order") is None:
+        record._derived["layer_order"] = _layer_order(record)
+    return record._derived["layer_order"]
+
+
+def _layer_order(record: StepRecord) -> list[tuple[str, float]]:
     order = record.backward_order
     first: dict[str, float] = {}
     for n, s in record.params.items():
