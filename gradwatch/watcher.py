@@ -104,8 +104,9 @@ class Watcher:
 
     Attach with ``with gradwatch.watch(...) as w``, with :meth:`attach`/:meth:`detach`, or by calling a
     function decorated with :meth:`train_step`. At every recorded step it computes, for every watched
-    parameter, the statistics of :class:`~gradwatch.ParamStats` in one batched pass on the gradients'
-    device (``torch._foreach_*`` kernels), copies them to the host once, keeps a bounded
+    parameter, the statistics of :class:`~gradwatch.ParamStats` batched on the gradients' device (one
+    Triton kernel per group on CUDA, ``_foreach`` kernels without Triton, numpy segment reductions over
+    one copy for small CPU tensors; see :mod:`gradwatch.stats`), copies them to the host once, keeps a bounded
     :attr:`history`, and writes TensorBoard scalars and histograms from a background thread.
 
     Args:
