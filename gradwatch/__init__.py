@@ -30,7 +30,8 @@ from gradwatch.errors import (
     NotUpdatedWarning,
     VanishingGradWarning,
 )
-from gradwatch.findings import FINDING_KINDS, Finding, ParamStats, StepRecord
+from gradwatch.findings import FINDING_KINDS, Finding
+from gradwatch.records import ParamStats, StepRecord
 from gradwatch.watcher import Watcher, watch
 
 try:

@@ -31,12 +31,13 @@ from gradwatch.detectors import (
     NoGradDetector,
     NonfiniteGradDetector,
     NotUpdatedDetector,
-    Provenance,
     VanishingGradDetector,
 )
 from gradwatch.errors import GradientError, GradWatchError, GradWatchWarning
-from gradwatch.findings import FINDING_KINDS, PARAM_COL, RESTORE_COL, UPDATE_COL, Finding, Part, StepRecord
+from gradwatch.findings import FINDING_KINDS, Finding
 from gradwatch.hooks import HandleGroup, queue_end_of_backward
+from gradwatch.provenance import Provenance
+from gradwatch.records import Column, Part, StepRecord
 from gradwatch.sinks import FindingReporter, History
 from gradwatch.targets import resolve_optimizers, resolve_target
 
@@ -711,18 +712,18 @@ class Watcher:
         if param_hist is not None and param_rows is not None:
             param_hist = (param_hist[0], param_rows)
         record = StepRecord(
-            step,
-            self.names,
-            self._layer_of,
-            self._numels,
-            host_parts,
-            [bool(b) for b in cur.received],
-            cur.kept,
-            loss,
-            event,
-            cur.order,
-            cur.grad_none,
-            self._sample_sizes,
+            step=step,
+            names=self.names,
+            layer_of=self._layer_of,
+            numels=self._numels,
+            parts=host_parts,
+            has_grad=[bool(b) for b in cur.received],
+            grads=cur.kept,
+            loss=loss,
+            event=event,
+            order=cur.order,
+            grad_none=cur.grad_none,
+            sample_sizes=self._sample_sizes,
         )
         record._waiting.update(("detectors", "sink") if self._sink is not None else ("detectors",))
         self._history.append(record)
@@ -861,13 +862,14 @@ class Watcher:
         parts: list[Part] = []
         if self._layout(idx, now) is before.layout:
             parts += [
-                ([idx[j] for j in pos], UPDATE_COL, t) for pos, t in stats.sample_distances(now, before)
+                ([idx[j] for j in pos], Column.UPDATE_NORM, t)
+                for pos, t in stats.sample_distances(now, before)
             ]
         key = tuple(idx)
         prev = self._prev_samples.get(key)
         if prev is not None and prev.layout is before.layout:
             parts += [
-                ([idx[j] for j in pos], RESTORE_COL, t)
+                ([idx[j] for j in pos], Column.RESTORE_DIFF, t)
                 for pos, t in stats.sample_distances(before, prev, ord=1.0)
             ]
         else:  # the parameters' list or storage changed since (add_param_group, p.data = ...): one by one
@@ -889,7 +891,7 @@ class Watcher:
             if was is not None and was.shape == row.shape and was.dtype == row.dtype:
                 positions.append(idx[j])
                 changes.append(torch.linalg.vector_norm(row.double() - was.double(), 1.0))
-        return [(positions, RESTORE_COL, torch.stack(changes)[:, None])] if changes else []
+        return [(positions, Column.RESTORE_DIFF, torch.stack(changes)[:, None])] if changes else []
 
     def _add_blocks(self, idx: Sequence[int], col: int, blocks: list[stats.Block]) -> None:
         for pos, t in blocks:
@@ -912,11 +914,11 @@ class Watcher:
         hist_step = self._sink is not None and self.config.histogram_every(step)
         ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if hist_step else None
         grad_blocks = stats.grad_stats(grads, strides, ranges)
-        self._add_blocks(idx, 0, grad_blocks)
+        self._add_blocks(idx, Column.GRAD_NORM, grad_blocks)
         if samples is not None:
-            self._add_blocks(idx, PARAM_COL, stats.sample_norms(samples))
+            self._add_blocks(idx, Column.PARAM_NORM, stats.sample_norms(samples))
         elif views is not None:
-            self._add_blocks(idx, PARAM_COL, stats.sample_norms(views, self._layout(idx, views)))
+            self._add_blocks(idx, Column.PARAM_NORM, stats.sample_norms(views, self._layout(idx, views)))
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 self._cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)

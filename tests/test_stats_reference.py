@@ -356,7 +356,7 @@ def _param_stats_reference(row: list[float], n: int, k: int) -> tuple:
 def test_param_stats_derived_for_all_parameters_at_once_match_scalar_formulas() -> None:
     # raw rows with the edge values the derivation branches on: empty tensors, NaN/Inf, a measured
     # centred norm, an unmeasured (-1) or NaN update, zero weights, sampled tensors
-    from gradwatch.findings import StepRecord
+    from gradwatch.records import StepRecord
 
     nan, inf = math.nan, math.inf
     rows = [
@@ -373,7 +373,15 @@ def test_param_stats_derived_for_all_parameters_at_once_match_scalar_formulas() 
     sizes = [10, 10, 10, 10, 10, 0, 3, 1000]
     names = [f"p{i}" for i in range(len(rows))]
     part = (list(range(len(rows))), 0, torch.tensor(rows, dtype=torch.float64))
-    record = StepRecord(0, names, names, numels, [part], [True] * len(rows), {}, None, sample_sizes=sizes)
+    record = StepRecord(
+        step=0,
+        names=names,
+        layer_of=names,
+        numels=numels,
+        parts=[part],
+        has_grad=[True] * len(rows),
+        sample_sizes=sizes,
+    )
     for name, row, n, k in zip(names, rows, numels, sizes):
         s = record.params[name]
         got = (s.grad_norm, s.grad_max_abs, s.grad_mean, s.grad_std, s.zero_fraction, s.nan_count)

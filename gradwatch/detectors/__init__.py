@@ -2,7 +2,6 @@
 
 from gradwatch.detectors.base import Detector
 from gradwatch.detectors.connectivity import IneffectiveFreezeDetector, NoGradDetector, NotUpdatedDetector
-from gradwatch.detectors.provenance import Provenance
 from gradwatch.detectors.record_based import (
     AllZeroGradDetector,
     ExplodingGradDetector,
@@ -21,6 +20,5 @@ __all__ = [
     "NoGradDetector",
     "NonfiniteGradDetector",
     "NotUpdatedDetector",
-    "Provenance",
     "VanishingGradDetector",
 ]

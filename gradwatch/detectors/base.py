@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gradwatch.findings import Finding, StepRecord
+    from gradwatch.findings import Finding
+    from gradwatch.records import StepRecord
 
 __all__ = ["Detector"]
 

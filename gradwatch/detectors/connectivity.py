@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from gradwatch.detectors.base import Detector
-from gradwatch.detectors.provenance import Provenance
-from gradwatch.findings import Finding, StepRecord
+from gradwatch.findings import Finding
+from gradwatch.provenance import Provenance
+from gradwatch.records import StepRecord
 
 __all__ = ["IneffectiveFreezeDetector", "NoGradDetector", "NotUpdatedDetector"]
 

@@ -11,7 +11,8 @@ import math
 from collections.abc import Sequence
 
 from gradwatch.detectors.base import Detector
-from gradwatch.findings import Finding, StepRecord
+from gradwatch.findings import Finding
+from gradwatch.records import StepRecord
 
 __all__ = [
     "AllZeroGradDetector",

@@ -1,6 +1,6 @@
 """``missing_zero_grad`` and ``discarded_grad``: gradients carried into the next step, or wiped too early.
 
-Both read the host-side :class:`~gradwatch.detectors.provenance.Provenance` of every ``.grad``; neither
+Both read the host-side :class:`~gradwatch.provenance.Provenance` of every ``.grad``; neither
 reads a gradient value (``discarded_grad`` reads one finite-flag per discarded backward pass, to tell an
 AMP ``GradScaler``'s skipped step from a bug). See ``docs/zero-grad.md`` for the method and its limits.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from gradwatch.detectors.base import Detector
-from gradwatch.detectors.provenance import Provenance
 from gradwatch.findings import Finding
+from gradwatch.provenance import Provenance
 
 __all__ = ["DiscardedGradDetector", "MissingZeroGradDetector"]
 

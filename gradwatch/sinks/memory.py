@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import overload
 
-from gradwatch.findings import StepRecord
+from gradwatch.records import StepRecord
 
 __all__ = ["History"]
 

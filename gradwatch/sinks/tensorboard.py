@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from gradwatch.findings import Finding, StepRecord
+from gradwatch.findings import Finding
+from gradwatch.records import StepRecord
 
 __all__ = ["TensorBoardSink", "native_event_checksums"]
 
