@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 __all__ = ["Config", "Schedule", "at_steps", "check_kinds", "every", "never"]
@@ -54,6 +54,12 @@ class every:
     def __repr__(self) -> str:
         return f"every({self.n})" if not self.offset else f"every({self.n}, offset={self.offset})"
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, every) and (self.n, self.offset) == (other.n, other.offset)
+
+    def __hash__(self) -> int:
+        return hash((every, self.n, self.offset))
+
 
 class at_steps:
     """Schedule that fires exactly at the given steps.
@@ -79,6 +85,12 @@ class at_steps:
 
     def __repr__(self) -> str:
         return f"at_steps({', '.join(map(str, sorted(self.steps)))})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, at_steps) and self.steps == other.steps
+
+    def __hash__(self) -> int:
+        return hash((at_steps, self.steps))
 
 
 def never(step: int) -> bool:
@@ -108,8 +120,11 @@ def _suppress(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
             if not isinstance(pats, Iterable) or not all(isinstance(p, str) for p in pats):
                 raise TypeError(f"suppress[{kind!r}] must be a list of parameter-name patterns, got {pats!r}")
             out.append((kind, tuple(pats) or ("*",)))
-    elif isinstance(value, Iterable):
-        out = [(k, ("*",)) for k in value]
+    elif isinstance(value, Iterable):  # kinds, or (kind, patterns) pairs as this function returns them
+        out = [
+            (k[0], tuple(k[1]) or ("*",)) if isinstance(k, tuple) and len(k) == 2 else (k, ("*",))
+            for k in value
+        ]
     else:
         raise TypeError(
             f"suppress must be a list of finding kinds or a mapping kind -> name patterns, got {value!r}"
@@ -135,25 +150,41 @@ def _schedule(name: str, value: Any) -> Schedule:
     )
 
 
+_WRITER_METHODS = ("add_scalar", "add_histogram_raw", "add_text", "flush")
+
+
 @dataclass(frozen=True)
 class Config:
-    """Validated watcher options (all keyword-only on :class:`gradwatch.Watcher`).
+    """Every option of a :class:`gradwatch.Watcher`, declared and validated here once.
+
+    The Watcher's keyword-only options are exactly these fields (``gradwatch.watch(model, opt,
+    every=10)`` builds ``Config(every=10)``). Values are validated and normalised when the object is
+    built, so a ``Config`` is never invalid: schedules given as ``int`` become :class:`every` (``0`` or
+    ``None``: :func:`never`), ``logdir`` becomes a ``str``, ``keep_grads`` a ``bool`` or a
+    ``frozenset`` of names, ``suppress`` a tuple of ``(kind, name patterns)`` pairs.
 
     Attributes:
-        logdir: folder for TensorBoard event files (created on attach), or ``None``.
-        every: statistics schedule; default every step.
+        logdir: folder for TensorBoard event files (created on attach), ``str`` or ``os.PathLike``;
+            default ``None``.
+        writer: or your own ``torch.utils.tensorboard.SummaryWriter`` (anything with its
+            ``add_scalar``, ``add_histogram_raw``, ``add_text`` and ``flush``), flushed, never closed;
+            not with ``logdir``.
+        every: statistics schedule (int period, schedule callable or ``None``); default every step.
         histogram_every: histogram schedule (needs ``logdir`` or ``writer``); default every 100 steps.
         histogram_bins: buckets per histogram, default 30 (TensorBoard's own default).
-        max_history: number of :class:`~gradwatch.StepRecord` kept in ``Watcher.history``; default 1000.
+        max_history: number of :class:`~gradwatch.StepRecord` kept in ``Watcher.history``; default 1000
+            (about 80 bytes per parameter tensor each, plus kept gradients).
         on_finding: ``"warn"`` (default), ``"raise"`` or ``"ignore"``.
         keep_grads: ``True`` keeps a CPU copy of every ``.grad`` per recorded step, a collection of
-            parameter names keeps those only; default ``False``. Costs the gradients' size per kept step.
+            parameter names keeps those only (``w.history.by_step(7).params["0.weight"].grad``);
+            default ``False``. Costs the gradients' size per kept step.
         update_ratio: measure the update-to-weight ratio on recorded steps (default ``True``), on a
-            fixed sample of at most 1024 entries per parameter (exact for smaller ones; 4 KiB kept
-            per tensor); see ``ParamStats.update_ratio``.
+            fixed sample of at most 1024 entries per parameter (exact for smaller ones): 4 KiB per
+            float32 parameter tensor kept between recorded steps, and as much again during an update;
+            see ``ParamStats.update_ratio``.
         start_step: number of the first step (default 0), e.g. when resuming from a checkpoint.
-        suppress: findings never to report: ``(kind, name patterns)`` pairs; patterns are ``fnmatch``
-            style (``"encoder.*"``), ``"*"`` for every parameter.
+        suppress: findings never to report: a list of kinds, or a mapping kind -> parameter-name
+            patterns (``fnmatch`` style, ``"encoder.*"``; ``"*"`` for every parameter).
         no_grad_steps: ``no_grad`` window: optimizer steps in a row without a gradient (default 5).
         all_zero_steps: ``all_zero_grad`` window in recorded steps (default 5).
         not_updated_steps: ``not_updated`` window for held-but-unchanged parameters (default 5).
@@ -163,11 +194,17 @@ class Config:
         vanishing_norm: first-layer gradient norm below which gradients vanish (1e-4, AutoTrainer).
         exploding_ratio: first/last layer gradient-norm ratio above which gradients explode (70,
             AutoTrainer); also the growth factor of TheDeepChecker's sustained-growth rule.
+
+    Raises:
+        TypeError: an option of the wrong type, or a ``writer`` without the ``SummaryWriter`` methods.
+        ValueError: a bad value (negative sizes, unknown ``on_finding`` or finding kind), or both
+            ``logdir`` and ``writer``.
     """
 
     logdir: str | None = None
-    every: Schedule = field(default_factory=lambda: every(1))
-    histogram_every: Schedule = field(default_factory=lambda: every(100))
+    writer: Any = None
+    every: Schedule = 1  # type: ignore[assignment]  # normalised in __post_init__
+    histogram_every: Schedule = 100  # type: ignore[assignment]
     histogram_bins: int = 30
     max_history: int = 1000
     on_finding: OnFinding = "warn"
@@ -183,90 +220,63 @@ class Config:
     vanishing_norm: float = 1e-4
     exploding_ratio: float = 70.0
 
-    @classmethod
-    def build(
-        cls,
-        *,
-        logdir: str | os.PathLike[str] | None = None,
-        every: ScheduleLike = 1,
-        histogram_every: ScheduleLike = 100,
-        histogram_bins: int = 30,
-        max_history: int = 1000,
-        on_finding: str = "warn",
-        keep_grads: bool | Collection[str] = False,
-        update_ratio: bool = True,
-        start_step: int = 0,
-        suppress: Any = None,
-        no_grad_steps: int = 5,
-        all_zero_steps: int = 5,
-        not_updated_steps: int = 5,
-        persistence: int = 5,
-        vanishing_ratio: float = 1e-3,
-        vanishing_norm: float = 1e-4,
-        exploding_ratio: float = 70.0,
-    ) -> Config:
-        """Validate raw option values and build a :class:`Config`.
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
 
-        Raises:
-            TypeError: an option has the wrong type.
-            ValueError: an option has a bad value (negative sizes, unknown ``on_finding``).
-        """
+        logdir = self.logdir
         if logdir is not None and not isinstance(logdir, (str, os.PathLike)):
             raise TypeError(f"logdir must be a path (str or os.PathLike), got {type(logdir).__name__}")
-        for name, value, low in (
-            ("histogram_bins", histogram_bins, 1),
-            ("max_history", max_history, 1),
-            ("start_step", start_step, 0),
-            ("no_grad_steps", no_grad_steps, 1),
-            ("all_zero_steps", all_zero_steps, 1),
-            ("not_updated_steps", not_updated_steps, 1),
-            ("persistence", persistence, 1),
+        put("logdir", None if logdir is None else os.fspath(logdir))
+        if self.writer is not None:
+            if self.logdir is not None:
+                raise ValueError("pass either logdir= or writer=, not both")
+            missing = [m for m in _WRITER_METHODS if not hasattr(self.writer, m)]
+            if missing:
+                raise TypeError(
+                    f"writer must be a torch.utils.tensorboard.SummaryWriter (or one with the same methods); "
+                    f"{type(self.writer).__name__} lacks {', '.join(missing)}"
+                )
+        put("every", _schedule("every", self.every))
+        put("histogram_every", _schedule("histogram_every", self.histogram_every))
+        for name, low in (
+            ("histogram_bins", 1),
+            ("max_history", 1),
+            ("start_step", 0),
+            ("no_grad_steps", 1),
+            ("all_zero_steps", 1),
+            ("not_updated_steps", 1),
+            ("persistence", 1),
         ):
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
-        for fname, fvalue in (
-            ("vanishing_ratio", vanishing_ratio),
-            ("vanishing_norm", vanishing_norm),
-            ("exploding_ratio", exploding_ratio),
-        ):
-            if isinstance(fvalue, bool) or not isinstance(fvalue, (int, float)):
-                raise TypeError(f"{fname} must be a number, got {type(fvalue).__name__} {fvalue!r}")
-            if not fvalue > 0 or not math.isfinite(fvalue):
-                raise ValueError(f"{fname} must be a finite number > 0, got {fvalue}")
-        if on_finding not in ("warn", "raise", "ignore"):
-            raise ValueError(f"on_finding must be 'warn', 'raise' or 'ignore', got {on_finding!r}")
-        if not isinstance(update_ratio, bool):
-            raise TypeError(f"update_ratio must be True or False, got {update_ratio!r}")
-        kept: bool | frozenset[str]
-        if isinstance(keep_grads, bool):
-            kept = keep_grads
-        elif isinstance(keep_grads, str):
-            kept = frozenset([keep_grads])
-        elif isinstance(keep_grads, Collection) and all(isinstance(n, str) for n in keep_grads):
-            kept = frozenset(keep_grads)
-        else:
-            raise TypeError(f"keep_grads must be True/False or a list of parameter names, got {keep_grads!r}")
-        return cls(
-            logdir=None if logdir is None else os.fspath(logdir),
-            every=_schedule("every", every),
-            histogram_every=_schedule("histogram_every", histogram_every),
-            histogram_bins=histogram_bins,
-            max_history=max_history,
-            on_finding=on_finding,  # type: ignore[arg-type]
-            keep_grads=kept,
-            update_ratio=update_ratio,
-            start_step=start_step,
-            suppress=_suppress(suppress),
-            no_grad_steps=no_grad_steps,
-            all_zero_steps=all_zero_steps,
-            not_updated_steps=not_updated_steps,
-            persistence=persistence,
-            vanishing_ratio=float(vanishing_ratio),
-            vanishing_norm=float(vanishing_norm),
-            exploding_ratio=float(exploding_ratio),
-        )
+        for name in ("vanishing_ratio", "vanishing_norm", "exploding_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+            if not value > 0 or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+            put(name, float(value))
+        if self.on_finding not in ("warn", "raise", "ignore"):
+            raise ValueError(f"on_finding must be 'warn', 'raise' or 'ignore', got {self.on_finding!r}")
+        if not isinstance(self.update_ratio, bool):
+            raise TypeError(f"update_ratio must be True or False, got {self.update_ratio!r}")
+        keep: Any = self.keep_grads
+        if isinstance(keep, str):
+            put("keep_grads", frozenset([keep]))
+        elif not isinstance(keep, bool):
+            if not isinstance(keep, Collection) or not all(isinstance(n, str) for n in keep):
+                raise TypeError(f"keep_grads must be True/False or a list of parameter names, got {keep!r}")
+            put("keep_grads", frozenset(keep))
+        put("suppress", _suppress(self.suppress))
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The names of every option, in declaration order."""
+        return tuple(f.name for f in fields(cls))
 
     def keeps(self, names: Sequence[str]) -> list[bool]:
         """For each name, whether ``keep_grads`` asks to keep its gradient."""

@@ -47,27 +47,6 @@ log = logging.getLogger("gradwatch")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_OPTIONS = (
-    "logdir",
-    "writer",
-    "every",
-    "histogram_every",
-    "histogram_bins",
-    "max_history",
-    "on_finding",
-    "keep_grads",
-    "update_ratio",
-    "start_step",
-    "suppress",
-    "no_grad_steps",
-    "all_zero_steps",
-    "not_updated_steps",
-    "persistence",
-    "vanishing_ratio",
-    "vanishing_norm",
-    "exploding_ratio",
-)
-
 _LIVE: weakref.WeakSet[Watcher] = weakref.WeakSet()
 
 
@@ -142,29 +121,17 @@ class Watcher:
     """
 
     def __init__(self, target: Any, optimizer: Any = None, **options: Any) -> None:
-        unknown = [k for k in options if k not in _OPTIONS]
+        valid = Config.option_names()
+        unknown = [k for k in options if k not in valid]
         if unknown:
             hints = []
             for k in unknown:
-                close = difflib.get_close_matches(k, _OPTIONS, n=1)
+                close = difflib.get_close_matches(k, valid, n=1)
                 hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise TypeError(
-                f"Watcher got unknown option(s) {', '.join(hints)}; valid options: {', '.join(_OPTIONS)}"
+                f"Watcher got unknown option(s) {', '.join(hints)}; valid options: {', '.join(valid)}"
             )
-        writer = options.pop("writer", None)
-        self.config = Config.build(**options)
-        if writer is not None:
-            if self.config.logdir is not None:
-                raise ValueError("pass either logdir= or writer=, not both")
-            missing = [
-                m for m in ("add_scalar", "add_histogram_raw", "add_text", "flush") if not hasattr(writer, m)
-            ]
-            if missing:
-                raise TypeError(
-                    f"writer must be a torch.utils.tensorboard.SummaryWriter (or one with the same methods); "
-                    f"{type(writer).__name__} lacks {', '.join(missing)}"
-                )
-        self._writer = writer
+        self.config = Config(**options)
         targets = resolve_target(target)
         self._optimizers = [weakref.ref(o) for o in resolve_optimizers(optimizer)]
         self.disabled = _disabled_by_env()
@@ -275,10 +242,10 @@ class Watcher:
                 if opt is not None:
                     self._handles.optimizer_step(opt, self._on_opt_pre, self._on_opt_post)
             self._refresh_ownership()
-            if self._sink is None and (self._writer is not None or self.config.logdir is not None):
+            if self._sink is None and (self.config.writer is not None or self.config.logdir is not None):
                 from gradwatch.sinks.tensorboard import TensorBoardSink
 
-                self._sink = TensorBoardSink(self.config.logdir, self._writer)
+                self._sink = TensorBoardSink(self.config.logdir, self.config.writer)
         except BaseException:
             self._handles.remove()
             self._params = None
