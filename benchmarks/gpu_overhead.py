@@ -83,7 +83,7 @@ from torch import nn
 import gradwatch as gw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import loss_of, make, stock_checksums
+from overhead import loss_of, make, peer_checksums
 
 MODELS = ("gpt2", "resnet50", "mlp")
 LEGACY_MODELS = ("digits", "cnn", "transformer")  # benchmarks/overhead.py's models, still accepted
@@ -453,8 +453,7 @@ class Run:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(logdir)
-            if peer_checksum == "stock":
-                stock_checksums(self.writer)
+            peer_checksums(self.writer, peer_checksum)
 
     def step(self, k: int) -> None:
         """One training step (no timing, no synchronisation beyond what the variant itself does)."""
@@ -1026,11 +1025,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(variants - set(VARIANTS))
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    if args.peer_checksum == "native":
-        from gradwatch.sinks.tensorboard import native_event_checksums
-
-        if not native_event_checksums():
-            ap.error("--peer-checksum native: TensorBoard could not be switched to the C checksum")
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -22,11 +22,11 @@ Variants:
   peer-hist100      the same every 100 steps
   anomaly           torch.autograd.detect_anomaly() around forward and backward
 
-The peer's writer checksums its events with TensorBoard's own pure-Python CRC-32C, as it does in a
-process without gradwatch (``--peer-checksum stock``, the default). gradwatch's TensorBoard sink swaps
-that function for google-crc32c's C code process-wide
-(``gradwatch.sinks.tensorboard.native_event_checksums``), which would otherwise speed up the peer in this
-process too; ``--peer-checksum native`` measures the peer with it. Every step of a variant that writes
+The peer's writer checksums its events with TensorBoard's own pure-Python CRC-32C, as every
+``SummaryWriter`` does (``--peer-checksum stock``, the default). gradwatch's TensorBoard sink switches
+only the writer it creates to google-crc32c's C code
+(``gradwatch.sinks.tensorboard.native_event_checksums(writer)``); ``--peer-checksum native`` switches
+the peer's writer too. Every step of a variant that writes
 to TensorBoard ends by waiting for its writer threads (``flush``), so each variant is charged for the
 background work it makes instead of leaving it to slow whichever variant runs next.
 
@@ -44,7 +44,6 @@ import copy
 import json
 import random
 import statistics
-import struct
 import tempfile
 import time
 import warnings
@@ -131,29 +130,20 @@ def bootstrap_ci(values: list[float], resamples: int = 2000, seed: int = 0) -> t
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
-def stock_checksums(writer: object) -> None:
-    """Make ``writer`` (a ``SummaryWriter``) checksum its records with TensorBoard's own Python CRC-32C.
+def peer_checksums(writer: object, mode: str) -> None:
+    """Leave the peer's ``SummaryWriter`` with the Python checksums (``"stock"``), or switch it to C.
 
-    As in a process without gradwatch, whose sink replaces that function process-wide
-    (``native_event_checksums``). Same record format as ``tensorboard.summary.writer.RecordWriter``.
-    Raises ``RuntimeError`` where this TensorBoard version lays its writer out otherwise.
+    Raises ``RuntimeError`` when ``"native"`` cannot be had (google-crc32c or its C extension missing,
+    ``GRADWATCH_NATIVE_CRC`` set to off, or an unknown TensorBoard writer layout).
     """
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-    from tensorboard.summary.writer.record_writer import RecordWriter
+    if mode == "native":
+        from gradwatch.sinks.tensorboard import native_event_checksums
 
-    class StockRecordWriter(RecordWriter):
-        def write(self, data: bytes) -> None:
-            header = struct.pack("<Q", len(data))
-            crc = struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
-            self._writer.write(header + crc)
-
-    try:
-        record_writer = writer._get_file_writer().event_writer._async_writer._writer  # type: ignore[attr-defined]
-    except AttributeError as err:
-        raise RuntimeError(f"--peer-checksum stock: unknown TensorBoard writer layout ({err})") from err
-    if type(record_writer) is not RecordWriter:
-        raise RuntimeError(f"--peer-checksum stock: unexpected record writer {type(record_writer)}")
-    record_writer.__class__ = StockRecordWriter
+        if not native_event_checksums(writer):
+            raise RuntimeError(
+                "--peer-checksum native: the writer could not be switched to the C checksum (install "
+                "google-crc32c with its C extension, and unset GRADWATCH_NATIVE_CRC)"
+            )
 
 
 def run_model(
@@ -186,8 +176,7 @@ def run_model(
             )
         elif v.startswith("peer"):
             writer = SummaryWriter(str(tmp / name / v))
-            if peer_checksum == "stock":
-                stock_checksums(writer)
+            peer_checksums(writer, peer_checksum)
         runs[v] = {"model": model, "opt": opt, "watcher": watcher, "writer": writer, "times": []}
 
     def step(v: str, k: int) -> float:
@@ -333,18 +322,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--peer-checksum",
         choices=("stock", "native"),
         default="stock",
-        help="the peer's event checksums: TensorBoard's Python CRC (as without gradwatch), or the C one "
-        "gradwatch switches TensorBoard to (needs google-crc32c with its C extension)",
+        help="the peer's event checksums: TensorBoard's Python CRC (every SummaryWriter's), or the C one "
+        "gradwatch gives its own writer (needs google-crc32c with its C extension)",
     )
     args = ap.parse_args(argv)
-    if args.peer_checksum == "native":
-        from gradwatch.sinks.tensorboard import native_event_checksums
-
-        if not native_event_checksums():
-            ap.error(
-                "--peer-checksum native: TensorBoard could not be switched to the C checksum (install "
-                "google-crc32c with its C extension, and unset GRADWATCH_NATIVE_CRC)"
-            )
     bad = set(args.models.split(",")) - {"digits", "cnn", "transformer"}
     if bad:
         ap.error(f"unknown model(s) {', '.join(sorted(bad))}; choose from digits, cnn, transformer")

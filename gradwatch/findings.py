@@ -1,10 +1,17 @@
-"""Findings: what gradwatch reports (:class:`Finding`) and the kinds it knows (:data:`FINDING_KINDS`)."""
+"""Findings: what gradwatch reports (:class:`Finding`, its kinds), what is suppressed, and the report text."""
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["FINDING_KINDS", "Finding"]
+if TYPE_CHECKING:  # pragma: no cover
+    from gradwatch.records import StepRecord
+
+__all__ = ["FINDING_KINDS", "Finding", "Suppressions", "render_report"]
 
 #: Every finding kind gradwatch knows, most severe first (the order ``Watcher.report()`` uses).
 FINDING_KINDS: tuple[str, ...] = (
@@ -39,3 +46,87 @@ class Finding:
 
     def __str__(self) -> str:
         return f"[{self.kind}] step {self.step}: {self.message}"
+
+
+class Suppressions:
+    """Findings not to report: ``(kind, parameter-name patterns)`` entries (``fnmatch`` style).
+
+    Args:
+        entries: the ``suppress`` option as :class:`~gradwatch.config.Config` normalised it.
+    """
+
+    def __init__(self, entries: Sequence[tuple[str, tuple[str, ...]]] = ()) -> None:
+        self.entries: list[tuple[str, tuple[str, ...]]] = list(entries)
+
+    def apply(self, finding: Finding) -> Finding | None:
+        """The finding without its suppressed parameters; ``None`` when nothing of it is left to report."""
+        if not self.entries:
+            return finding
+        kept = tuple(
+            p
+            for p in finding.params
+            if not any(
+                kind == finding.kind and any(fnmatch.fnmatchcase(p, pat) for pat in pats)
+                for kind, pats in self.entries
+            )
+        )
+        whole_kind = any(kind == finding.kind and "*" in pats for kind, pats in self.entries)
+        if (finding.params and not kept) or (not finding.params and whole_kind):
+            return None
+        return finding if kept == finding.params else dataclasses.replace(finding, params=kept)
+
+
+def render_report(
+    findings: Sequence[Finding],
+    skipped_steps: Sequence[int],
+    record: StepRecord | None,
+    shapes: Sequence[tuple[int, ...]],
+) -> str:
+    """The text of ``Watcher.report()``: findings (most severe first), AMP skips, a per-parameter table.
+
+    Args:
+        findings: every finding so far.
+        skipped_steps: steps whose non-finite gradients were dropped without an optimizer step.
+        record: the last recorded step (its table), or ``None``.
+        shapes: each watched parameter's shape, in the record's parameter order.
+    """
+    lines: list[str] = []
+    order = {k: i for i, k in enumerate(FINDING_KINDS)}
+    ranked = sorted(findings, key=lambda f: (order.get(f.kind, len(order)), f.step))
+    lines.append(f"gradwatch report: {len(ranked)} finding(s)")
+    lines += [f"  ! {f}" for f in ranked]
+    at = sorted(set(skipped_steps))
+    if skipped_steps:
+        lines.append(
+            f"  {len(skipped_steps)} optimizer step(s) skipped because the gradients were not finite (an AMP "
+            f"GradScaler lowering its scale), around steps {', '.join(map(str, at[:10]))}"
+            + (" ..." if len(at) > 10 else "")
+        )
+    if record is None:
+        lines.append("no step recorded yet")
+        return "\n".join(lines)
+    lines.append(
+        f"step {record.step}: total grad norm {record.total_grad_norm:.4g}"
+        + ("" if record.loss is None else f", loss {record.loss:.4g}")
+    )
+    header = ("parameter", "shape", "grad norm", "max |g|", "mean", "update ratio", "non-finite")
+    rows = []
+    for (name, s), shape in zip(record.params.items(), shapes):
+        nonfinite = s.nan_count + s.inf_count
+        rows.append(
+            (
+                name,
+                "x".join(map(str, shape)) or "scalar",
+                f"{s.grad_norm:.3e}" if s.has_grad or s.grad_norm else "no grad",
+                f"{s.grad_max_abs:.3e}",
+                f"{s.grad_mean:+.3e}",
+                "-" if s.update_ratio is None else f"{s.update_ratio:.3e}",
+                str(nonfinite) if nonfinite else "0",
+            )
+        )
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for r in [header, *rows]:
+        lines.append(
+            "  " + "  ".join(v.ljust(w) if c < 2 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
+        )
+    return "\n".join(lines)

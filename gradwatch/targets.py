@@ -17,14 +17,15 @@ what to pass instead.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Targets", "resolve_optimizers", "resolve_target"]
+__all__ = ["Optimizers", "Targets", "resolve_optimizers", "resolve_target"]
 
 
 @dataclass
@@ -208,3 +209,98 @@ def _one_optimizer(opt: Any, where: str) -> list[torch.optim.Optimizer]:
         f"Without an optimizer, mark steps with @w.train_step or w.step(), or let gradwatch see the "
         f"in-place updates of your parameters"
     )
+
+
+class Optimizers:
+    """The watched optimizers (held weakly) and which watched parameters each one holds.
+
+    Args:
+        optimizers: what :func:`resolve_optimizers` returned.
+        n: number of watched parameters.
+
+    Ownership is read from each optimizer's ``param_groups`` and cached per optimizer while its
+    parameter count stays the same (``add_param_group`` changes it). Host-only; reads no tensor value.
+    """
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer], n: int) -> None:
+        self._refs = [weakref.ref(o) for o in optimizers]
+        many = len(self._refs) > 1
+        self._names = {
+            id(o): f"{type(o).__name__}#{k}" if many else type(o).__name__ for k, o in enumerate(optimizers)
+        }
+        self._n = n
+        self._index: dict[int, int] = {}
+        self._owned: dict[int, list[int]] = {}
+        self._owned_key: dict[int, int] = {}
+        #: positions of the watched parameters no watched optimizer holds (as last computed)
+        self.unowned: list[int] = list(range(n))
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __iter__(self) -> Iterator[torch.optim.Optimizer]:
+        """The optimizers still alive."""
+        return (o for o in (r() for r in self._refs) if o is not None)
+
+    def name(self, optimizer: object) -> str:
+        """``"SGD"``, or ``"SGD#1"`` (its position) when several optimizers are watched."""
+        return self._names.get(id(optimizer), type(optimizer).__name__)
+
+    def names(self) -> list[str]:
+        """Names of every watched optimizer, in the order given."""
+        return list(self._names.values())
+
+    def bind(self, params: Sequence[torch.Tensor]) -> None:
+        """Read ownership against these parameter objects (the watched ones, at attach)."""
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self._owned_key.clear()
+        self.refresh()
+
+    def owned_by(self, optimizer: torch.optim.Optimizer) -> list[int]:
+        """Positions of the watched parameters ``optimizer`` holds, in its ``param_groups`` order."""
+        key = sum(len(g["params"]) for g in optimizer.param_groups)
+        if self._owned_key.get(id(optimizer)) != key:
+            seen: dict[int, None] = {}
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    i = self._index.get(id(p))
+                    if i is not None:
+                        seen[i] = None
+            self._owned[id(optimizer)] = list(seen)
+            self._owned_key[id(optimizer)] = key
+            self.refresh()
+        return self._owned[id(optimizer)]
+
+    def refresh(self) -> None:
+        """Recompute :attr:`unowned`."""
+        owned_any: set[int] = set()
+        for opt in self:
+            if self._owned_key.get(id(opt)) is None:
+                self.owned_by(opt)  # (calls refresh again once known)
+            owned_any.update(self._owned.get(id(opt), ()))
+        self.unowned = [i for i in range(self._n) if i not in owned_any]
+
+    def position_lists(self) -> set[tuple[int, ...]]:
+        """Every position list in use: one per optimizer, and the unowned one (as last computed)."""
+        return {tuple(self.unowned), *(tuple(owned) for owned in self._owned.values())}
+
+    def learning_rates(self) -> dict[int, float]:
+        """Position -> learning rate of its param group (``group["lr"]``), where it is a host number.
+
+        A tensor learning rate on an accelerator is left out: reading it would wait for the device.
+        """
+        lrs: dict[int, float] = {}
+        for opt in self:
+            for group in opt.param_groups:
+                lr = group.get("lr")
+                if isinstance(lr, torch.Tensor):
+                    if lr.device.type != "cpu":
+                        continue  # reading it would sync with the device
+                    lr = float(lr)
+                if not isinstance(lr, (int, float)):
+                    continue
+                for p in group["params"]:
+                    i = self._index.get(id(p))
+                    if i is not None:
+                        lrs[i] = float(lr)
+        return lrs

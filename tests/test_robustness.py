@@ -174,7 +174,7 @@ def test_slow_writer_drops_steps_instead_of_growing_memory(monkeypatch, tmp_path
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with caplog.at_level(logging.WARNING, logger="gradwatch"):
         w = gw.watch(model, opt, logdir=str(tmp_path))
-        w._sink._queue.put(gate.wait)  # the writer thread is stuck on this item
+        w._recorder.board._queue.put(gate.wait)  # the writer thread is stuck on this item
         for _ in range(8):
             opt.zero_grad()
             nn.functional.mse_loss(model(X), Y).backward()
@@ -182,7 +182,7 @@ def test_slow_writer_drops_steps_instead_of_growing_memory(monkeypatch, tmp_path
         assert len(w.history) == 8  # the in-memory history keeps every record (reading seals the last)
         gate.set()
         w.close()
-    assert w._sink.dropped >= 4
+    assert w._recorder.board.dropped >= 4
     assert sum("steps behind" in r.getMessage() for r in caplog.records) == 1
 
 

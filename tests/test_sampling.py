@@ -169,8 +169,8 @@ def test_samples_kept_between_steps_are_bounded() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with gw.watch(model, opt, on_finding="ignore") as w:
         exact_ratios(model, opt, 3, batches(1000, 10))
-        kept = sum(s.nbytes for s in w._prev_samples.values())
-    assert len(w._prev_samples) == 1  # one optimizer: one set of samples, of its 4 tensors
+        kept = sum(s.nbytes for s in w._recorder.sampler.prev_samples.values())
+    assert len(w._recorder.sampler.prev_samples) == 1  # one optimizer: one set of samples, of its 4 tensors
     assert kept <= 4 * 8 * stats.SAMPLE_SIZE  # at most 8 KiB per tensor (CPU samples: float64 copies)
 
 
@@ -223,7 +223,10 @@ def test_undone_update_is_found_with_one_optimizer_per_parameter(groups_added: b
     last = w.history[-1].params
     assert last["3.weight"].weights_unchanged is True
     assert last["0.weight"].weights_unchanged is False
-    assert len(w._prev_samples) <= 2 * len(opts) + 8 and len(w._layouts) <= 2 * len(opts) + 8
+    assert (
+        len(w._recorder.sampler.prev_samples) <= 2 * len(opts) + 8
+        and len(w._recorder.sampler.layouts) <= 2 * len(opts) + 8
+    )
     found = [f for f in w.findings if f.kind == "not_updated"]
     assert [f.params for f in found] == [("3.weight",)]
 

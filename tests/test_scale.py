@@ -137,7 +137,11 @@ def test_memory_stays_bounded_over_5000_steps(tmp_path) -> None:
     x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))
 
     def held_tensors(w) -> int:
-        return sum(len(r._parts) for r in w._history) + len(w._prev_samples) + len(w._unjudged)
+        return (
+            sum(len(r._parts) for r in w._recorder.memory.history)
+            + len(w._recorder.sampler.prev_samples)
+            + w._recorder.suite.pending
+        )
 
     def objects() -> int:
         gc.collect()

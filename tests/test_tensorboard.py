@@ -722,19 +722,29 @@ if sys.argv[2] == "no-c-extension-strict":
 import gradwatch
 from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
 from tensorboard.summary.writer import record_writer
+from torch.utils.tensorboard import SummaryWriter
 model = torch.nn.Linear(3, 2)
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-with gradwatch.watch(model, opt, logdir=sys.argv[1], histogram_every=1):
+theirs = SummaryWriter(sys.argv[1] + "/theirs")  # the user's own writer, in the same process
+with gradwatch.watch(model, opt, logdir=sys.argv[1] + "/ours", histogram_every=1) as w:
     for _ in range(3):
         opt.zero_grad()
         model(torch.ones(2, 3)).sum().backward()
         opt.step()
-print(json.dumps({"replaced": record_writer.masked_crc32c is not pywrap_tensorflow.masked_crc32c}))
+        theirs.add_scalar("x", 1.0, 0)
+    ours = w._recorder.board.writer
+    kind = lambda writer: type(writer._get_file_writer().event_writer._async_writer._writer).__name__
+    print(json.dumps({
+        "ours": kind(ours),
+        "theirs": kind(theirs),
+        "module_function_kept": record_writer.masked_crc32c is pywrap_tensorflow.masked_crc32c,
+    }))
+theirs.close()
 """
 
 
 @pytest.mark.parametrize(
-    ("env", "mode", "replaced"),
+    ("env", "mode", "native"),
     [
         ("", "", True),
         ("0", "", False),
@@ -745,55 +755,67 @@ print(json.dumps({"replaced": record_writer.masked_crc32c is not pywrap_tensorfl
     ],
     ids=["native", "opted-out", "opted-out-off", "opted-out-false", "no-c-extension", "strict-warnings"],
 )
-def test_event_checksums_in_c_write_the_bytes_tensorboard_checks(tmp_path, env, mode, replaced):
+def test_event_checksums_in_c_only_for_gradwatchs_own_writer(tmp_path, env, mode, native):
     pytest.importorskip("google_crc32c")
-    # a fresh process: the replacement is process-wide
     out = subprocess.run(
         [sys.executable, "-c", _CRC_PROBE, str(tmp_path), mode or "-"],
         capture_output=True, text=True, timeout=60, check=False,
         env={**__import__("os").environ, "GRADWATCH_NATIVE_CRC": env},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1])["replaced"] is replaced
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["ours"] == ("NativeChecksumRecordWriter" if native else "RecordWriter")
+    # no process-wide side effect: the user's writer and TensorBoard's module are untouched
+    assert res["theirs"] == "RecordWriter"
+    assert res["module_function_kept"] is True
     assert "google-crc32c" not in out.stderr  # no warning about a package the user never imported
     # TensorBoard's own reader checks every record's header and data checksums with its own Python code
     from tensorboard.compat.tensorflow_stub import errors
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
 
-    (events,) = tmp_path.glob("events.out.tfevents.*")
-    reader = PyRecordReader_New(str(events))
-    records = 0
-    while True:
-        try:
-            reader.GetNext()
-        except errors.OutOfRangeError:
-            break
-        records += 1
-    assert records >= 1 + 3 * 2  # the file header, then per step the scalars and the histograms
+    for folder, least in (("ours", 1 + 3 * 2), ("theirs", 1 + 3)):
+        (events,) = (tmp_path / folder).glob("events.out.tfevents.*")
+        reader = PyRecordReader_New(str(events))
+        records = 0
+        while True:
+            try:
+                reader.GetNext()
+            except errors.OutOfRangeError:
+                break
+            records += 1
+        assert records >= least, folder  # the file header, then per step the scalars (and histograms)
 
 
-def test_native_checksum_agrees_with_tensorboards_own(monkeypatch):
-    import array
-
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
-    from tensorboard.summary.writer import record_writer
+def test_native_checksum_writes_the_bytes_tensorboards_own_writer_writes(tmp_path, monkeypatch):
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from torch.utils.tensorboard import SummaryWriter
 
     from gradwatch.sinks.tensorboard import native_event_checksums
 
     pytest.importorskip("google_crc32c")
     monkeypatch.delenv("GRADWATCH_NATIVE_CRC", raising=False)
-    assert native_event_checksums() is True
-    native = record_writer.masked_crc32c
-    assert native is not reference
-    assert native_event_checksums() is True  # a second start (another sink, another thread): still ours
-    assert record_writer.masked_crc32c is native
-    gen = torch.Generator().manual_seed(0)
-    for n in (0, 1, 7, 8, 9, 63, 64, 1000, 4097):
-        data = bytes(torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8).tolist())
-        assert native(data) == reference(data), n
-        assert native(bytearray(data)) == reference(data), n
-    # what TensorBoard's function also takes (iterables of byte values) goes to TensorBoard's function
-    assert native([1, 2, 250]) == reference([1, 2, 250])
-    assert native(array.array("I", [1, 2])) == reference(array.array("I", [1, 2]))  # not its raw bytes
-    with pytest.raises(TypeError):
-        native(5)  # as TensorBoard's (bytes(5) would be five zero bytes)
+    writer = SummaryWriter(str(tmp_path))
+    try:
+        records = writer._get_file_writer().event_writer._async_writer._writer
+        assert native_event_checksums(writer) is True
+        assert type(records) is not RecordWriter and isinstance(records, RecordWriter)
+        assert native_event_checksums(writer) is True  # a second call: still native, nothing stacked
+        gen = torch.Generator().manual_seed(0)
+
+        class Sink:
+            def __init__(self) -> None:
+                self.data = b""
+
+            def write(self, data: bytes) -> None:
+                self.data += data
+
+        for n in (0, 1, 7, 8, 9, 63, 64, 1000, 4097):
+            data = bytes(torch.randint(0, 256, (n,), generator=gen, dtype=torch.uint8).tolist())
+            stock, native = RecordWriter(Sink()), RecordWriter(Sink())
+            native.__class__ = type(records)
+            stock.write(data)
+            native.write(data)
+            assert native._writer.data == stock._writer.data, n
+    finally:
+        writer.close()
+    assert native_event_checksums(object()) is False  # an unknown writer layout: left alone, no raise

@@ -4,16 +4,47 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+import torch
 
 from gradwatch.detectors.base import Detector
 from gradwatch.findings import Finding
-from gradwatch.provenance import Provenance
 from gradwatch.records import StepRecord
 
-__all__ = ["IneffectiveFreezeDetector", "NoGradDetector", "NotUpdatedDetector"]
+if TYPE_CHECKING:  # pragma: no cover
+    from gradwatch.detectors.suite import WatchView
+
+__all__ = ["IneffectiveFreezeDetector", "NoGradDetector", "NotUpdatedDetector", "loss_graph_leaves"]
+
+
+def loss_graph_leaves(loss: torch.Tensor, watched: set[int]) -> tuple[set[int], list[torch.Tensor]]:
+    """The leaves of ``loss``'s autograd graph: ``id()`` of the watched ones reached, and the others.
+
+    Walks ``grad_fn.next_functions`` from ``loss`` (each node once) and reads each ``AccumulateGrad``
+    node's ``variable``. ``watched`` holds the ``id()`` of each watched parameter. Returns the ids of
+    watched parameters the loss reaches, and the leaves that require grad but are not watched (once
+    each, in the order found). Host-only; O(graph size).
+    """
+    reached: set[int] = set()
+    foreign: dict[int, torch.Tensor] = {}
+    seen: set[Any] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        var = getattr(node, "variable", None)
+        if isinstance(var, torch.Tensor):
+            if id(var) in watched:
+                reached.add(id(var))
+            elif var.requires_grad:
+                foreign[id(var)] = var
+        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+    return reached, list(foreign.values())
+
 
 _CUT_CAUSES = (
     "the graph is cut between them and the loss: .item()/.tolist()/float() or a numpy round-trip, "
@@ -35,23 +66,21 @@ class NoGradDetector(Detector):
     a layer cut out of the graph is reported within the first ``no_grad_steps`` (default 5) steps. Tells
     apart parameters that never received a gradient since attach and those that stopped receiving one.
     A parameter frozen later (``requires_grad_(False)`` during training) is not counted while frozen.
+
+    Args:
+        view: names, provenance and ``requires_grad`` of the watched parameters.
+        steps: the window.
     """
 
     kinds = ("no_grad",)
 
-    def __init__(
-        self,
-        provenance: Provenance,
-        names: Sequence[str],
-        steps: int,
-        requires_grad: Callable[[int], bool] = lambda i: True,
-    ) -> None:
-        self.prov = provenance
-        self.names = names
+    def __init__(self, view: WatchView, steps: int) -> None:
+        self.prov = view.provenance
+        self.names = view.names
         self.steps = steps
-        self.requires_grad = requires_grad
-        self.missed = [0] * len(names)
-        self.ever = [False] * len(names)
+        self.requires_grad = view.requires_grad
+        self.missed = [0] * len(self.names)
+        self.ever = [False] * len(self.names)
         self.reported: set[int] = set()
 
     def _judge(self, idx: Sequence[int], step: int, owner: str) -> list[Finding]:
@@ -127,40 +156,24 @@ class NotUpdatedDetector(Detector):
       ``vanishing_grad``.
 
     Args:
-        names: parameter names.
-        unowned: returns the positions of parameters no watched optimizer holds (``None``: no optimizer
-            is watched, nothing to judge).
-        lr_of: returns each parameter's learning rate (from its optimizer's ``param_groups``), or ``None``.
-        optimizer_names: names of the watched optimizers, for the message.
+        view: names, ownership (``unowned()``; ``None`` when no optimizer is watched: nothing to judge),
+            learning rates, optimizer names and sample sizes of the watched parameters.
         steps: the window.
-        sample_sizes: per parameter, the number of entries its update is measured on when sampled, or
-            ``None`` when measured on all of them.
     """
 
     kinds = ("not_updated",)
 
-    def __init__(
-        self,
-        names: Sequence[str],
-        unowned: Callable[[], Sequence[int] | None],
-        lr_of: Callable[[], dict[int, float]],
-        optimizer_names: Callable[[], Sequence[str]],
-        steps: int,
-        sample_sizes: Sequence[int | None] = (),
-    ) -> None:
-        self.names = names
-        self.sample_sizes = list(sample_sizes) or [None] * len(names)
-        self.unowned = unowned
-        self.lr_of = lr_of
-        self.optimizer_names = optimizer_names
+    def __init__(self, view: WatchView, steps: int) -> None:
+        self.view = view
+        self.names = view.names
         self.steps = steps
-        self.still = [0] * len(names)
-        self.undone = [False] * len(names)
-        self.last: list[float | None] = [None] * len(names)
+        self.still = [0] * len(self.names)
+        self.undone = [False] * len(self.names)
+        self.last: list[float | None] = [None] * len(self.names)
         self.reported: set[int] = set()
 
     def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
-        unowned = self.unowned()
+        unowned = self.view.unowned()
         if unowned is None:
             return []
         params = record.params
@@ -175,16 +188,17 @@ class NotUpdatedDetector(Detector):
         if orphan:
             self.reported.update(orphan)
             names = tuple(self.names[i] for i in orphan)
+            holders = ", ".join(self.view.optimizer_names())
             message = (
                 f"{_short(list(names))} get nonzero gradients (step {record.step}) but no watched optimizer "
-                f"holds them ({', '.join(self.optimizer_names())} do not), so they are never updated. Usual "
+                f"holds them ({holders} do not), so they are never updated. Usual "
                 f"causes: layers kept in a plain Python list instead of nn.ModuleList, a layer replaced "
                 f"after "
                 f"the optimizer was built, a param group that forgot a layer. Fix: build the optimizer after "
                 f"the model is final from model.parameters(), or add them with optimizer.add_param_group()."
             )
             findings.append(Finding("not_updated", record.step, names, message))
-        lrs = self.lr_of()
+        lrs = self.view.learning_rates()
         stuck = []
         unowned_set = set(unowned)
         for i, name in enumerate(self.names):
@@ -194,7 +208,7 @@ class NotUpdatedDetector(Detector):
             if i in unowned_set or s.update_ratio is None or lr is None or not s.has_grad:
                 continue
             visible = s.param_norm == 0 or lr * s.grad_norm / s.param_norm > 1e-6 or lr == 0
-            k = self.sample_sizes[i]
+            k = self.view.sampled_size(i)
             if k is not None and (1.0 - s.zero_fraction) * k < 20:
                 visible = lr == 0  # the sample may miss a sparse update: only a zero lr is sure
             # the last update was undone before this step: the sampled weights it moved are back, bit
@@ -272,15 +286,17 @@ class IneffectiveFreezeDetector(Detector):
 
     Checked at attach and again every ``recheck_every`` recorded steps (default 100), so a freeze written
     later in training is caught too.
+
+    Args:
+        view: the watched module (nothing to check for loose tensors) and parameter names.
+        recheck_every: recorded steps between scans of the module tree.
     """
 
     kinds = ("ineffective_freeze",)
 
-    def __init__(
-        self, module: Callable[[], nn.Module | None], names: Sequence[str], recheck_every: int = 100
-    ) -> None:
-        self.module = module
-        self.names = set(names)
+    def __init__(self, view: WatchView, recheck_every: int = 100) -> None:
+        self.module = view.module
+        self.names = set(view.names)
         self.recheck_every = recheck_every
         self.seen = 0
         self.reported: set[str] = set()

@@ -7,16 +7,16 @@ AMP ``GradScaler``'s skipped step from a bug). See ``docs/zero-grad.md`` for the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gradwatch.detectors.base import Detector
 from gradwatch.findings import Finding
-from gradwatch.provenance import Provenance
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gradwatch.detectors.suite import WatchView
 
 __all__ = ["DiscardedGradDetector", "MissingZeroGradDetector"]
-
-#: (parameter index, step) -> recorded gradient norm at that step, or None when not recorded.
-NormLookup = Callable[[int, int], "float | None"]
 
 
 def _names(names: Sequence[str], idx: Sequence[int], limit: int = 6) -> str:
@@ -33,21 +33,18 @@ class MissingZeroGradDetector(Detector):
     the first step where it happens, grouped by owner.
 
     Args:
-        provenance: the shared gradient provenance.
-        names: parameter names.
-        norm_at: looks up a parameter's recorded gradient norm at a step (the evidence).
+        view: the shared gradient provenance, parameter names and sizes, and the recorded gradient
+            norms (the evidence: ``view.norm_at``).
     """
 
     kinds = ("missing_zero_grad",)
 
-    def __init__(
-        self, provenance: Provenance, names: Sequence[str], norm_at: NormLookup, numels: Sequence[int] = ()
-    ) -> None:
-        self.prov = provenance
-        self.names = names
-        self.norm_at = norm_at
+    def __init__(self, view: WatchView) -> None:
+        self.prov = view.provenance
+        self.names = view.names
+        self.norm_at = view.norm_at
         # an empty parameter has nothing to carry over
-        self.reported: set[int] = {i for i, n in enumerate(numels) if n == 0}
+        self.reported: set[int] = {i for i, n in enumerate(view.numels) if n == 0}
 
     def _judge(self, owner: str, idx: Sequence[int], step: int, fix_owner: str) -> list[Finding]:
         stale = [i for i in self.prov.stale(idx) if i not in self.reported]
@@ -105,15 +102,14 @@ class DiscardedGradDetector(Detector):
     and passes with non-finite gradients (an AMP ``GradScaler`` skipped that step).
 
     Args:
-        provenance: the shared gradient provenance.
-        names: parameter names.
+        view: the shared gradient provenance and the parameter names.
     """
 
     kinds = ("discarded_grad",)
 
-    def __init__(self, provenance: Provenance, names: Sequence[str]) -> None:
-        self.prov = provenance
-        self.names = names
+    def __init__(self, view: WatchView) -> None:
+        self.prov = view.provenance
+        self.names = view.names
         self.reported: set[int] = set()
         #: steps at which a backward pass with non-finite gradients was dropped without an optimizer
         #: step (an AMP GradScaler skip), at most the last 1000

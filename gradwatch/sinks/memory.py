@@ -1,4 +1,4 @@
-"""Bounded in-memory history of step records."""
+"""The records and findings kept in memory: ``Watcher.history`` and ``Watcher.findings``."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import overload
 
+from gradwatch.findings import Finding
 from gradwatch.records import StepRecord
+from gradwatch.sinks.base import HistRows
 
-__all__ = ["History"]
+__all__ = ["History", "MemorySink"]
 
 
 class History(Sequence[StepRecord]):
     """The last ``maxlen`` :class:`~gradwatch.StepRecord`, oldest first (a read-only sequence).
 
-    Memory is bounded: appending beyond ``maxlen`` drops the oldest record. Each record holds one
-    ``[num_params, 8]`` float64 host buffer (64 bytes per parameter tensor) plus any ``keep_grads``
-    copies.
+    Memory is bounded: appending beyond ``maxlen`` drops the oldest record. Each record holds its
+    ``[num_params, 10]`` float64 host buffer (80 bytes per parameter tensor, in a few blocks) plus any
+    ``keep_grads`` copies.
     """
 
     def __init__(self, maxlen: int) -> None:
@@ -59,3 +61,32 @@ class History(Sequence[StepRecord]):
     def __repr__(self) -> str:
         steps = [r.step for r in self._records]
         return f"History({len(steps)} records, steps {steps[0]}..{steps[-1]})" if steps else "History(empty)"
+
+
+class MemorySink:
+    """Keeps the last ``max_history`` records (:attr:`history`) and every finding (:attr:`findings`).
+
+    Args:
+        max_history: records kept (older ones are dropped); findings are all kept (one per kind and
+            parameter at most, as the detectors report each once).
+    """
+
+    wants_histograms = False
+
+    def __init__(self, max_history: int) -> None:
+        self.history = History(max_history)
+        self.findings: list[Finding] = []
+
+    def write_step(self, record: StepRecord, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
+        """Append the record to the history (histograms are not kept in memory)."""
+        self.history.append(record)
+
+    def write_finding(self, finding: Finding) -> None:
+        """Append the finding."""
+        self.findings.append(finding)
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def close(self) -> None:
+        """Nothing to close: the history stays readable after the watcher is closed."""

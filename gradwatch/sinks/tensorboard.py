@@ -15,10 +15,12 @@ and ``gradwatch/findings`` (text). ``global_step`` is always the watcher's step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import queue
+import struct
 import threading
 import time
 import warnings
@@ -29,6 +31,7 @@ import torch
 
 from gradwatch.findings import Finding
 from gradwatch.records import StepRecord
+from gradwatch.sinks.base import HistRows
 
 __all__ = ["TensorBoardSink", "native_event_checksums"]
 
@@ -41,61 +44,101 @@ _STOP = object()
 MAX_PENDING = 256
 
 
-def native_event_checksums() -> bool:
-    """Have TensorBoard's event writer checksum its records in C, with ``google-crc32c``, when installed.
+def _c_masked_crc32c() -> Callable[[bytes], int] | None:
+    """TensorBoard's masked CRC-32C computed by ``google-crc32c``'s C code, or ``None`` where unavailable.
+
+    Checked against TensorBoard's own function on test inputs (once per process).
+    """
+    global _C_CRC
+    if _C_CRC is not None:
+        return _C_CRC or None
+    _C_CRC = False
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+
+    with warnings.catch_warnings():  # without its C extension it warns that it falls back to Python
+        warnings.simplefilter("ignore", RuntimeWarning)
+        import google_crc32c
+    if google_crc32c.implementation != "c":
+        return None
+    value = google_crc32c.value
+
+    def masked_crc32c(data: bytes) -> int:
+        x = value(data)
+        return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    probes = [b"", b"\x00", b"gradwatch", bytes(range(256)) * 3, bytes(k * k % 251 for k in range(999))]
+    if any(masked_crc32c(d) != pywrap_tensorflow.masked_crc32c(d) for d in probes):
+        log.warning("gradwatch: google-crc32c disagrees with TensorBoard's checksum; not using it")
+        return None
+    _C_CRC = masked_crc32c
+    return masked_crc32c
+
+
+_C_CRC: Any = None  # None: not looked for yet; False: unavailable; else the function
+
+
+def native_event_checksums(writer: Any) -> bool:
+    """Have one ``SummaryWriter``'s event file checksum its records in C, with ``google-crc32c``.
 
     Every record of an event file carries a masked CRC-32C of its length and of its bytes (the TFRecord
-    format). TensorBoard's writer (``tensorboard.summary.writer.record_writer``) computes them with a
-    pure-Python loop, on a background thread that holds the GIL meanwhile: measured on the development
-    machine's CPU, 145 ns per byte, so 4.5 ms per step for the 31 kB of every-step histograms and
-    scalars of a 26-tensor CNN, and 1 ms per step for the 6.6 kB of scalars of a 52-tensor transformer.
-    With the C implementation of ``google-crc32c`` installed (the ``tensorboard`` extra installs it),
-    this replaces that one function of that module, process-wide and for good, by the same checksum
-    computed in C (3 µs for 60 kB there) for ``bytes`` and ``bytearray`` records (what TensorBoard's
-    writer passes; anything else goes to TensorBoard's own function), after checking that both agree on
-    test inputs: the files are byte for byte the same, and TensorBoard's reader checks them with its own
-    code. Left alone when ``google-crc32c`` or its C extension is missing, when the function was already
-    replaced by someone else, and when the environment variable ``GRADWATCH_NATIVE_CRC`` is ``0``,
-    ``false``, ``no`` or ``off``. Called when a sink starts; never raises (a failure leaves TensorBoard
-    as it was).
+    format). TensorBoard's writer (``tensorboard.summary.writer.record_writer.RecordWriter``) computes
+    them with a pure-Python loop, on a background thread that holds the GIL meanwhile: measured on the
+    development machine's CPU, 145 ns per byte, so 4.5 ms per step for the 31 kB of every-step
+    histograms and scalars of a 26-tensor CNN, and 1 ms per step for the 6.6 kB of scalars of a
+    52-tensor transformer. With the C implementation of ``google-crc32c`` installed (the ``tensorboard``
+    extra installs it), this changes the class of that one writer's ``RecordWriter`` object to a
+    subclass whose ``write`` computes the same checksums in C (3 µs for 60 kB there): the bytes written
+    are the same, and TensorBoard's reader checks them with its own code. Nothing else in the process
+    changes (no module function is replaced), so there is nothing to undo.
+
+    The TensorBoard sink calls it on the writer it creates for ``logdir``; a ``writer`` you pass is left
+    as it is (call this on it yourself if you like). Left alone as well: when ``google-crc32c`` or its C
+    extension is missing, when this TensorBoard lays its writer out differently (the attribute path
+    ``writer._get_file_writer().event_writer._async_writer._writer`` is private), when the record
+    writer is not TensorBoard's own class, and when the environment variable ``GRADWATCH_NATIVE_CRC`` is
+    ``0``, ``false``, ``no`` or ``off``. Never raises.
 
     Returns:
-        Whether TensorBoard's writer now uses the C checksum.
+        Whether that writer now checksums in C.
     """
     if os.environ.get("GRADWATCH_NATIVE_CRC", "").strip().lower() in ("0", "false", "no", "off"):
         return False
     try:
-        from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
-        from tensorboard.summary.writer import record_writer
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
-        current = getattr(record_writer, "masked_crc32c", None)
-        if getattr(current, "__module__", None) == __name__:
-            return True  # already ours (an earlier sink, or one started on another thread meanwhile)
-        reference: Callable[[Any], int] = pywrap_tensorflow.masked_crc32c
-        if current is not reference:
+        records = writer._get_file_writer().event_writer._async_writer._writer
+        if type(records) is _native_record_writer_class():
+            return True
+        if type(records) is not RecordWriter:
             return False
-        with warnings.catch_warnings():  # without its C extension it warns that it falls back to Python
-            warnings.simplefilter("ignore", RuntimeWarning)
-            import google_crc32c
-        if google_crc32c.implementation != "c":
+        if _c_masked_crc32c() is None:
             return False
-        value = google_crc32c.value
-
-        def masked_crc32c(data: Any) -> int:
-            if not isinstance(data, (bytes, bytearray)):
-                return reference(data)
-            x = value(bytes(data))
-            return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-        probes = [b"", b"\x00", b"gradwatch", bytes(range(256)) * 3, bytes(k * k % 251 for k in range(999))]
-        if any(masked_crc32c(d) != reference(d) for d in probes):
-            log.warning("gradwatch: google-crc32c disagrees with TensorBoard's checksum; not using it")
-            return False
-        record_writer.masked_crc32c = masked_crc32c
+        records.__class__ = _native_record_writer_class()
         return True
     except Exception:  # never our reason to stop a run: TensorBoard keeps its own checksum
-        log.debug("gradwatch: could not switch TensorBoard to google-crc32c", exc_info=True)
+        log.debug("gradwatch: could not switch a TensorBoard writer to google-crc32c", exc_info=True)
         return False
+
+
+@functools.cache
+def _native_record_writer_class() -> type:
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    class NativeChecksumRecordWriter(RecordWriter):  # type: ignore[misc]
+        """TensorBoard's ``RecordWriter`` with the checksums of ``google-crc32c``'s C code."""
+
+        def write(self, data: bytes) -> None:
+            crc = _c_masked_crc32c() or _stock_crc
+            header = struct.pack("<Q", len(data))
+            self._writer.write(header + struct.pack("<I", crc(header)) + data + struct.pack("<I", crc(data)))
+
+    return NativeChecksumRecordWriter
+
+
+def _stock_crc(data: bytes) -> int:
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    return int(masked_crc32c(data))
 
 
 class TensorBoardSink:
@@ -109,12 +152,14 @@ class TensorBoardSink:
     sink stops writing; training is never interrupted.
     """
 
+    wants_histograms = True
+
     def __init__(self, logdir: str | None = None, writer: Any = None) -> None:
-        native_event_checksums()
         if writer is None:
             from torch.utils.tensorboard import SummaryWriter  # lazy: imports tensorboard
 
             writer = SummaryWriter(log_dir=logdir)
+            native_event_checksums(writer)
             self._owned = True
         else:
             self._owned = False
@@ -128,12 +173,7 @@ class TensorBoardSink:
         self._closed = False
 
     # -- training thread -------------------------------------------------------------------------
-    def write_step(
-        self,
-        record: StepRecord,
-        grad_hist: tuple[Sequence[str], torch.Tensor] | None,
-        param_hist: tuple[Sequence[str], torch.Tensor] | None,
-    ) -> None:
+    def write_step(self, record: StepRecord, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
         """Queue the scalars of ``record`` and the histogram buffers (rows from :func:`stats.histograms`)."""
         if self.failed or self._closed:
             record._read_by("sink")

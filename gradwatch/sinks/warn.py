@@ -1,4 +1,4 @@
-"""Deliver findings to the user: ``warnings.warn``, ``GradientError`` or nothing, plus logging."""
+"""Findings as Python warnings (one subclass per kind), a raised ``GradientError``, and log records."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import torch
 
 from gradwatch.errors import WARNING_FOR_KIND, GradientError, GradWatchWarning
 from gradwatch.findings import Finding
+from gradwatch.records import StepRecord
+from gradwatch.sinks.base import HistRows
 
-__all__ = ["FindingReporter"]
+__all__ = ["WarningSink"]
 
 log = logging.getLogger("gradwatch")
 
@@ -32,8 +34,8 @@ def _user_stacklevel() -> int:
     return level
 
 
-class FindingReporter:
-    """Applies the ``on_finding`` policy.
+class WarningSink:
+    """Writes findings as the ``on_finding`` policy says: warnings, an exception, or log records only.
 
     ``"warn"`` issues each finding once per (kind, parameter names) through :func:`warnings.warn` with
     that kind's :class:`~gradwatch.GradWatchWarning` subclass; ``"raise"`` raises
@@ -41,11 +43,22 @@ class FindingReporter:
     logged once on the ``"gradwatch"`` logger.
     """
 
+    wants_histograms = False
+
     def __init__(self, policy: str) -> None:
         self.policy = policy
         self._seen: set[tuple[str, tuple[str, ...]]] = set()
 
-    def deliver(self, finding: Finding) -> None:
+    def write_step(self, record: StepRecord, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
+        """Records are not reported (nothing to do)."""
+
+    def flush(self) -> None:
+        """Nothing to flush (warnings and log records are issued at once)."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def write_finding(self, finding: Finding) -> None:
         """Report one finding according to the policy.
 
         Raises:

@@ -1,0 +1,214 @@
+"""The detector suite: builds every detector once and runs each event over all of them.
+
+Detectors read what they need of the watch through a :class:`WatchView` (read-only: names, owners,
+learning rates, provenance, history), never through callbacks handed to their constructors. The suite
+sends each event only to the detectors that handle it (those that override the event's method of
+:class:`~gradwatch.detectors.base.Detector`), and judges sealed step records once their host copy has
+arrived (see :meth:`DetectorSuite.judge`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gradwatch.detectors.base import Detector
+from gradwatch.detectors.connectivity import (
+    IneffectiveFreezeDetector,
+    NoGradDetector,
+    NotUpdatedDetector,
+    loss_graph_leaves,
+)
+from gradwatch.detectors.record_based import (
+    AllZeroGradDetector,
+    ExplodingGradDetector,
+    NonfiniteGradDetector,
+    VanishingGradDetector,
+)
+from gradwatch.detectors.zero_grad import DiscardedGradDetector, MissingZeroGradDetector
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from gradwatch.config import Config
+    from gradwatch.findings import Finding
+    from gradwatch.provenance import Provenance
+    from gradwatch.records import StepRecord
+
+__all__ = ["MAX_UNJUDGED", "DetectorSuite", "WatchView"]
+
+#: Records whose host copy may still be in flight before the oldest is waited for (see ``judge``).
+MAX_UNJUDGED = 4
+
+
+class WatchView(Protocol):
+    """What detectors may read of the watch (the recorder implements it; nothing here writes)."""
+
+    @property
+    def names(self) -> Sequence[str]:
+        """Watched parameter names, in ``named_parameters()`` order (positions index them)."""
+
+    @property
+    def provenance(self) -> Provenance:
+        """The host-side provenance of every ``.grad`` (read-only to detectors)."""
+
+    @property
+    def numels(self) -> Sequence[int]:
+        """Entries of each parameter (a complex parameter counts its real and imaginary parts)."""
+
+    def module(self) -> nn.Module | None:
+        """The watched module, or ``None`` (loose tensors, or the module no longer exists)."""
+
+    def unowned(self) -> Sequence[int] | None:
+        """Positions no watched optimizer holds; ``None`` when no optimizer is watched."""
+
+    def learning_rates(self) -> dict[int, float]:
+        """Position -> learning rate of its param group, where it is a host number."""
+
+    def optimizer_names(self) -> Sequence[str]:
+        """Names of the watched optimizers (``"SGD"``, or ``"SGD#0"``... when there are several)."""
+
+    def requires_grad(self, i: int) -> bool:
+        """Whether parameter ``i`` requires grad now (True when not attached)."""
+
+    def sampled_size(self, i: int) -> int | None:
+        """Entries in parameter ``i``'s update sample when it is sampled, else ``None`` (all entries)."""
+
+    def norm_at(self, i: int, step: int) -> float | None:
+        """Parameter ``i``'s recorded gradient norm at ``step``, or ``None`` when not recorded (or gone)."""
+
+
+_EVENTS = (
+    "on_attach",
+    "on_optimizer_pre",
+    "on_optimizer_post",
+    "on_optimizer_used",
+    "on_boundary",
+    "on_boundary_used",
+    "on_record",
+)
+
+
+class DetectorSuite:
+    """Every detector, built from the :class:`~gradwatch.config.Config` and a :class:`WatchView`.
+
+    Args:
+        view: what the detectors read.
+        config: thresholds and windows (each documented on ``Config``).
+        by_layer: whether parameters belong to layers of a module (the layer-ratio rules need layers).
+    """
+
+    def __init__(self, view: WatchView, config: Config, by_layer: bool) -> None:
+        self.discarded = DiscardedGradDetector(view)
+        self.no_grad = NoGradDetector(view, config.no_grad_steps)
+        self.not_updated = NotUpdatedDetector(view, config.not_updated_steps)
+        self.detectors: list[Detector] = [
+            MissingZeroGradDetector(view),
+            self.discarded,
+            self.no_grad,
+            self.not_updated,
+            IneffectiveFreezeDetector(view),
+            NonfiniteGradDetector(),
+            AllZeroGradDetector(config.all_zero_steps),
+            VanishingGradDetector(
+                config.persistence, config.vanishing_ratio, config.vanishing_norm, by_layer
+            ),
+            ExplodingGradDetector(config.persistence, config.exploding_ratio, by_layer),
+        ]
+        self._view = view
+        # event -> bound methods of the detectors that handle it (the base class's no-ops are skipped)
+        self._handlers: dict[str, list[Any]] = {
+            event: [
+                getattr(d, event)
+                for d in self.detectors
+                if getattr(type(d), event) is not getattr(Detector, event)
+            ]
+            for event in _EVENTS
+        }
+        self._unjudged: deque[StepRecord] = deque()  # sealed records the detectors have not read yet
+
+    def _run(self, event: str, *args: Any) -> list[Finding]:
+        out: list[Finding] = []
+        for handler in self._handlers[event]:
+            out += handler(*args)
+        return out
+
+    def attached(self, step: int) -> list[Finding]:
+        """The watcher attached; its first step will be ``step``."""
+        return self._run("on_attach", step)
+
+    def optimizer_pre(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
+        """See :meth:`Detector.on_optimizer_pre`."""
+        return self._run("on_optimizer_pre", name, owned, step)
+
+    def optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
+        """See :meth:`Detector.on_optimizer_post`."""
+        return self._run("on_optimizer_post", name, owned, step)
+
+    def optimizer_used(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
+        """See :meth:`Detector.on_optimizer_used`."""
+        return self._run("on_optimizer_used", name, owned, step)
+
+    def boundary(self, unowned: Sequence[int], step: int) -> list[Finding]:
+        """See :meth:`Detector.on_boundary`."""
+        return self._run("on_boundary", unowned, step)
+
+    def boundary_used(self, unowned: Sequence[int], step: int) -> list[Finding]:
+        """See :meth:`Detector.on_boundary_used`."""
+        return self._run("on_boundary_used", unowned, step)
+
+    def add_record(self, record: StepRecord) -> None:
+        """Queue a sealed record; :meth:`judge` reads it once its host copy has arrived."""
+        record._waiting.add("detectors")
+        self._unjudged.append(record)
+
+    @property
+    def pending(self) -> int:
+        """Records queued and not judged yet."""
+        return len(self._unjudged)
+
+    def judge(self, final: bool) -> list[Finding]:
+        """Run the record detectors on queued records whose host copy has arrived, oldest first.
+
+        On the CPU that is every record at once. On CUDA a record waits until its asynchronous copy is
+        done (``Event.query()``, which does not block), usually one step later; only when more than
+        :data:`MAX_UNJUDGED` records wait (the device runs that far behind) does the oldest one wait for
+        its copy. ``final`` judges everything (close, reads of ``findings``).
+        """
+        findings: list[Finding] = []
+        handlers = self._handlers["on_record"]
+        while self._unjudged:
+            record = self._unjudged[0]
+            event = record._event
+            if not final and event is not None and len(self._unjudged) <= MAX_UNJUDGED and not event.query():
+                break
+            self._unjudged.popleft()
+            for handler in handlers:
+                findings += handler(record)
+            record._read_by("detectors")
+        return findings
+
+    def loss_graph(self, loss: torch.Tensor, step: int, watched: set[int]) -> list[Finding]:
+        """Walk the autograd graph of ``loss`` once: is any watched parameter reached? Any unwatched leaf?
+
+        ``watched``: ``id()`` of each watched parameter tensor. Costs O(graph size) on the host, so the
+        recorder does it for the first recorded loss only.
+        """
+        if loss.grad_fn is None:
+            why = "it is a leaf tensor made to require grad" if loss.requires_grad else "it has no grad_fn"
+            return self.no_grad.loss_not_connected(step, why)
+        reached, foreign = loss_graph_leaves(loss, watched)
+        findings: list[Finding] = []
+        if not reached:
+            findings += self.no_grad.loss_not_connected(step, "its autograd graph contains none of them")
+        if foreign and self._view.module() is not None:
+            leaves = [(f"tensor{k}", tuple(t.shape)) for k, t in enumerate(foreign)]
+            findings += self.not_updated.unreachable_leaves(step, leaves)
+        return findings
+
+    @property
+    def skipped_steps(self) -> list[int]:
+        """Steps where non-finite gradients were dropped without an optimizer step (AMP skips)."""
+        return list(self.discarded.skipped_steps)

@@ -1,0 +1,620 @@
+"""The recorder: every hook endpoint, the step boundary protocol, the per-step buffer, capture and seal.
+
+The only module that registers torch hooks (through :class:`~gradwatch.hooks.HandleGroup`) or receives
+their callbacks. Per step it:
+
+1. notes, in the tensor hooks, which parameters got a gradient and in which order (host only), and
+   keeps the gradients' :class:`~gradwatch.provenance.Provenance`;
+2. at the moment an optimizer is about to read them (or at the end of the backward pass for
+   parameters no optimizer holds), *captures* the gradients' statistics with the batched engine of
+   :mod:`gradwatch.stats` and the weights' samples of :class:`~gradwatch.sampling.UpdateSampler`, into
+   the step's buffer (device tensors);
+3. when the :class:`~gradwatch.boundaries.StepTracker` says the step ended, *seals* it: one
+   device-to-host copy of the whole buffer (non-blocking on CUDA), a :class:`~gradwatch.StepRecord`
+   handed to the sinks and queued for the :class:`~gradwatch.detectors.suite.DetectorSuite`.
+
+Every endpoint runs under the failsafe (:func:`failsafe`): an error of ours is logged once and stops
+recording; the user's training goes on untouched. Not part of the public API.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from gradwatch import compat, stats
+from gradwatch.boundaries import StepTracker, _graph_task
+from gradwatch.config import Config
+from gradwatch.detectors.suite import DetectorSuite
+from gradwatch.errors import GradientError, GradWatchError, GradWatchWarning
+from gradwatch.findings import Finding, Suppressions
+from gradwatch.hooks import HandleGroup, queue_end_of_backward
+from gradwatch.provenance import Provenance
+from gradwatch.records import Column, Part, StepRecord
+from gradwatch.sampling import UpdateSampler
+from gradwatch.sinks import MemorySink, NullSink, Sink, WarningSink
+from gradwatch.targets import Optimizers, Targets
+
+__all__ = ["Recorder", "failsafe"]
+
+log = logging.getLogger("gradwatch")
+
+R = TypeVar("R")
+
+
+def failsafe(method: Callable[..., R]) -> Callable[..., R | None]:
+    """Run a :class:`Recorder` method so that no error of ours reaches the user's training loop.
+
+    Once the recorder has failed, the method does nothing and returns ``None``. An exception raised
+    by the method is logged once (with its traceback, on the ``"gradwatch"`` logger) and stops all
+    recording, except the user's own policy: a :class:`~gradwatch.GradientError` (``on_finding=
+    "raise"``) or a :class:`~gradwatch.GradWatchWarning` turned into an error by a warnings filter,
+    which propagate. Every hook endpoint and every entry from the Watcher goes through here.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: Recorder, *args: Any) -> R | None:
+        if self.failed:
+            return None
+        try:
+            return method(self, *args)
+        except (GradientError, GradWatchWarning):  # the user's policy, not our failure
+            raise
+        except Exception as err:
+            self.fail(err)
+            return None
+
+    return guarded
+
+
+class _StepState:
+    """What the current step has gathered so far (device tensors until it is sealed)."""
+
+    def __init__(self, n: int) -> None:
+        self.parts: list[Part] = []
+        self.received = bytearray(n)
+        self.snaps: dict[int, tuple[list[int], stats.Samples]] = {}
+        self.unowned_snap: tuple[list[int], stats.Samples] | None = None
+        self.grad_hist: list[tuple[list[int], torch.Tensor]] = []  # (positions, rows) per capture
+        self.kept: dict[str, torch.Tensor] = {}
+        self.loss: torch.Tensor | float | None = None
+        self.order = [-1] * n  # rank of each parameter's first gradient in this step (backward order)
+        self.grad_none = [True] * n  # .grad was None (or never read) when the statistics were taken
+        self.ranked = 0
+
+
+class Recorder:
+    """Hooks, boundaries and the per-step buffer of one watcher.
+
+    Implements the tracker's ``BoundaryCallbacks`` and the detectors' ``WatchView``.
+
+    Args:
+        targets: the resolved target (names, parameters, layers, module).
+        optimizers: the resolved optimizers.
+        config: the validated options.
+    """
+
+    def __init__(self, targets: Targets, optimizers: Sequence[torch.optim.Optimizer], config: Config) -> None:
+        self.config = config
+        self.names: tuple[str, ...] = tuple(targets.names)
+        self.layer_of: tuple[str, ...] = tuple(targets.layers)
+        # Parameters are held strongly only while attached (a module target is re-read on attach), so a
+        # detached watcher keeps no model alive and no weak reference blocks module.to() in swap mode.
+        self._tensors = None if targets.module is not None else list(targets.params)
+        self._module = weakref.ref(targets.module) if targets.module is not None else None
+        self.params: list[torch.Tensor] | None = None
+        self._ids: set[int] = set()
+        self.optimizers = Optimizers(optimizers, len(self.names))
+        self.optimizers.bind(targets.params)
+        self.sampler = UpdateSampler(targets.params, self.optimizers)
+        self._keep = config.keeps(self.names)
+        self.provenance = Provenance(len(self.names))
+        self.memory = MemorySink(config.max_history)
+        self.board: Sink = NullSink()
+        self.sinks: tuple[Sink, ...] = (self.memory, self.board, WarningSink(config.on_finding))
+        self.suppressions = Suppressions(config.suppress)
+        self.suite = DetectorSuite(self, config, by_layer=targets.module is not None)
+        self.tracker = StepTracker(self, config.start_step, bool(self.optimizers))
+        self._handles = HandleGroup()
+        self._cur = _StepState(len(self.names))
+        self._versions: list[int] = []
+        self._closure_step = False  # the optimizer step in progress was given a closure (LBFGS)
+        self._closure_before: dict[int, tuple[list[int], stats.Samples]] = {}
+        self._graph_checked = False
+        self.failed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are registered."""
+        return self.params is not None
+
+    def attach(self) -> list[Finding]:
+        """Register every hook and open the TensorBoard sink if asked for; returns the attach findings.
+
+        Raises:
+            GradWatchError: the watched model no longer exists, or lost watched parameters.
+        """
+        params = self._resolve_params()
+        try:
+            for i, p in enumerate(params):
+                if p.requires_grad:
+                    self._handles.before_accumulate(p, functools.partial(self._on_incoming_grad, i, p))
+                    self._handles.post_accumulate_grad(p, functools.partial(self._on_grad, i))
+            for opt in self.optimizers:
+                self._handles.optimizer_step(opt, self._on_opt_pre, self._on_opt_post)
+            self.params = params
+            self._ids = {id(p) for p in params}
+            self.optimizers.bind(params)
+            wanted = self.config.writer is not None or self.config.logdir is not None
+            if isinstance(self.board, NullSink) and wanted:
+                from gradwatch.sinks.tensorboard import TensorBoardSink
+
+                self.board = TensorBoardSink(self.config.logdir, self.config.writer)
+                self.sinks = (self.memory, self.board, self.sinks[2])
+        except BaseException:
+            self._handles.remove()
+            self.params = None
+            raise
+        return self.suite.attached(self.tracker.step)
+
+    def detach(self) -> None:
+        """Record a step whose boundary was already seen, then remove every hook. Idempotent."""
+        if self.params is None:
+            return
+        try:
+            self.flush_step(False)
+        finally:
+            self._handles.remove()
+            self.params = None
+            self.sampler.forget_views()
+
+    def close(self) -> None:
+        """Record the last step, judge every record, detach, close the sinks. Idempotent."""
+        try:
+            if self.attached:
+                self.flush_step(True)
+            self._emit_judged()
+        finally:
+            self.detach()
+            for sink in self.sinks:
+                sink.close()
+
+    def flush(self) -> None:
+        """Record a step whose boundary was seen; wait until every sink has written everything."""
+        if self.attached:
+            self.flush_step(False)
+        for sink in self.sinks:
+            sink.flush()
+
+    def sync(self) -> None:
+        """Bring what the user reads up to date: seal a step whose boundary was seen, judge records."""
+        if self.attached:
+            self.flush_step(False)
+        self._emit_judged()
+
+    def fail(self, err: BaseException) -> None:
+        """Stop recording for good after an internal error (logged once); training goes on."""
+        if not self.failed:
+            self.failed = True
+            log.error(
+                "gradwatch: internal error, recording stops here and training goes on: %s: %s",
+                type(err).__name__,
+                err,
+                exc_info=err,
+            )
+
+    # ------------------------------------------------------------------ entries from the Watcher
+    @failsafe
+    def flush_step(self, final: bool) -> None:
+        """Seal a step whose boundary was seen (with ``final``: any pending backward too)."""
+        self.tracker.flush(final)
+
+    @failsafe
+    def _emit_judged(self) -> None:
+        """Judge every sealed record (waiting for its host copy if needed) and report the findings."""
+        self.emit(self.suite.judge(final=True))
+
+    @failsafe
+    def mark(self) -> None:
+        """An explicit step boundary (``Watcher.step()``)."""
+        self.tracker.mark()
+
+    def begin_user_step(self) -> None:
+        """A decorated train step was entered."""
+        self.tracker.begin_user_step()
+
+    @failsafe
+    def end_user_step(self, completed: bool) -> None:
+        """A decorated train step returned (``completed``) or raised."""
+        self.tracker.end_user_step(completed)
+
+    def set_loss(self, loss: torch.Tensor | float) -> None:
+        """Keep the loss of the current step (a detached scalar tensor or a float); check its graph once."""
+        if isinstance(loss, torch.Tensor):
+            self._cur.loss = loss.detach().reshape(())
+            if self.attached and not self._graph_checked:
+                self._graph_checked = True  # once: the walk costs O(graph size) on the host
+                self._check_graph(loss)
+        else:
+            self._cur.loss = loss
+
+    @failsafe
+    def _check_graph(self, loss: torch.Tensor) -> None:
+        self.emit(self.suite.loss_graph(loss, self.tracker.step, self._ids))
+
+    def emit(self, findings: list[Finding]) -> None:
+        """Hand findings, less the suppressed ones, to every sink (the warning sink may raise)."""
+        for f in findings:
+            kept = self.suppressions.apply(f)
+            if kept is not None:
+                for sink in self.sinks:
+                    sink.write_finding(kept)
+
+    # ------------------------------------------------------------------ WatchView (read by detectors)
+    @property
+    def numels(self) -> Sequence[int]:
+        """Entries of each parameter as the statistics read them."""
+        return self.sampler.numels
+
+    def module(self) -> nn.Module | None:
+        """The watched module, or ``None``."""
+        return self._module() if self._module is not None else None
+
+    def unowned(self) -> Sequence[int] | None:
+        """Positions no watched optimizer holds; ``None`` when no optimizer is watched."""
+        return self.optimizers.unowned if len(self.optimizers) else None
+
+    def learning_rates(self) -> dict[int, float]:
+        """Position -> learning rate (host numbers only)."""
+        return self.optimizers.learning_rates()
+
+    def optimizer_names(self) -> Sequence[str]:
+        """Names of the watched optimizers."""
+        return self.optimizers.names()
+
+    def requires_grad(self, i: int) -> bool:
+        """Whether parameter ``i`` requires grad now (True when not attached)."""
+        return self.params is None or bool(self.params[i].requires_grad)
+
+    def sampled_size(self, i: int) -> int | None:
+        """Entries of parameter ``i``'s update sample, or ``None`` when all entries are read."""
+        return self.sampler.sampled_size(i)
+
+    def norm_at(self, i: int, step: int) -> float | None:
+        """Parameter ``i``'s recorded gradient norm at ``step`` (``None``: not recorded, or dropped)."""
+        for record in reversed(self.memory.history):
+            if record.step == step:
+                return record.params[self.names[i]].grad_norm
+            if record.step < step:
+                break
+        return None
+
+    # ------------------------------------------------------------------ hook endpoints (training thread)
+    @failsafe
+    def _on_incoming_grad(self, index: int, param: torch.Tensor, _grad: torch.Tensor) -> None:
+        tracker = self.tracker
+        if not tracker.in_backward or _graph_task() != tracker.task:  # else: nothing to do there
+            tracker.incoming()
+        self.provenance.before_accumulate(index, param)
+
+    @failsafe
+    def _on_grad(self, index: int, param: torch.Tensor) -> None:
+        tracker = self.tracker
+        if not tracker.in_backward or tracker.opt_depth or _graph_task() != tracker.task:
+            tracker.grad()  # else: a pass already running, outside any optimizer step: nothing to do
+        cur = self._cur
+        if not cur.received[index]:
+            cur.received[index] = 1
+            cur.order[index] = cur.ranked
+            cur.ranked += 1
+        self.provenance.accumulated(index, param)
+
+    def _on_opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # the hook's args are step()'s positional arguments, the optimizer itself first
+        pos = [a for a in (args or ()) if a is not optimizer]
+        closure = pos[0] if pos else (kwargs or {}).get("closure")
+        self._closure_step = callable(closure)
+        self._tracker_call(self.tracker.optimizer_pre, optimizer)
+
+    def _on_opt_post(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        self._tracker_call(self.tracker.optimizer_post, optimizer)
+
+    @failsafe
+    def _tracker_call(self, fn: Callable[..., None], *args: Any) -> None:
+        fn(*args)
+
+    # ------------------------------------------------------------------ BoundaryCallbacks (from the tracker)
+    def queue_end_of_backward(self, callback: Callable[[], None]) -> bool:
+        """Run ``callback`` (under the failsafe) when the running backward pass ends."""
+        return queue_end_of_backward(functools.partial(self._tracker_call, callback))
+
+    def parameters_changed(self) -> bool:
+        """Whether a watched parameter changed in place since the last backward pass ended."""
+        if not self._versions:
+            return False
+        params = self._live_params()
+        return any(compat.version_counter(p) != v for p, v in zip(params, self._versions))
+
+    def backward_started(self, inside_optimizer: bool) -> None:
+        """A backward pass reached its first watched parameter."""
+        self.provenance.new_pass(inside_optimizer)
+
+    def backward_aborted(self) -> None:
+        """The running backward pass raised or was interrupted: not the user's accumulation bug."""
+        self.provenance.used_passes.add(self.provenance.pass_id)
+
+    def backward_ended(self, step: int) -> None:
+        """A backward pass ended; capture what no optimizer will read."""
+        params = self._live_params()
+        prov = self.provenance
+        if not self.optimizers:
+            self._versions = [compat.version_counter(p) for p in params]
+        else:  # one device flag per pass: tells an AMP-skipped step from discarded gradients
+            touched = prov.touched.get(prov.pass_id)
+            if touched:
+                # (not reused by the statistics: an in-place write through ``.grad.data``, such as
+                # ``p.grad.data.clamp_(-1, 1)``, changes the values without a new version)
+                prov.pass_finite[prov.pass_id] = stats.all_finite([params[i].grad for i in touched])
+        unowned = self.optimizers.unowned
+        if unowned and self.config.every(step):
+            before = self.sampler.before(unowned, params) if self.config.update_ratio else None
+            self._capture(unowned, params, step, before)
+            if before is not None:
+                self._cur.unowned_snap = (unowned, before)
+
+    def optimizer_pre(self, optimizer: Any, step: int) -> None:
+        """Read and judge the gradients an optimizer is about to use."""
+        owned = self.optimizers.owned_by(optimizer)
+        if not owned:
+            return
+        params = self._live_params()
+        for i in owned:
+            self.provenance.check(i, params[i])
+        name = self.optimizers.name(optimizer)
+        findings = []
+        if self._closure_step:
+            # the closure computes this step's gradients inside step() (and may end the previous step
+            # first): keep the weights' sample outside the step state, read everything in the post-hook
+            self._closure_before[id(optimizer)] = (owned, self.sampler.before(owned, params))
+        else:
+            findings = self.suite.optimizer_pre(name, owned, step)
+            if self.config.every(step):
+                before = self.sampler.before(owned, params) if self.config.update_ratio else None
+                self._capture(owned, params, step, before)
+                if before is not None:
+                    self._cur.snaps[id(optimizer)] = (owned, before)
+        try:
+            self.emit(findings)
+        except BaseException:
+            # on_finding="raise" (or a warning filter set to error) aborts this optimizer step: no post
+            # hook will run, so close it here, and count its gradients as seen (already reported)
+            self.tracker.opt_depth = 0
+            self._cur.snaps.pop(id(optimizer), None)
+            self._closure_before.pop(id(optimizer), None)
+            for i in owned:
+                self.provenance.use(i, params[i], step, name, observe=True)
+            raise
+
+    def optimizer_post(self, optimizer: Any, step: int, backward_inside: bool) -> None:
+        """Measure the update, mark the gradients used."""
+        owned = self.optimizers.owned_by(optimizer)
+        if not owned:
+            return
+        params = self._live_params()
+        name = self.optimizers.name(optimizer)
+        findings = []
+        if self._closure_step:
+            findings += self.suite.optimizer_pre(name, owned, step)
+        findings += self.suite.optimizer_post(name, owned, step)
+        for i in owned:
+            self.provenance.use(i, params[i], step, name, observe=True)
+        findings += self.suite.optimizer_used(name, owned, step)
+        try:
+            if self.config.every(step):
+                self._record_update(optimizer, owned, params, step, backward_inside)
+        finally:
+            self.emit(findings)
+
+    def seal(self, step: int) -> None:
+        """Record step ``step`` and hand it to the sinks and the detectors."""
+        cur, self._cur = self._cur, _StepState(len(self.names))
+        params = self._live_params()
+        findings: list[Finding] = []
+        if not self.optimizers:  # the boundary itself is what uses the gradients
+            every = range(len(self.names))
+            findings = self.suite.boundary(every, step)
+            for i in every:
+                self.provenance.use(i, params[i], step, "the update", observe=False)
+            findings += self.suite.boundary_used(every, step)
+        try:
+            if self.config.every(step):
+                self._seal_record(cur, params, step)
+            findings += self.suite.judge(final=False)
+        finally:
+            self.emit(findings)
+
+    # ------------------------------------------------------------------ capture and seal
+    def _record_update(
+        self, optimizer: Any, owned: list[int], params: list[torch.Tensor], step: int, backward_inside: bool
+    ) -> None:
+        closure = self._closure_before.pop(id(optimizer), None)
+        if backward_inside or closure is not None:  # a closure (LBFGS) computed the gradients inside step()
+            before = closure[1] if closure is not None else None
+            self._capture(owned, params, step, before)  # the weights' norm from before the update
+            if before is not None and self.config.update_ratio:
+                self._cur.snaps[id(optimizer)] = (owned, before)
+        snap = self._cur.snaps.pop(id(optimizer), None)
+        if snap is not None:
+            self._cur.parts.extend(self.sampler.after(*snap, params))
+
+    def _capture(
+        self, idx: list[int], params: list[torch.Tensor], step: int, samples: stats.Samples | None = None
+    ) -> None:
+        """Statistics of the gradients of ``params[i] for i in idx`` as they are now, into this step.
+
+        ``samples``: copies of the parameters' sampled entries just taken (their norms are read from
+        them instead of gathering the scattered entries again).
+        """
+        cur = self._cur
+        param_norms = self.sampler.norms(idx, params, samples)  # (first: follows resized parameters)
+        grads = [params[i].grad for i in idx]
+        for i, g in zip(idx, grads):
+            cur.grad_none[i] = g is None
+        strides = [self.sampler.strides[i] for i in idx]
+        hist_step = self.board.wants_histograms and self.config.histogram_every(step)
+        ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if hist_step else None
+        grad_blocks = stats.grad_stats(grads, strides, ranges)
+        cur.parts += [([idx[j] for j in pos], Column.GRAD_NORM, t) for pos, t in grad_blocks]
+        cur.parts += param_norms
+        for i, g in zip(idx, grads):
+            if self._keep[i] and g is not None:
+                cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)
+        if ranges is not None:
+            sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sum and sum of squares, known
+            for pos, block in grad_blocks if ranges else ():  # (the CPU path; the fused one needs none)
+                for j, (total, square) in zip(pos, torch.stack([block[:, 2], block[:, 0].square()], 1)):
+                    sums[idx[j]] = (total, square)
+            known_ranges = {idx[j]: r for j, r in ranges.items()}  # min and max, known (CPU)
+            hist = self._histograms(idx, grads, sums, known_ranges)
+            if hist is not None:
+                cur.grad_hist.append(hist)
+
+    def _seal_record(self, cur: _StepState, params: list[torch.Tensor], step: int) -> None:
+        if cur.unowned_snap is not None:
+            cur.parts.extend(self.sampler.after(*cur.unowned_snap, params))
+        param_hist = None
+        if self.board.wants_histograms and self.config.histogram_every(step):
+            param_hist = self._histograms(range(len(params)), params)
+        grad_hist = self._grad_hist_rows(cur.grad_hist)
+        # one device-to-host copy for the whole step (asynchronous; waited for by whoever reads first)
+        loss = cur.loss
+        host, singles, event = _to_host(
+            [t for _, _, t in cur.parts],
+            [
+                loss if isinstance(loss, torch.Tensor) else None,
+                None if grad_hist is None else grad_hist[1],
+                None if param_hist is None else param_hist[1],
+            ],
+        )
+        host_loss, grad_rows, param_rows = singles
+        record = StepRecord(
+            step=step,
+            names=self.names,
+            layer_of=self.layer_of,
+            numels=self.sampler.numels,
+            parts=[(pos, col, t) for (pos, col, _), t in zip(cur.parts, host)],
+            has_grad=[bool(b) for b in cur.received],
+            grads=cur.kept,
+            loss=loss if host_loss is None else host_loss,
+            event=event,
+            order=cur.order,
+            grad_none=cur.grad_none,
+            sample_sizes=self.sampler.sample_sizes,
+        )
+        if grad_hist is not None and grad_rows is not None:
+            grad_hist = (grad_hist[0], grad_rows)
+        named_params = None
+        if param_hist is not None and param_rows is not None:
+            named_params = ([self.names[i] for i in param_hist[0]], param_rows)
+        if not isinstance(self.board, NullSink):
+            record._waiting.add("sink")  # (read on the sink's thread, which then calls _read_by)
+        self.suite.add_record(record)
+        for sink in self.sinks:
+            sink.write_step(record, grad_hist, named_params)
+
+    def _histograms(
+        self,
+        idx: Sequence[int],
+        tensors: Sequence[torch.Tensor | None],
+        sums: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> tuple[list[int], torch.Tensor] | None:
+        """Histogram rows (on the device) of the non-empty tensors, and their parameter positions.
+
+        ``sums``: parameter position -> the tensor's sum and sum of squares, already computed;
+        ``ranges``: parameter position -> its min and max, already computed.
+        """
+        # (not detached here: the statistics read parameters without recording autograd history)
+        keep = [(i, t) for i, t in zip(idx, tensors) if t is not None and t.numel()]
+        if not keep:
+            return None
+        by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
+        for i, t in keep:
+            by_device.setdefault(t.device, []).append((i, t))
+        order: list[int] = []
+        rows: list[torch.Tensor] = []
+        for items in by_device.values():
+            known = [sums.get(i) for i, _ in items] if sums else None
+            extremes = [ranges.get(i) for i, _ in items] if ranges else None
+            h = stats.histograms([t for _, t in items], self.config.histogram_bins, known, extremes)
+            order.extend(i for i, _ in items)
+            rows.append(h)  # on the device: copied with the rest of the step's record
+        return order, torch.cat(rows) if len(rows) == 1 else torch.cat([r.to(rows[0].device) for r in rows])
+
+    def _grad_hist_rows(
+        self, blocks: list[tuple[list[int], torch.Tensor]]
+    ) -> tuple[list[str], torch.Tensor] | None:
+        """The step's gradient histogram rows by parameter name (a later capture of one replaces it)."""
+        if not blocks:
+            return None
+        order = [i for idx, _ in blocks for i in idx]
+        rows = torch.cat([r for _, r in blocks]) if len(blocks) > 1 else blocks[0][1]
+        last = {i: k for k, i in enumerate(order)}
+        if len(last) < len(order):  # captured twice in one step: keep the last rows
+            keep = sorted(last.values())
+            order = [order[k] for k in keep]
+            rows = rows[torch.tensor(keep, device=rows.device)]
+        return [self.names[i] for i in order], rows
+
+    # ------------------------------------------------------------------ parameters
+    def _resolve_params(self) -> list[torch.Tensor]:
+        if self._tensors is not None:
+            return self._tensors
+        model = self.module()
+        if model is None:
+            raise GradWatchError("the watched model no longer exists; create a new watcher for a new model")
+        named = dict(model.named_parameters())
+        missing = [n for n in self.names if n not in named]
+        if missing:
+            raise GradWatchError(
+                f"parameter(s) {', '.join(missing[:5])} are no longer in the model (layers replaced since "
+                f"the watcher was created); create a new watcher with gradwatch.watch(model, ...)"
+            )
+        return [named[n] for n in self.names]
+
+    def _live_params(self) -> list[torch.Tensor]:
+        if self.params is None:
+            raise GradWatchError("the watcher is not attached")
+        return self.params
+
+
+def _to_host(
+    parts: list[torch.Tensor], singles: list[torch.Tensor | None]
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None], Any]:
+    """Host copies of a step's device tensors: one ``cat`` on the device, one non-blocking copy.
+
+    ``parts`` (float64 blocks) and ``singles`` (the loss, histogram rows; None where absent) are
+    returned in the same structure, as views of one pinned host buffer, with the CUDA event recorded
+    after the copy (None when nothing was on a CUDA device: CPU tensors are returned as they are).
+    """
+    wanted = [*parts, *(t for t in singles if t is not None)]
+    on_device = [t for t in wanted if t.device.type == "cuda"]
+    if not on_device:
+        return parts, singles, None
+    device = on_device[0].device
+    flat = torch.cat([t.reshape(-1).to(device=device, dtype=torch.float64) for t in wanted])
+    host = torch.empty(flat.shape, dtype=torch.float64, pin_memory=True)
+    host.copy_(flat, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    views = iter(host.split([t.numel() for t in wanted]))
+    out_parts = [next(views).view(t.shape) for t in parts]
+    out_singles = [None if t is None else next(views).view(t.shape) for t in singles]
+    return out_parts, out_singles, event
