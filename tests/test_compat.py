@@ -193,10 +193,10 @@ def fallback_foreach_clamp_min(monkeypatch: pytest.MonkeyPatch) -> None:
         lambda t: t.clamp_min(0),
     )
     # the foreach statistics path that uses it (sum = 2 sum(g+) - sum|g|), against float64 sums
-    from gradwatch import stats
+    from gradwatch.stats import batched
 
     g = _some_tensors()
-    raw = stats._device_chunk(g)
+    raw = batched._device_chunk(g)
     want = torch.tensor([t.double().sum().item() for t in g], dtype=torch.float64)
     torch.testing.assert_close(raw[:, 2], want, rtol=1e-6, atol=1e-9)
 
@@ -225,13 +225,13 @@ def fallback_foreach_mul_(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _nonfinite_counts_match() -> None:
     """The NaN/Inf counting path (abs, sub_, clamp_min_, clamp_max_, mul_, norm 0) against the reference."""
-    from gradwatch import stats
+    from gradwatch.stats import batched
 
     g = [
         torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0]),
         torch.tensor([2.0, float("nan")]),
     ]
-    counts = stats._nonfinite_counts(g)
+    counts = batched._nonfinite_counts(g)
     torch.testing.assert_close(counts, torch.tensor([[3.0, 1.0], [1.0, 1.0]], dtype=torch.float64))
 
 

@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradwatch as gw
-from gradwatch import fused, stats
+from gradwatch import stats
+from gradwatch.stats import fused, reference
 
 pytestmark = pytest.mark.skipif(
     not fused.triton_available() or os.environ.get("TRITON_INTERPRET") != "1" or not TRITON_INTERPRETER,
@@ -51,26 +52,12 @@ def _tensors() -> list[torch.Tensor]:
 
 
 def _ref(t: torch.Tensor, stride: int) -> list[float]:
+    """The reference columns, then the finite minimum and maximum (the kernel's extra columns)."""
     g = t.double().reshape(-1)
     fin = g[torch.isfinite(g)]
-    centered = (g - g.mean()).norm().item() if torch.isfinite(g).all() else float("nan")
-    return [
-        g.norm().item(),
-        g.abs().max().item(),
-        g.sum().item(),
-        float(_memory_order(t)[::stride].ne(0).sum()),
-        float((~torch.isfinite(g)).sum()),
-        float(torch.isnan(g).sum()),
-        centered,
-        fin.min().item() if fin.numel() else float("inf"),
-        fin.max().item() if fin.numel() else float("-inf"),
-    ]
-
-
-def _memory_order(t: torch.Tensor) -> torch.Tensor:
-    """Entries in memory order (what a strided sample reads)."""
-    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
-    return t.permute(*order).reshape(-1)
+    lo = fin.min().item() if fin.numel() else float("inf")
+    hi = fin.max().item() if fin.numel() else float("-inf")
+    return [*reference.raw_stats(t, stride), lo, hi]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
@@ -232,7 +219,7 @@ def test_import_gradwatch_does_not_import_triton() -> None:
 
 
 def test_a_failing_kernel_falls_back_to_the_torch_path(on_device_path, monkeypatch) -> None:
-    from gradwatch import triton_kernels
+    from gradwatch.stats import triton_kernels
 
     def fails(*args, **kwargs):
         raise RuntimeError("no kernel image is available for execution on the device")

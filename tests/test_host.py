@@ -5,43 +5,19 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import gradwatch as gw
 from gradwatch import compat, stats
-from gradwatch.stats import host
-
-
-def reference_raw(t: torch.Tensor, stride: int) -> list[float]:
-    """RAW_FIELDS of ``t`` in float64 with plain torch reductions (memory order, as the sample reads it)."""
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    x = t.detach().permute(*np.argsort(t.stride())[::-1].tolist()).reshape(-1).double()  # memory order
-    finite = torch.isfinite(x)
-    nan = int(torch.isnan(x).sum())
-    nonfinite = int((~finite).sum())
-    nonzero = float((x[::stride] != 0).sum())
-    if nonfinite:
-        return [math.nan] * 3 + [nonzero, nonfinite, nan, math.nan]
-    mean = x.mean().item()
-    return [
-        x.norm().item(),
-        x.abs().max().item(),
-        x.sum().item(),
-        nonzero,
-        0.0,
-        0.0,
-        (x - mean).norm().item(),
-    ]
+from gradwatch.stats import host, reference
 
 
 def check(raw: torch.Tensor, tensors: list[torch.Tensor], strides: list[int], rel: float) -> None:
     assert raw.shape == (len(tensors), 7) and raw.dtype == torch.float64
     for row, t, s in zip(raw.tolist(), tensors, strides):
-        ref = reference_raw(t, s)
+        ref = reference.raw_stats(t, s)
         norm, max_abs, total, nonzero, nonfinite, nan, centered = row
         assert (nonzero, nonfinite, nan) == (ref[3], ref[4], ref[5])
         if ref[4]:  # NaN/Inf propagate

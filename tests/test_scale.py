@@ -94,7 +94,8 @@ def test_gpu_overhead_script_runs_its_overhead_loop(tmp_path, monkeypatch) -> No
     assert list(tmp_path.glob("digits/events.out.tfevents.*"))  # the TensorBoard variant wrote
 
 
-def test_overhead_benchmark_peer_writes_valid_events_with_tensorboards_own_checksum(tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["stock", "native"])
+def test_overhead_benchmark_peer_writes_valid_events_with_either_checksum(tmp_path, mode) -> None:
     from tensorboard.compat.tensorflow_stub import errors
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
     from torch.utils.tensorboard import SummaryWriter
@@ -104,10 +105,15 @@ def test_overhead_benchmark_peer_writes_valid_events_with_tensorboards_own_check
         import overhead
     finally:
         sys.path.pop(0)
+    if mode == "native":
+        pytest.importorskip("google_crc32c")
     writer = SummaryWriter(str(tmp_path))
-    overhead.stock_checksums(writer)
+    overhead.peer_checksums(writer, mode)
     record_writer = writer._get_file_writer().event_writer._async_writer._writer
-    assert type(record_writer).__name__ == "StockRecordWriter"
+    assert (
+        type(record_writer).__name__
+        == {"stock": "RecordWriter", "native": "NativeChecksumRecordWriter"}[mode]
+    )
     for step in range(3):
         writer.add_histogram("w", torch.randn(100), step)
     writer.close()

@@ -11,7 +11,7 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch import stats
-from gradwatch.stats import host
+from gradwatch.stats import batched, host
 
 
 @pytest.fixture(autouse=True, params=["host", "torch"])
@@ -163,7 +163,7 @@ def test_grad_stats_chunking_matches_unchunked(monkeypatch: pytest.MonkeyPatch) 
     torch.manual_seed(0)
     grads = [torch.randn(n) for n in (100, 7, 300, 1, 64)]
     whole = stats.grad_stats(grads)[0][1]
-    monkeypatch.setattr(stats, "CHUNK_ELEMENTS", 128)
+    monkeypatch.setattr(batched, "CHUNK_ELEMENTS", 128)
     chunked = stats.grad_stats(grads)[0][1]
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
 
@@ -205,7 +205,7 @@ def test_both_reduction_paths_match_reference(path: str) -> None:
         torch.tensor([0.0, 0.0, 1.5, -2.5]),
         torch.tensor([1.0, nan, -inf, 0.0, 3.0]),
     ]
-    rows = getattr(stats, path)(grads).tolist()
+    rows = getattr(batched, path)(grads).tolist()
     for row, t in zip(rows, grads):
         norm, max_abs, total, nonzero, nonfinite, n_nan, centered = row
         ref = t.double()
@@ -232,7 +232,7 @@ def test_sum_of_squares_is_accurate_on_large_tensors() -> None:
     # all-positive squares: a single float32 accumulator (torch.dot, vector_norm) drifts by 1e-5..1e-4
     g = torch.Generator().manual_seed(1)
     x = 1000.0 + 0.01 * torch.randn(1_000_003, generator=g)
-    (sq,) = stats._sum_squares([x])
+    (sq,) = batched._sum_squares([x])
     ref = torch.dot(x.double(), x.double()).item()
     assert sq.dtype == torch.float64
     assert sq.item() == pytest.approx(ref, rel=1e-8)
@@ -250,7 +250,7 @@ def test_cpu_path_stacks_same_shape_tensors_without_mixing_them() -> None:
     large = [torch.randn(70_000, generator=g)]
     grads = [small[0], large[0], *small[1:]]
     strides = [stats.sample_stride(t.shape) for t in grads]
-    rows = stats._cpu_chunk(grads, strides).tolist()
+    rows = batched._cpu_chunk(grads, strides).tolist()
     for row, t, s in zip(rows, grads, strides):
         norm, max_abs, total, nonzero, nonfinite, n_nan, centered = row
         ref = t.double().reshape(-1)
@@ -274,7 +274,7 @@ def test_foreach_path_counts_nonzero_among_sampled_entries() -> None:
     grads = [torch.randn(300, 40, generator=g).relu(), torch.randn(20, generator=g).relu()]
     strides = [stats.sample_stride(t.shape) for t in grads]
     assert strides[0] > 1 and strides[1] == 1
-    rows = stats._device_chunk(grads, strides).tolist()
+    rows = batched._device_chunk(grads, strides).tolist()
     for row, t, s in zip(rows, grads, strides):
         ref = t.double().reshape(-1)
         assert row[3] == int((ref[::s] != 0).sum())
@@ -312,7 +312,7 @@ def test_cpu_path_measures_mean_dominated_stacked_tensors_row_wise() -> None:
     plain = [torch.randn(6, 7, generator=g) for _ in range(2)]
     huge = [1e25 * (1.0 + 0.1 * torch.randn(9, generator=g)) for _ in range(4)]
     grads = [*shifted[:3], plain[0], *huge[:2], *shifted[3:], plain[1], *huge[2:]]
-    rows = stats._cpu_chunk(grads).tolist()
+    rows = batched._cpu_chunk(grads).tolist()
     for row, t in zip(rows, grads):
         norm, max_abs, total, _, nonfinite, _, centered = row
         ref = t.double().reshape(-1)
@@ -458,7 +458,7 @@ def test_gradients_below_the_square_root_of_the_smallest_float32_have_nonzero_no
     # entries of 1e-30: their float32 squares underflow to 0, so the norm and std are taken in float64
     g = torch.Generator().manual_seed(12)
     grads = [1e-30 * (shift + torch.randn(5, 7, generator=g)) for _ in range(count)]
-    rows = stats._cpu_chunk(grads).tolist()
+    rows = batched._cpu_chunk(grads).tolist()
     for row, t in zip(rows, grads):
         norm, max_abs, total, _, _, _, centered = row
         ref = t.double().reshape(-1)

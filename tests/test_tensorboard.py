@@ -228,12 +228,12 @@ CASES = _cases()
 def binning(request, monkeypatch):
     """Run a test through each way ``histograms`` counts on the CPU: ``torch.histc`` itself (small
     tensors), the bucket passes, and the bucket passes with int8 indices counted two at a time."""
-    from gradwatch import stats
+    from gradwatch.stats import binning as module
 
     if request.param != "histc":
-        monkeypatch.setattr(stats, "_HISTC_MAX", 0)
+        monkeypatch.setattr(module, "_HISTC_MAX", 0)
     if request.param == "buckets-paired":
-        monkeypatch.setattr(stats, "_PAIR_MIN", 2)
+        monkeypatch.setattr(module, "_PAIR_MIN", 2)
     return request.param
 
 
@@ -374,9 +374,9 @@ def test_exploding_gradient_with_many_bins_keeps_recording(tmp_path):
 def test_histograms_of_tensors_larger_than_one_chunk_match_torch_histc(monkeypatch, binning):
     # tensors are binned HIST_CHUNK entries at a time into reused buffers; a small chunk makes this one
     # span 7 chunks, the last one partial
-    from gradwatch import stats
+    from gradwatch.stats import binning as module
 
-    monkeypatch.setattr(stats, "HIST_CHUNK", 1000)
+    monkeypatch.setattr(module, "HIST_CHUNK", 1000)
     x = torch.randn(6_543, generator=torch.Generator().manual_seed(12)) ** 3
     row = histograms([x], 30)[0]
     ref = torch.histc(x, 30, x.min().item(), x.max().item())

@@ -1,7 +1,7 @@
 """Fused multi-tensor gradient statistics for accelerators: a fixed number of launches per (device, dtype).
 
 The statistics of every gradient of one device and dtype are computed by one Triton kernel launch
-(:mod:`gradwatch.triton_kernels`) that reads each gradient byte once, followed by a fixed handful of
+(:mod:`gradwatch.stats.triton_kernels`) that reads each gradient byte once, followed by a fixed handful of
 torch ops that fold the per-block partial results into per-tensor rows: the number of kernel launches
 per recorded step does not grow with the number of tensors. Sums of squares and sums accumulate in
 float64, so norms of float32 gradients anywhere in [1e-30, 1e30] (and beyond: every float32 square is
@@ -48,7 +48,7 @@ def triton_available() -> bool:
     if importlib.util.find_spec("triton") is None:
         return False
     try:
-        import gradwatch.triton_kernels  # noqa: F401
+        import gradwatch.stats.triton_kernels  # noqa: F401
     except Exception:  # an incompatible or broken Triton install: the torch path instead
         return False
     return True
@@ -173,7 +173,7 @@ def grad_stats(tensors: Sequence[torch.Tensor], strides: Sequence[int]) -> tuple
         is ``[n, 4]`` float64: the finite minimum and maximum (+inf/-inf when there is no finite entry),
         the sum and the sum of squares of the finite entries (what a histogram's head needs).
     """
-    from gradwatch import triton_kernels
+    from gradwatch.stats import triton_kernels
 
     device = tensors[0].device
     plan = _plan(tuple(t.numel() for t in tensors), tuple(strides), device)
@@ -230,7 +230,7 @@ def histogram_rows(
         numpy's range ``[v - 0.5, v + 0.5]`` with every entry in bucket ``bins // 2``; a tensor with no
         finite entry gets zeros and the edges of ``[-0.5, 0.5]``.
     """
-    from gradwatch import triton_kernels
+    from gradwatch.stats import triton_kernels
 
     device = tensors[0].device
     plan = _plan(tuple(t.numel() for t in tensors), tuple(1 for _ in tensors), device)

@@ -3,7 +3,7 @@
 Each kernel reads many tensors of one dtype in one launch: the tensors' addresses are passed as a table
 of int64 (``Tensor.data_ptr()``), and a block table says which tensor and which offset each program
 reads, as the multi-tensor kernels of PyTorch's foreach ops and NVIDIA's apex do. Importing this module
-imports Triton; :mod:`gradwatch.fused` imports it lazily, after checking that Triton is installed.
+imports Triton; :mod:`gradwatch.stats.fused` imports it lazily, after checking that Triton is installed.
 With ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (Triton's interpreter), which is how the
 test suite runs them on machines without a GPU.
 """
