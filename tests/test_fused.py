@@ -166,10 +166,10 @@ def _ops_of_a_recorded_step(layers: int, watched: bool, monkeypatch: pytest.Monk
     counting = [False]
     # judging a record reads its host copy: on CUDA only once its copy has arrived (Event.query(), tested
     # in test_scale.py on a GPU); here every copy is "arrived", so judging waits for close
-    real_judge = gw.Watcher._judge_records
-    monkeypatch.setattr(
-        gw.Watcher, "_judge_records", lambda self, final: real_judge(self, True) if final else []
-    )
+    from gradwatch.detectors.suite import DetectorSuite
+
+    real_judge = DetectorSuite.judge
+    monkeypatch.setattr(DetectorSuite, "judge", lambda self, final: real_judge(self, True) if final else [])
     w = (
         gw.watch(model, opt, on_finding="ignore", logdir=str(tmp_path / f"{layers}"), histogram_every=1)
         if watched
