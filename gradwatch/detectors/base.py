@@ -9,13 +9,53 @@ read in a rare case.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
     from gradwatch.findings import Finding
+    from gradwatch.provenance import Provenance
     from gradwatch.records import StepRecord
 
-__all__ = ["Detector"]
+__all__ = ["Detector", "WatchView"]
+
+
+class WatchView(Protocol):
+    """What detectors may read of the watch (the recorder implements it; nothing here writes)."""
+
+    @property
+    def names(self) -> Sequence[str]:
+        """Watched parameter names, in ``named_parameters()`` order (positions index them)."""
+
+    @property
+    def provenance(self) -> Provenance:
+        """The host-side provenance of every ``.grad`` (read-only to detectors)."""
+
+    @property
+    def numels(self) -> Sequence[int]:
+        """Entries of each parameter (a complex parameter counts its real and imaginary parts)."""
+
+    def module(self) -> nn.Module | None:
+        """The watched module, or ``None`` (loose tensors, or the module no longer exists)."""
+
+    def unowned(self) -> Sequence[int] | None:
+        """Positions no watched optimizer holds; ``None`` when no optimizer is watched."""
+
+    def learning_rates(self) -> dict[int, float]:
+        """Position -> learning rate of its param group, where it is a host number."""
+
+    def optimizer_names(self) -> Sequence[str]:
+        """Names of the watched optimizers (``"SGD"``, or ``"SGD#0"``... when there are several)."""
+
+    def requires_grad(self, i: int) -> bool:
+        """Whether parameter ``i`` requires grad now (True when not attached)."""
+
+    def sampled_size(self, i: int) -> int | None:
+        """Entries in parameter ``i``'s update sample when it is sampled, else ``None`` (all entries)."""
+
+    def norm_at(self, i: int, step: int) -> float | None:
+        """Parameter ``i``'s recorded gradient norm at ``step``, or ``None`` when not recorded (or gone)."""
 
 
 class Detector:

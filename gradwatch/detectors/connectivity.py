@@ -14,7 +14,7 @@ from gradwatch.findings import Finding
 from gradwatch.records import StepRecord
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gradwatch.detectors.suite import WatchView
+    from gradwatch.detectors.base import WatchView
 
 __all__ = ["IneffectiveFreezeDetector", "NoGradDetector", "NotUpdatedDetector", "loss_graph_leaves"]
 

@@ -1,7 +1,8 @@
 """The detector suite: builds every detector once and runs each event over all of them.
 
-Detectors read what they need of the watch through a :class:`WatchView` (read-only: names, owners,
-learning rates, provenance, history), never through callbacks handed to their constructors. The suite
+Detectors read what they need of the watch through a :class:`~gradwatch.detectors.base.WatchView`
+(read-only: names, owners, learning rates, provenance, history), never through callbacks handed to
+their constructors. The suite
 sends each event only to the detectors that handle it (those that override the event's method of
 :class:`~gradwatch.detectors.base.Detector`), and judges sealed step records once their host copy has
 arrived (see :meth:`DetectorSuite.judge`).
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from gradwatch.detectors.base import Detector
+from gradwatch.detectors.base import Detector, WatchView
 from gradwatch.detectors.connectivity import (
     IneffectiveFreezeDetector,
     NoGradDetector,
@@ -30,54 +31,15 @@ from gradwatch.detectors.zero_grad import DiscardedGradDetector, MissingZeroGrad
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-    from torch import nn
 
     from gradwatch.config import Config
     from gradwatch.findings import Finding
-    from gradwatch.provenance import Provenance
     from gradwatch.records import StepRecord
 
 __all__ = ["MAX_UNJUDGED", "DetectorSuite", "WatchView"]
 
 #: Records whose host copy may still be in flight before the oldest is waited for (see ``judge``).
 MAX_UNJUDGED = 4
-
-
-class WatchView(Protocol):
-    """What detectors may read of the watch (the recorder implements it; nothing here writes)."""
-
-    @property
-    def names(self) -> Sequence[str]:
-        """Watched parameter names, in ``named_parameters()`` order (positions index them)."""
-
-    @property
-    def provenance(self) -> Provenance:
-        """The host-side provenance of every ``.grad`` (read-only to detectors)."""
-
-    @property
-    def numels(self) -> Sequence[int]:
-        """Entries of each parameter (a complex parameter counts its real and imaginary parts)."""
-
-    def module(self) -> nn.Module | None:
-        """The watched module, or ``None`` (loose tensors, or the module no longer exists)."""
-
-    def unowned(self) -> Sequence[int] | None:
-        """Positions no watched optimizer holds; ``None`` when no optimizer is watched."""
-
-    def learning_rates(self) -> dict[int, float]:
-        """Position -> learning rate of its param group, where it is a host number."""
-
-    def optimizer_names(self) -> Sequence[str]:
-        """Names of the watched optimizers (``"SGD"``, or ``"SGD#0"``... when there are several)."""
-
-    def requires_grad(self, i: int) -> bool:
-        """Whether parameter ``i`` requires grad now (True when not attached)."""
-
-    def sampled_size(self, i: int) -> int | None:
-        """Entries in parameter ``i``'s update sample when it is sampled, else ``None`` (all entries)."""
-
-    def norm_at(self, i: int, step: int) -> float | None:
-        """Parameter ``i``'s recorded gradient norm at ``step``, or ``None`` when not recorded (or gone)."""
 
 
 _EVENTS = (

@@ -14,7 +14,7 @@ from gradwatch.detectors.base import Detector
 from gradwatch.findings import Finding
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gradwatch.detectors.suite import WatchView
+    from gradwatch.detectors.base import WatchView
 
 __all__ = ["DiscardedGradDetector", "MissingZeroGradDetector"]
 
