@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -194,14 +195,23 @@ class TensorBoardSink:
                 )
 
     def write_finding(self, finding: Finding) -> None:
-        """Queue a finding as a text entry under ``gradwatch/findings``."""
+        """Queue a finding as a text entry under ``gradwatch/findings``.
+
+        The text is the finding in words (``**kind**: message``), followed by the finding itself as JSON
+        in an HTML comment, which TensorBoard's Text tab does not show and ``gradwatch report`` reads.
+        """
         if not self.failed and not self._closed:
+            exact = json.dumps(
+                {
+                    "kind": finding.kind,
+                    "step": finding.step,
+                    "params": list(finding.params),
+                    "message": finding.message,
+                }
+            ).replace("--", "\\u002d\\u002d")  # (no "--" inside an HTML comment)
+            text = f"**{finding.kind}**: {finding.message}\n\n<!-- gradwatch-finding {exact} -->"
             with contextlib.suppress(queue.Full):  # it stays in Watcher.findings either way
-                self._queue.put_nowait(
-                    lambda: self.writer.add_text(
-                        "gradwatch/findings", f"**{finding.kind}**: {finding.message}", finding.step
-                    )
-                )
+                self._queue.put_nowait(lambda: self.writer.add_text("gradwatch/findings", text, finding.step))
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Wait until everything queued is written, then flush the writer to disk."""
