@@ -21,9 +21,9 @@ arguments of the factory besides the watcher's options:
   in the failure message of a kind that does fail.
 
 Or mark a test to choose the kinds for every watcher it makes:
-``@pytest.mark.gradwatch(fail_on=["missing_zero_grad", "nonfinite_grad"])``. Importing this module
-imports neither torch nor gradwatch: pytest loads it at start-up in every session where gradwatch is
-installed.
+``@pytest.mark.gradwatch(fail_on=["missing_zero_grad", "nonfinite_grad"])``. pytest loads this module
+at start-up in every session where gradwatch is installed; that imports the ``gradwatch`` package (and
+so torch), but no framework, TensorBoard or Triton.
 """
 
 from __future__ import annotations

@@ -110,3 +110,28 @@ def test_the_watcher_is_the_public_face_only() -> None:
     }
     w = gw.Watcher({"w": __import__("torch").zeros(2, requires_grad=True)})
     assert {n for n in vars(w) if not n.startswith("_")} == {"config", "names", "frozen", "disabled"}
+
+
+def test_import_gradwatch_imports_no_framework_and_the_plugin_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import gradwatch, gradwatch.cli, gradwatch.integrations; "
+        "bad = [m for m in ('lightning', 'pytorch_lightning', 'transformers', 'accelerate', 'pytest', "
+        "'tensorboard') if m in sys.modules]; "
+        "print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"
+    # the pytest plugin (loaded in every pytest session where gradwatch is installed) adds no framework
+    plugin = (
+        "import sys, gradwatch.pytest_plugin; "
+        "print([m for m in ('lightning', 'tensorboard') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", plugin], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,4 @@
+"""Framework integrations; each module imports its framework only when imported itself.
+
+* :mod:`gradwatch.integrations.lightning`: ``GradWatchCallback`` for Lightning's ``Trainer``.
+"""
