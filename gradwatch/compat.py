@@ -49,6 +49,7 @@ __all__ = [
     "FEATURES",
     "Feature",
     "available",
+    "compiler_disable",
     "current_graph_task_id",
     "foreach_abs",
     "foreach_clamp_max_",
@@ -259,6 +260,18 @@ def reset_hook_dict(t: torch.Tensor, kind: str) -> None:
     name = "_post_accumulate_grad_hooks" if kind == "post_accumulate" else "_backward_hooks"
     if _available[f"Tensor.{name}"]:
         setattr(t, name, None)
+
+
+def compiler_disable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` wrapped so that ``torch.compile`` runs it eagerly instead of tracing into it.
+
+    ``torch.compiler.disable`` (public since PyTorch 2.1; ``fn`` itself where a build lacks it). Called
+    from a compiled region, such a function is one graph break where it is called; not tracing it keeps
+    gradwatch's own host code (numpy, Python sets) out of the user's graphs, which would otherwise break
+    them at every such operation and compile gradwatch's internals.
+    """
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return fn if disable is None else disable(fn)
 
 
 def refresh() -> None:

@@ -175,6 +175,10 @@ def resolve_target(target: Any) -> Targets:
 def resolve_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
     """Normalise the ``optimizer`` argument to a list (possibly empty).
 
+    A wrapper that is an ``Optimizer`` and steps the optimizer it holds as ``.optimizer`` (accelerate's
+    ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) is replaced by that inner optimizer:
+    its ``step()`` is the one whose hooks run.
+
     Raises:
         TypeError: a class instead of an instance, an LR scheduler, or anything else that is not a
             ``torch.optim.Optimizer`` (or a sequence of them).
@@ -182,7 +186,7 @@ def resolve_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
     if optimizer is None:
         return []
     if isinstance(optimizer, torch.optim.Optimizer):
-        return [optimizer]
+        return _one_optimizer(optimizer, "optimizer")
     if isinstance(optimizer, Sequence) and not isinstance(optimizer, (str, bytes)):
         out: list[torch.optim.Optimizer] = []
         for i, opt in enumerate(optimizer):
@@ -193,6 +197,11 @@ def resolve_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
 
 def _one_optimizer(opt: Any, where: str) -> list[torch.optim.Optimizer]:
     if isinstance(opt, torch.optim.Optimizer):
+        # a wrapper that is an Optimizer itself and steps the one it holds (accelerate's
+        # AcceleratedOptimizer, Lightning's LightningOptimizer): its step hooks are the inner one's
+        inner = getattr(opt, "optimizer", None)
+        while isinstance(inner, torch.optim.Optimizer) and inner is not opt:
+            opt, inner = inner, getattr(inner, "optimizer", None)
         return [opt]
     if inspect.isclass(opt):
         raise TypeError(

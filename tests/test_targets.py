@@ -167,3 +167,26 @@ def test_at_steps_accepts_a_list_and_record_loss_numpy_scalars() -> None:
     w.record_loss(np.float32(0.5))
     with pytest.raises(IndexError, match="history is empty"):
         w.history[-1]
+
+
+def test_optimizer_wrappers_that_step_an_inner_optimizer_are_unwrapped() -> None:
+    from gradwatch.targets import resolve_optimizers
+
+    model = torch.nn.Linear(2, 1)
+    inner = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    class Wrapper(torch.optim.Optimizer):  # as accelerate's AcceleratedOptimizer: no super().__init__
+        def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+            self.optimizer = optimizer
+
+        def step(self, closure=None):  # type: ignore[override]
+            return self.optimizer.step(closure)
+
+    assert resolve_optimizers(Wrapper(Wrapper(inner))) == [inner]
+    assert resolve_optimizers([Wrapper(inner), inner]) == [inner]
+    with gw.watch(model, Wrapper(inner)) as w:
+        for _ in range(2):
+            inner.zero_grad()
+            model(torch.ones(3, 2)).sum().backward()
+            Wrapper(inner).step()
+    assert [r.step for r in w.history] == [0, 1]
