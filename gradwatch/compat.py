@@ -61,6 +61,7 @@ __all__ = [
     "foreach_norm",
     "foreach_sub",
     "foreach_sub_",
+    "global_rank",
     "hook_dict",
     "queue_end_of_backward",
     "refresh",
@@ -272,6 +273,13 @@ def compiler_disable(fn: Callable[..., Any]) -> Callable[..., Any]:
     """
     disable = getattr(getattr(torch, "compiler", None), "disable", None)
     return fn if disable is None else disable(fn)
+
+
+def global_rank() -> int:
+    """This process's global rank in an initialised ``torch.distributed`` job, else 0 (public APIs)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    return 0
 
 
 def refresh() -> None:

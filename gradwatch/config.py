@@ -169,6 +169,10 @@ class Config:
         writer: or your own ``torch.utils.tensorboard.SummaryWriter`` (anything with its
             ``add_scalar``, ``add_histogram_raw``, ``add_text`` and ``flush``), flushed, never closed;
             not with ``logdir``.
+        rank_zero_only: in a ``torch.distributed`` job (initialised when the watcher attaches), write
+            TensorBoard events on global rank 0 only (default ``True``): every rank records the same
+            global gradients and makes the same findings, and one writer per folder keeps TensorBoard
+            readable. ``False``: every rank writes (give each its own ``logdir``).
         every: statistics schedule (int period, schedule callable or ``None``); default every step.
         histogram_every: histogram schedule (needs ``logdir`` or ``writer``); default every 100 steps.
         histogram_bins: buckets per histogram, default 30 (TensorBoard's own default).
@@ -203,6 +207,7 @@ class Config:
 
     logdir: str | None = None
     writer: Any = None
+    rank_zero_only: bool = True
     every: Schedule = 1  # type: ignore[assignment]  # normalised in __post_init__
     histogram_every: Schedule = 100  # type: ignore[assignment]
     histogram_bins: int = 30
@@ -262,8 +267,9 @@ class Config:
             put(name, float(value))
         if self.on_finding not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_finding must be 'warn', 'raise' or 'ignore', got {self.on_finding!r}")
-        if not isinstance(self.update_ratio, bool):
-            raise TypeError(f"update_ratio must be True or False, got {self.update_ratio!r}")
+        for name in ("update_ratio", "rank_zero_only"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         keep: Any = self.keep_grads
         if isinstance(keep, str):
             put("keep_grads", frozenset([keep]))

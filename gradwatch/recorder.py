@@ -163,6 +163,8 @@ class Recorder:
             self._ids = {id(p) for p in params}
             self.optimizers.bind(params)
             wanted = self.config.writer is not None or self.config.logdir is not None
+            if self.config.rank_zero_only and compat.global_rank() != 0:
+                wanted = False  # (distributed: rank 0 writes; every rank records and reports)
             if isinstance(self.board, NullSink) and wanted:
                 from gradwatch.sinks.tensorboard import TensorBoardSink
 

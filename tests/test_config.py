@@ -28,6 +28,7 @@ from gradwatch.config import Config, every, never
         ({"vanishing_norm": "1e-4"}, TypeError, "vanishing_norm must be a number"),
         ({"on_finding": "loud"}, ValueError, "on_finding must be 'warn', 'raise' or 'ignore'"),
         ({"update_ratio": 1}, TypeError, "update_ratio must be True or False"),
+        ({"rank_zero_only": "yes"}, TypeError, "rank_zero_only must be True or False"),
         ({"keep_grads": 3}, TypeError, "keep_grads must be True/False or a list"),
         ({"suppress": ["no_such_kind"]}, ValueError, "unknown finding kind 'no_such_kind'"),
         ({"suppress": 5}, TypeError, "suppress must be a list of finding kinds"),
