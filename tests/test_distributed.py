@@ -58,6 +58,9 @@ def _worker(rank: int, port: int, out: str, scenario: str) -> None:
 
         setattr(dist, name, counted)
     model = _model()
+    if scenario == "fsdp":
+        _fsdp(rank, model, out)
+        return
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
     reference_model = _model()
@@ -91,6 +94,27 @@ def _worker(rank: int, port: int, out: str, scenario: str) -> None:
     result["findings"] = [(f.kind, f.step, list(f.params)) for f in w.findings]
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
+    dist.destroy_process_group()
+
+
+def _fsdp(rank: int, model: nn.Module, out: str) -> None:
+    """FSDP2 on this CPU: gradwatch refuses the sharded (DTensor) parameters at watch() with a clear error."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # older torch: the composable API's former home
+        from torch.distributed._composable.fsdp import fully_shard
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    try:
+        gw.watch(model, opt)
+        message = None
+    except gw.GradWatchError as err:
+        message = str(err)
+    x, y = _batch(rank, 0)  # training goes on without gradwatch
+    nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"error": message, "hooks": [p._post_accumulate_grad_hooks for p in model.parameters()]}, f)
     dist.destroy_process_group()
 
 
@@ -128,3 +152,11 @@ def test_detectors_agree_across_ranks_and_raising_on_both_does_not_hang(tmp_path
     assert [r["raised"] for r in ranks] == ["missing_zero_grad", "missing_zero_grad"]
     assert ranks[0]["findings"] == ranks[1]["findings"]
     assert ranks[0]["findings"][0][:2] == ["missing_zero_grad", 1]
+
+
+def test_fsdp2_sharded_parameters_are_refused_with_a_clear_error(tmp_path: pathlib.Path) -> None:
+    ranks = _run(tmp_path, "fsdp")
+    for res in ranks:
+        assert res["error"] is not None and "'0.weight' is a DTensor" in res["error"]
+        assert "DistributedDataParallel" in res["error"]
+        assert res["hooks"] == [None] * 4  # nothing was registered
