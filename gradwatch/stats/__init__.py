@@ -18,6 +18,11 @@ derived on the host from them and the tensors' sizes (which the host already kno
 ever has to be sent to the device. The zero count, the parameter norm and the update-to-weight ratio of
 tensors of more than :data:`SAMPLE_SIZE` entries are read from a fixed sample of at most that many
 entries (:func:`sample_stride`, :func:`sample_view`).
+
+Modules: :mod:`.host` (numpy, small CPU tensors), :mod:`.batched` (pure torch), :mod:`.fused` and
+:mod:`.triton_kernels` (Triton), :mod:`.samples` (sampled entries), :mod:`.binning` (histograms), and
+:mod:`.reference`: the plain float64 definition of every column, which ``tests/test_engines.py`` holds
+every engine to. This module only dispatches.
 """
 
 from __future__ import annotations
