@@ -1,0 +1,75 @@
+"""Mixed precision: autocast (bf16, fp16 on the CPU) and torch.amp.GradScaler, against norms by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import half_dtypes, needs_amp_gradscaler
+from torch import nn
+
+import gradwatch as gw
+
+pytestmark = needs_amp_gradscaler
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g)) for _ in range(4)]
+    return model, opt, batches
+
+
+@pytest.mark.parametrize("dtype", half_dtypes(torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("explicit_unscale", [True, False], ids=["unscale_-then-step", "step-unscales"])
+def test_recorded_gradients_are_the_unscaled_ones(dtype: torch.dtype, explicit_unscale: bool) -> None:
+    model, opt, batches = _setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    reference = []
+    with gw.watch(model, opt) as w:
+        for x, y in batches:
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=dtype):
+                loss = nn.functional.mse_loss(model(x).float(), y)
+            scaler.scale(loss).backward()
+            scale = scaler.get_scale()
+            # the reference: the scaled gradients divided by the scale by hand, in float64
+            reference.append({n: float(p.grad.double().norm() / scale) for n, p in model.named_parameters()})
+            if explicit_unscale:
+                scaler.unscale_(opt)
+            scaler.step(opt)  # unscales first when unscale_ was not called
+            scaler.update()
+    assert [r.step for r in w.history] == [0, 1, 2, 3]
+    for record, ref in zip(w.history, reference):
+        for name, norm in ref.items():
+            # unscale_ multiplies by 1/scale in float32: one rounding per entry
+            assert record.params[name].grad_norm == pytest.approx(norm, rel=1e-6), name
+    assert w.findings == [] and w.skipped_steps == []
+
+
+def test_steps_the_scaler_skips_are_marked_skipped_not_reported() -> None:
+    model, opt, batches = _setup()
+    # a scale near float32's largest value: the scaled backward overflows, the scaler skips
+    # optimizer.step() and backs its scale off to about 270, where the gradients fit
+    scaler = torch.amp.GradScaler("cpu", init_scale=3.4e38, backoff_factor=2.0**-120)
+    before = [p.detach().clone() for p in model.parameters()]
+    with gw.watch(model, opt) as w:
+        stepped = []
+        for x, y in batches:
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(
+                model(x), 100 * y
+            )  # gradients above 1: their scaled values overflow
+            scaler.scale(loss).backward()
+            scale = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            stepped.append(scaler.get_scale() >= scale)  # the scale only drops on a skipped step
+    skipped = stepped.count(False)
+    assert skipped >= 1 and stepped[-1]  # some skipped, the last one stepped
+    assert len(w.skipped_steps) == skipped
+    assert w.findings == []  # an AMP skip is not a discarded gradient
+    assert "skipped because the gradients were not finite" in w.report()
+    assert len(w.history) == stepped.count(True)  # a skipped iteration merges into the next step
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
