@@ -178,6 +178,22 @@ class StepTracker:
         if self.backward_seen or self.closed:
             self._seal()
 
+    def boundary_seen(self) -> bool:
+        """Whether the current step has ended (it will be sealed at the next gradient or mark).
+
+        An optimizer stepped over its gradients (unmarked mode), or, with no optimizer and no marks, a
+        watched parameter was changed in place since its backward passes.
+        """
+        if self.closed:
+            return True
+        return (
+            self.backward_seen
+            and not self.in_backward
+            and not self.has_optimizers
+            and not self.marked_mode
+            and self.owner.parameters_changed()
+        )
+
     def flush(self, final: bool) -> None:
         """Seal a step whose boundary was already seen; with ``final`` (close), any pending backward."""
         self._settle()

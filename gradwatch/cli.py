@@ -5,8 +5,10 @@ Reads the TensorBoard event files gradwatch wrote (``logdir=``) with TensorBoard
 files, and prints for each run its findings and a table of the last recorded step: per parameter its
 gradient norm (``grad_norm/<name>``), its update-to-weight ratio (``update_ratio/<name>``) and its NaN/Inf
 counts, then per layer its gradient norm (``layer_grad_norm/<layer>``). ``--json`` prints the same as one
-JSON object. Exit status: 0 when no run has a finding, 1 when one has (so a CI job can gate on it), 2
-for a usage error (no such folder, no event files, TensorBoard not installed).
+JSON object. A folder written to more than once (a re-run into the same ``logdir``) is read from its
+newest event file only (``--all-files`` reads them all); folders with other writers' events and no
+gradwatch data are left out. Exit status: 0 when no run has a finding, 1 when one has (so a CI job can
+gate on it), 2 for a usage error (no such folder, no gradwatch event files, TensorBoard not installed).
 
 Usage::
 
@@ -93,15 +95,48 @@ def load_run(accumulator: Any) -> dict[str, Any]:
     }
 
 
-def _runs(logdir: str) -> dict[str, dict[str, Any]]:
-    """Every run below ``logdir`` (a folder with event files), loaded."""
-    from tensorboard.backend.event_processing import event_accumulator, event_multiplexer
+def _event_files(folder: str) -> list[str]:
+    """The event files directly in ``folder``, oldest first (by the creation time in their names)."""
+
+    def created(name: str) -> tuple[int, str]:
+        parts = name.split(".")  # events.out.tfevents.<unix time>.<host>...
+        return (int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0, name)
+
+    names = [n for n in os.listdir(folder) if "tfevents" in n and os.path.isfile(os.path.join(folder, n))]
+    return [os.path.join(folder, n) for n in sorted(names, key=created)]
+
+
+def _is_gradwatch(data: dict[str, Any]) -> bool:
+    return bool(data["findings"]) or data["total_grad_norm"] is not None
+
+
+def _runs(logdir: str, all_files: bool = False) -> tuple[dict[str, dict[str, Any]], int, int]:
+    """Every gradwatch run below ``logdir`` (a folder with event files), loaded.
+
+    A folder written to more than once (a re-run into the same ``logdir``) holds several event files:
+    only the newest is read, unless ``all_files``. Returns the runs, the number of older event files
+    left out, and the number of folders with event files but no gradwatch data (other writers' runs).
+    """
+    from tensorboard.backend.event_processing import event_accumulator, io_wrapper
 
     guidance = {event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0, event_accumulator.HISTOGRAMS: 1}
-    mux = event_multiplexer.EventMultiplexer(size_guidance=guidance)
-    mux.AddRunsFromDirectory(logdir)
-    mux.Reload()
-    return {run: load_run(mux.GetAccumulator(run)) for run in sorted(mux.Runs())}
+    runs: dict[str, dict[str, Any]] = {}
+    older = others = 0
+    for folder in sorted(io_wrapper.GetLogdirSubdirectories(logdir)):
+        files = _event_files(folder)
+        if not files:
+            continue
+        if not all_files:
+            older += len(files) - 1
+        accumulator = event_accumulator.EventAccumulator(folder if all_files else files[-1], guidance)
+        accumulator.Reload()
+        data = load_run(accumulator)
+        if not _is_gradwatch(data):
+            others += 1
+            continue
+        run = os.path.relpath(folder, logdir)
+        runs["" if run == "." else run] = data
+    return runs, older, others
 
 
 def _number(value: float | None) -> str:
@@ -153,12 +188,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "logdir", help="a folder gradwatch wrote event files to (logdir=), or a folder of them"
     )
     report.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    report.add_argument(
+        "--all-files",
+        action="store_true",
+        help="read every event file of a folder written to more than once (default: the newest only)",
+    )
     args = parser.parse_args(argv)
     if not os.path.isdir(args.logdir):
         print(f"gradwatch report: {args.logdir!r} is not a folder", file=sys.stderr)
         return 2
     try:
-        runs = _runs(args.logdir)
+        runs, older, others = _runs(args.logdir, args.all_files)
     except ModuleNotFoundError as err:
         print(
             f"gradwatch report needs TensorBoard ({err}); "
@@ -167,12 +207,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     if not runs:
-        print(f"gradwatch report: no TensorBoard event files under {args.logdir!r}", file=sys.stderr)
+        what = "gradwatch data" if others else "TensorBoard event files"
+        print(f"gradwatch report: no {what} under {args.logdir!r}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps({"logdir": args.logdir, "runs": runs}, indent=2))
-    else:
-        print(_format(runs))
+    try:
+        if args.json:
+            out = {"logdir": args.logdir, "runs": runs, "older_event_files_ignored": older}
+            print(json.dumps(out, indent=2))
+        else:
+            print(_format(runs))
+            if older:
+                print(
+                    f"({older} older event file(s) of re-runs into the same folder ignored; "
+                    f"--all-files reads them)"
+                )
+            if others:
+                print(f"({others} folder(s) with other writers' events and no gradwatch data left out)")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `gradwatch report runs | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1 if any(data["findings"] for data in runs.values()) else 0
 
 

@@ -7,6 +7,7 @@ to an option means ``every(n)`` (``0`` or ``None`` means never).
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -283,6 +284,26 @@ class Config:
     def option_names(cls) -> tuple[str, ...]:
         """The names of every option, in declaration order."""
         return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], where: str = "Watcher") -> Config:
+        """Build a ``Config`` from keyword options, naming ``where`` and the nearest valid option on a typo.
+
+        Raises:
+            TypeError: an unknown option (with "did you mean ...?" and the valid ones), or a bad type.
+            ValueError: a bad value.
+        """
+        valid = cls.option_names()
+        unknown = [k for k in options if k not in valid]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, valid, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TypeError(
+                f"{where} got unknown option(s) {', '.join(hints)}; valid options: {', '.join(valid)}"
+            )
+        return cls(**options)
 
     def keeps(self, names: Sequence[str]) -> list[bool]:
         """For each name, whether ``keep_grads`` asks to keep its gradient."""

@@ -17,8 +17,9 @@ test); at teardown the fixture fails with every finding's message (``pytest.fail
 an error at that test's teardown and the session fails. Keyword
 arguments of the factory besides the watcher's options:
 
-* ``fail_on``: the finding kinds that fail the test (default: every kind); others are only reported
-  in the failure message of a kind that does fail.
+* ``fail_on``: the finding kind (a string) or kinds that fail the test (default: every kind); others
+  are only reported in the failure message of a kind that does fail. With ``on_finding="raise"`` the
+  test itself fails at the finding, and teardown adds nothing.
 
 Or mark a test to choose the kinds for every watcher it makes:
 ``@pytest.mark.gradwatch(fail_on=["missing_zero_grad", "nonfinite_grad"])``. pytest loads this module
@@ -59,18 +60,21 @@ def gradwatch(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     import gradwatch as gw
     from gradwatch.config import check_kinds
 
+    def kinds_of(value: str | Collection[str]) -> frozenset[str]:
+        kinds = frozenset([value] if isinstance(value, str) else value)  # one kind, or several
+        check_kinds(kinds)
+        return kinds
+
     marker = request.node.get_closest_marker("gradwatch")
-    default_kinds: Collection[str] = gw.FINDING_KINDS
+    default_kinds = frozenset(gw.FINDING_KINDS)
     if marker is not None and marker.kwargs.get("fail_on") is not None:
-        default_kinds = tuple(marker.kwargs["fail_on"])
-        check_kinds(default_kinds)
+        default_kinds = kinds_of(marker.kwargs["fail_on"])
     made: list[tuple[Any, frozenset[str]]] = []
 
     def factory(
-        target: Any, optimizer: Any = None, *, fail_on: Collection[str] | None = None, **options: Any
+        target: Any, optimizer: Any = None, *, fail_on: str | Collection[str] | None = None, **options: Any
     ) -> Any:
-        kinds = frozenset(default_kinds if fail_on is None else fail_on)
-        check_kinds(kinds)
+        kinds = default_kinds if fail_on is None else kinds_of(fail_on)
         options.setdefault("on_finding", "ignore")
         watcher = gw.watch(target, optimizer, **options)
         made.append((watcher, kinds))
@@ -81,6 +85,8 @@ def gradwatch(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     others: list[str] = []
     for watcher, kinds in made:
         watcher.close()
+        if watcher.config.on_finding == "raise":
+            continue  # its findings were raised in the test itself: not reported twice
         for finding in watcher.findings:
             (failing if finding.kind in kinds else others).append(str(finding))
     if failing:

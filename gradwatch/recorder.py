@@ -127,6 +127,7 @@ class Recorder:
         self._closure_step = False  # the optimizer step in progress was given a closure (LBFGS)
         self._closure_before: dict[int, tuple[list[int], stats.Samples]] = {}
         self._graph_checked = False
+        self._next_loss: torch.Tensor | float | None = None
         self._eager_tracker_call: Callable[..., None] = self._tracker_call
         self.failed = False
 
@@ -248,14 +249,24 @@ class Recorder:
         self.tracker.end_user_step(completed)
 
     def set_loss(self, loss: torch.Tensor | float) -> None:
-        """Keep the loss of the current step (a detached scalar tensor or a float); check its graph once."""
-        if isinstance(loss, torch.Tensor):
-            self._cur.loss = loss.detach().reshape(())
-            if self.attached and not self._graph_checked:
-                self._graph_checked = True  # once: the walk costs O(graph size) on the host
-                self._check_graph(loss)
+        """Keep the loss of the current step (a detached scalar tensor or a float); check its graph once.
+
+        A loss recorded after the step's boundary was seen but before the step was sealed (the usual
+        ``loss = f(model(x)); w.record_loss(loss); loss.backward()`` after the previous
+        ``optimizer.step()``) belongs to the step its backward pass will start: it is kept for that one.
+        """
+        value = loss.detach().reshape(()) if isinstance(loss, torch.Tensor) else loss
+        if self.attached and self._boundary_seen():
+            self._next_loss = value
         else:
-            self._cur.loss = loss
+            self._cur.loss = value
+        if isinstance(loss, torch.Tensor) and self.attached and not self._graph_checked:
+            self._graph_checked = True  # once: the walk costs O(graph size) on the host
+            self._check_graph(loss)
+
+    @failsafe
+    def _boundary_seen(self) -> bool:
+        return self.tracker.boundary_seen()
 
     @failsafe
     def _check_graph(self, loss: torch.Tensor) -> None:
@@ -437,6 +448,8 @@ class Recorder:
     def seal(self, step: int) -> None:
         """Record step ``step`` and hand it to the sinks and the detectors."""
         cur, self._cur = self._cur, _StepState(len(self.names))
+        if self._next_loss is not None:  # recorded for this new step before its boundary sealed the last
+            self._cur.loss, self._next_loss = self._next_loss, None
         params = self._live_params()
         findings: list[Finding] = []
         if not self.optimizers:  # the boundary itself is what uses the gradients

@@ -87,17 +87,7 @@ class Watcher:
     """
 
     def __init__(self, target: Any, optimizer: Any = None, **options: Any) -> None:
-        valid = Config.option_names()
-        unknown = [k for k in options if k not in valid]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, valid, n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise TypeError(
-                f"Watcher got unknown option(s) {', '.join(hints)}; valid options: {', '.join(valid)}"
-            )
-        self.config = Config(**options)
+        self.config = Config.from_options(options)
         targets = resolve_target(target)
         optimizers = resolve_optimizers(optimizer)
         self.names: tuple[str, ...] = tuple(targets.names)

@@ -117,3 +117,39 @@ def test_the_installed_command_and_python_m(tmp_path: pathlib.Path) -> None:
         out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         assert out.returncode == 1, out.stderr
         assert "[missing_zero_grad]" in out.stdout
+
+
+def test_a_re_run_into_the_same_logdir_is_reported_from_its_newest_event_file(
+    tmp_path: pathlib.Path, capsys
+) -> None:
+    import time
+
+    _train(tmp_path, zero_grad=False)  # the buggy run
+    time.sleep(1.1)  # event file names carry the creation time in seconds
+    _train(tmp_path, zero_grad=True)  # fixed, same folder
+    assert cli.main(["report", str(tmp_path)]) == 0  # the CI gate passes once the bug is fixed
+    assert "1 older event file(s)" in capsys.readouterr().out
+    assert cli.main(["report", str(tmp_path), "--all-files"]) == 1
+
+
+def test_folders_of_other_writers_are_left_out(tmp_path: pathlib.Path, capsys) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    _train(tmp_path / "ours", zero_grad=True)
+    other = SummaryWriter(str(tmp_path / "theirs"))
+    other.add_scalar("train/loss", 1.0, 0)
+    other.close()
+    assert cli.main(["report", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["runs"]) == ["ours"]
+    assert cli.main(["report", str(tmp_path / "theirs")]) == 2
+    assert "no gradwatch data" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_report_quietly(tmp_path: pathlib.Path) -> None:
+    _train(tmp_path, zero_grad=False)
+    out = subprocess.run(
+        f"{sys.executable} -m gradwatch report {tmp_path} | head -1",
+        shell=True, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "BrokenPipeError" not in out.stderr and out.stdout.startswith("run .")

@@ -239,3 +239,18 @@ def test_reattach_errors_name_the_cause() -> None:
     gc.collect()
     with pytest.raises(gw.GradWatchError, match="model no longer exists"):
         w2.attach()
+
+
+def test_history_index_out_of_range_says_what_it_holds() -> None:
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt) as w:
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.ones(3, 2)).sum().backward()
+            opt.step()
+    assert w.history[-2].step == 0
+    with pytest.raises(
+        IndexError, match=r"history index 100 is out of range: it holds 2 records \(steps 0..1\)"
+    ):
+        w.history[100]

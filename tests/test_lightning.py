@@ -42,7 +42,9 @@ class RawGrads(pl.Callback):
         )
 
 
-def _fit(tmp_path: pathlib.Path, steps: int, module: pl.LightningModule | None = None, **trainer_kw):
+def _fit(
+    tmp_path: pathlib.Path, steps: int, module: pl.LightningModule | None = None, ckpt_path=None, **trainer_kw
+):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 6, generator=g)
     data = torch.utils.data.DataLoader(
@@ -61,7 +63,7 @@ def _fit(tmp_path: pathlib.Path, steps: int, module: pl.LightningModule | None =
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's own hints (few workers, small dataset)
-        trainer.fit(module or Net(), data)
+        trainer.fit(module or Net(), data, ckpt_path=ckpt_path)
     return callback.watcher, raw.norms, trainer
 
 
@@ -116,8 +118,22 @@ def test_a_layer_left_out_of_the_forward_pass_is_found(tmp_path: pathlib.Path) -
     assert "no_grad" in kinds and set(kinds["no_grad"].params) == {"unused.weight", "unused.bias"}
 
 
+def test_a_resumed_fit_continues_the_step_axis(tmp_path: pathlib.Path) -> None:
+    _, _, trainer = _fit(tmp_path, steps=4)
+    checkpoint = tmp_path / "four.ckpt"
+    trainer.save_checkpoint(str(checkpoint))
+    w, raw, trainer = _fit(tmp_path, steps=7, ckpt_path=str(checkpoint))
+    assert trainer.global_step == 7
+    assert [r.step for r in w.history] == [4, 5, 6]
+    assert len(raw) == 3
+
+
 def test_bad_options_fail_when_the_callback_is_made() -> None:
     with pytest.raises(ValueError, match="on_finding must be"):
         GradWatchCallback(on_finding="loud")
     with pytest.raises(TypeError, match="start_step from the trainer"):
         GradWatchCallback(start_step=3)
+    with pytest.raises(
+        TypeError, match=r"GradWatchCallback got unknown option\(s\) 'evry' \(did you mean 'every'\?\)"
+    ):
+        GradWatchCallback(evry=3)

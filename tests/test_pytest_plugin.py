@@ -107,3 +107,26 @@ def test_after():
     result = pytester.runpytest_subprocess("-q", "-p", "no:randomly")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*the user's own assertion*"])
+
+
+def test_one_kind_as_a_string_and_raise_reports_once(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        _MODEL
+        + """
+@pytest.mark.gradwatch(fail_on="missing_zero_grad")
+def test_string_kind(gradwatch):
+    model, opt = make()
+    gradwatch(model, opt)
+    train(model, opt, zero_grad=False)
+
+def test_raise(gradwatch):
+    model, opt = make()
+    gradwatch(model, opt, on_finding="raise")
+    train(model, opt, zero_grad=False)
+"""
+    )
+    result = pytester.runpytest_subprocess("-q")
+    # the string kind fails at teardown (an error); raise fails the test itself, once, not at teardown
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    text = result.stdout.str()
+    assert "GradientError" in text and "ERROR at teardown of test_raise" not in text

@@ -278,3 +278,29 @@ def test_amp_gradscaler_steps_are_read_unscaled() -> None:
             scaler.update()
     assert len(w.history) == 3
     assert w.history[-1].params["0.weight"].grad_norm == pytest.approx(g, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["optimizer", "in-place update", "w.step()"])
+def test_a_loss_recorded_before_backward_belongs_to_that_step(mode: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    losses = []
+    with gw.watch(model, opt if mode == "optimizer" else None) as w:
+        for _ in range(4):
+            model.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            w.record_loss(loss)  # before backward(): the common place
+            losses.append(float(loss))
+            loss.backward()
+            if mode == "optimizer":
+                opt.step()
+            else:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p -= 0.1 * p.grad
+                if mode == "w.step()":
+                    w.step()
+    assert [r.step for r in w.history] == [0, 1, 2, 3]
+    assert [r.loss for r in w.history] == pytest.approx(losses, rel=1e-6)

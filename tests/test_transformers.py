@@ -67,7 +67,7 @@ def _check_norms(w, raw) -> None:
 def test_recorded_norms_are_the_gradients_the_optimizer_used(tmp_path: pathlib.Path) -> None:
     w, raw, trainer = _train(tmp_path, steps=4, max_grad_norm=0.0)
     assert not w.attached and trainer.state.global_step == 4
-    assert [r.step for r in w.history] == [0, 1, 2, 3]
+    assert [r.step for r in w.history] == [1, 2, 3, 4]  # as the Trainer numbers its logs
     _check_norms(w, raw)
     # GPT-2 ties the output projection to the input embedding: watched once, under its first name
     assert "lm_head.weight" not in w.names and "transformer.wte.weight" in w.names
@@ -84,7 +84,7 @@ def test_max_grad_norm_clips_what_is_recorded(tmp_path: pathlib.Path) -> None:
 def test_gradient_accumulation_steps_are_one_step_each(tmp_path: pathlib.Path) -> None:
     w, raw, trainer = _train(tmp_path, steps=3, gradient_accumulation_steps=4, max_grad_norm=0.0)
     assert trainer.state.global_step == 3
-    assert [r.step for r in w.history] == [0, 1, 2]
+    assert [r.step for r in w.history] == [1, 2, 3]
     _check_norms(w, raw)
     assert w.findings == []  # no discarded or missing-zero_grad finding across the micro-batches
 
@@ -94,13 +94,19 @@ def test_writes_beside_the_trainers_tensorboard_events(tmp_path: pathlib.Path) -
 
     w, _, _ = _train(tmp_path, steps=3, report_to="tensorboard", max_grad_norm=0.0)
     runs = tmp_path / "out" / "runs"
-    (theirs,) = [p for p in runs.iterdir() if p.name != "gradwatch"]  # the Trainer's own run
+    (theirs,) = [p for p in runs.iterdir() if not p.name.endswith("_gradwatch")]  # the Trainer's own run
+    (ours,) = [p for p in runs.iterdir() if p.name.endswith("_gradwatch")]
     trainer_events = EventAccumulator(str(theirs))
     trainer_events.Reload()
-    assert "train/loss" in trainer_events.Tags()["scalars"]
-    acc = EventAccumulator(str(runs / "gradwatch"))
+    acc = EventAccumulator(str(ours))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("grad_norm/total")] == [0, 1, 2]
+    assert [e.step for e in acc.Scalars("grad_norm/total")] == [1, 2, 3]
+    # on the Trainer's step axis: its own gradient norm (before clipping; none here) at the same steps
+    theirs_norm = trainer_events.Scalars("train/grad_norm")
+    assert [e.step for e in theirs_norm] == [1, 2, 3]
+    assert [e.value for e in theirs_norm] == pytest.approx(
+        [e.value for e in acc.Scalars("grad_norm/total")], rel=1e-5
+    )
     totals = [e.value for e in acc.Scalars("grad_norm/total")]
     assert totals == pytest.approx([r.total_grad_norm for r in w.history], rel=1e-6)
     assert all(math.isfinite(t) for t in totals)
@@ -109,5 +115,7 @@ def test_writes_beside_the_trainers_tensorboard_events(tmp_path: pathlib.Path) -
 def test_bad_options_fail_when_the_callback_is_made() -> None:
     with pytest.raises(ValueError, match="histogram_bins must be >= 1"):
         GradWatchCallback(histogram_bins=0)
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(
+        TypeError, match=r"GradWatchCallback got unknown option\(s\) 'evry' \(did you mean 'every'\?\)"
+    ):
         GradWatchCallback(evry=3)

@@ -11,8 +11,9 @@ Example::
 
 How it fits Lightning's loop (the ``lightning`` package, 2.x; tested with 2.6.6):
 
-* At ``on_fit_start`` it watches the ``LightningModule`` and every optimizer of ``trainer.optimizers``,
-  numbering steps from ``trainer.global_step`` (so a resumed run continues its step axis).
+* At ``on_train_start`` (after a checkpoint given as ``ckpt_path`` has been restored) it watches the
+  ``LightningModule`` and every optimizer of ``trainer.optimizers``, numbering steps from
+  ``trainer.global_step``, so a resumed run continues its step axis.
 * Lightning runs the forward and backward pass inside ``optimizer.step(closure)``, then its
   ``on_before_optimizer_step`` hooks, then gradient clipping (``gradient_clip_val``), then the update.
   gradwatch reads the gradients from the optimizer's own step hooks after that closure returned: the
@@ -23,7 +24,7 @@ How it fits Lightning's loop (the ``lightning`` package, 2.x; tested with 2.6.6)
 * TensorBoard: with neither ``logdir`` nor ``writer`` given, it writes through the trainer's
   ``TensorBoardLogger`` (``logger.experiment``) when there is one, on global rank 0 only; any other
   logger is left alone (findings stay in :attr:`watcher` and in warnings).
-* At ``on_fit_end`` (and on an exception) the watcher is closed: the last step recorded, the writer
+* At ``on_train_end`` (and on an exception) the watcher is closed: the last step recorded, the writer
   flushed. Manual optimization works the same way (the optimizers' hooks see every ``step()``).
 """
 
@@ -59,22 +60,19 @@ class GradWatchCallback(Callback):  # type: ignore[misc]
     def __init__(self, **options: Any) -> None:
         if "start_step" in options:
             raise TypeError("GradWatchCallback takes start_step from the trainer (trainer.global_step)")
-        Config(**options)  # bad options fail here, not at fit time
-        unknown = set(options) - set(Config.option_names())
-        if unknown:
-            raise TypeError(f"GradWatchCallback got unknown option(s) {sorted(unknown)}")
+        Config.from_options(options, "GradWatchCallback")  # bad options fail here, not when training starts
         self.options = options
         self.watcher: Watcher | None = None
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Watch the module and the trainer's optimizers."""
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Watch the module and the trainer's optimizers (a restored checkpoint's step included)."""
         options = dict(self.options)
         if options.get("logdir") is None and options.get("writer") is None:
             options["writer"] = _tensorboard_writer(trainer)
         self.watcher = Watcher(pl_module, list(trainer.optimizers), start_step=trainer.global_step, **options)
         self.watcher.attach()
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record the last step and flush the writer."""
         if self.watcher is not None:
             self.watcher.close()

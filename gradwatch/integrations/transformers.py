@@ -12,17 +12,18 @@ Example::
 How it fits the Trainer's loop (tested with transformers 5.25.0 and accelerate 1.16.0):
 
 * At ``on_train_begin`` it watches the model the Trainer trains and the torch optimizer inside the
-  Trainer's (accelerate's ``AcceleratedOptimizer`` is unwrapped), numbering steps from
-  ``state.global_step`` (a resumed run continues its step axis).
+  Trainer's (accelerate's ``AcceleratedOptimizer`` is unwrapped). Steps are numbered as the Trainer
+  numbers them in its logs: the update that makes ``state.global_step`` equal to N is recorded as step
+  N (the first update of a fresh run is step 1; a resumed run continues its step axis).
 * Per optimizer step the Trainer runs ``gradient_accumulation_steps`` backward passes, clips the
   gradients (``max_grad_norm``), calls ``optimizer.step()`` and zeroes the gradients. gradwatch reads
   the gradients in the optimizer's step hooks: one recorded step per optimizer step, holding the
   accumulated gradient as the optimizer used it (clipped when ``max_grad_norm > 0``).
 * TensorBoard: with neither ``logdir`` nor ``writer`` given and the Trainer reporting to TensorBoard
-  (``report_to`` includes ``"tensorboard"``), it writes a run of its own, ``gradwatch``, beside the
-  Trainer's runs: ``$TENSORBOARD_LOGGING_DIR/gradwatch`` when that variable is set (where the Trainer
-  then writes), else ``<output_dir>/runs/gradwatch``; on the main process only. Point TensorBoard at the
-  folder above to see both, on the same step axis (``state.global_step``).
+  (``report_to`` includes ``"tensorboard"``), it writes a run of its own per training, named like the
+  Trainer's (``<month><day>_<time>_<host>_gradwatch``), beside the Trainer's runs: in
+  ``$TENSORBOARD_LOGGING_DIR`` when that variable is set, else in ``<output_dir>/runs``; on the main
+  process only. Point TensorBoard at that folder to see both runs on one step axis.
 * At ``on_train_end`` the watcher is closed (last step recorded, writer flushed). A run that raises
   is closed at interpreter exit, or by calling ``callback.watcher.close()``.
 """
@@ -30,6 +31,8 @@ How it fits the Trainer's loop (tested with transformers 5.25.0 and accelerate 1
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import Any
 
 from transformers import TrainerCallback
@@ -58,10 +61,7 @@ class GradWatchCallback(TrainerCallback):  # type: ignore[misc]
     def __init__(self, **options: Any) -> None:
         if "start_step" in options:
             raise TypeError("GradWatchCallback takes start_step from the trainer (state.global_step)")
-        unknown = set(options) - set(Config.option_names())
-        if unknown:
-            raise TypeError(f"GradWatchCallback got unknown option(s) {sorted(unknown)}")
-        Config(**options)  # bad values fail here, not at train time
+        Config.from_options(options, "GradWatchCallback")  # bad options fail here, not when training starts
         self.options = options
         self.watcher: Watcher | None = None
 
@@ -76,8 +76,10 @@ class GradWatchCallback(TrainerCallback):  # type: ignore[misc]
             report_to = args.report_to if isinstance(args.report_to, (list, tuple)) else [args.report_to]
             if "tensorboard" in report_to and state.is_world_process_zero:
                 base = os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, "runs")
-                options["logdir"] = os.path.join(os.path.expanduser(base), "gradwatch")
-        self.watcher = Watcher(model, optimizer, start_step=state.global_step, **options)
+                run = f"{time.strftime('%b%d_%H-%M-%S')}_{socket.gethostname()}_gradwatch"
+                options["logdir"] = os.path.join(os.path.expanduser(base), run)
+        # the Trainer logs an update at the global_step it reaches: the first one at 1
+        self.watcher = Watcher(model, optimizer, start_step=state.global_step + 1, **options)
         self.watcher.attach()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

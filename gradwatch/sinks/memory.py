@@ -50,6 +50,11 @@ class History(Sequence[StepRecord]):
             return list(self._records)[index]
         if not self._records:
             raise IndexError("the history is empty: no step has been recorded yet")
+        if not -len(self._records) <= index < len(self._records):
+            raise IndexError(
+                f"history index {index} is out of range: it holds {len(self._records)} records (steps "
+                f"{self._records[0].step}..{self._records[-1].step}); by_step(n) finds a step by number"
+            )
         return self._records[index]
 
     def __len__(self) -> int:

@@ -24,11 +24,22 @@ _SKIP = (
 )
 
 
+#: Training frameworks whose frames stand between the user's code and an optimizer step.
+_FRAMEWORKS = ("lightning", "pytorch_lightning", "transformers", "accelerate")
+
+
 def _user_stacklevel() -> int:
-    """``stacklevel`` that attributes a warning to the first frame outside gradwatch and torch."""
+    """``stacklevel`` that attributes a warning to the user's own code.
+
+    That is the first frame outside gradwatch, torch and the training frameworks (Lightning,
+    transformers, accelerate) that call ``optimizer.step()`` on the user's behalf.
+    """
     frame = sys._getframe(1)
     level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(_SKIP):
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_SKIP)
+        or frame.f_globals.get("__name__", "").partition(".")[0] in _FRAMEWORKS
+    ):
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     return level
