@@ -35,7 +35,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from gradwatch.config import Config
+from gradwatch.integrations import callback_options
 from gradwatch.watcher import Watcher
 
 __all__ = ["GradWatchCallback"]
@@ -58,10 +58,7 @@ class GradWatchCallback(Callback):  # type: ignore[misc]
     """
 
     def __init__(self, **options: Any) -> None:
-        if "start_step" in options:
-            raise TypeError("GradWatchCallback takes start_step from the trainer (trainer.global_step)")
-        Config.from_options(options, "GradWatchCallback")  # bad options fail here, not when training starts
-        self.options = options
+        self.options = callback_options(options, "trainer.global_step")
         self.watcher: Watcher | None = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from gradwatch.config import Config
+from gradwatch.integrations import callback_options
 from gradwatch.watcher import Watcher
 
 __all__ = ["GradWatchCallback"]
@@ -59,10 +59,7 @@ class GradWatchCallback(TrainerCallback):  # type: ignore[misc]
     """
 
     def __init__(self, **options: Any) -> None:
-        if "start_step" in options:
-            raise TypeError("GradWatchCallback takes start_step from the trainer (state.global_step)")
-        Config.from_options(options, "GradWatchCallback")  # bad options fail here, not when training starts
-        self.options = options
+        self.options = callback_options(options, "state.global_step")
         self.watcher: Watcher | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
