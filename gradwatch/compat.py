@@ -50,6 +50,7 @@ __all__ = [
     "Feature",
     "available",
     "compiler_disable",
+    "dynamo_imported",
     "current_graph_task_id",
     "foreach_abs",
     "foreach_clamp_max_",
@@ -273,6 +274,11 @@ def compiler_disable(fn: Callable[..., Any]) -> Callable[..., Any]:
     """
     disable = getattr(getattr(torch, "compiler", None), "disable", None)
     return fn if disable is None else disable(fn)
+
+
+def dynamo_imported() -> bool:
+    """Whether ``torch._dynamo`` (``torch.compile``'s tracer) has been imported in this process."""
+    return "torch._dynamo" in sys.modules
 
 
 def global_rank() -> int:

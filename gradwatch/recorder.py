@@ -73,6 +73,10 @@ def failsafe(method: Callable[..., R]) -> Callable[..., R | None]:
     return guarded
 
 
+def _same(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return fn
+
+
 class _StepState:
     """What the current step has gathered so far (device tensors until it is sealed)."""
 
@@ -149,8 +153,10 @@ class Recorder:
         # end-of-backward callback during its eager backward(), an optimizer hook inside its compiled
         # step()), it is neither traced nor compiled, so gradwatch adds no graph break to the user's
         # graphs and none of its host code is compiled. About 0.3 us per call. (Wrapped here, not at
-        # import: it imports torch._dynamo, which the first optimizer step imports anyway.)
-        eager = compat.compiler_disable
+        # import: it imports torch._dynamo, about 1 s, which the first optimizer step imports anyway.
+        # Without an optimizer and without torch.compile in use yet, nothing is wrapped: no such cost.)
+        wrap = bool(self.optimizers) or compat.dynamo_imported()
+        eager = compat.compiler_disable if wrap else _same
         incoming, accumulated = eager(self._on_incoming_grad), eager(self._on_grad)
         self._eager_tracker_call = eager(self._tracker_call)
         try:

@@ -100,3 +100,18 @@ def test_watching_adds_no_graph_break_to_a_compiled_train_step() -> None:
         str(b.reason).splitlines()[0] for b in plain.break_reasons
     ]
     assert watched_model.graph_break_count == 0
+
+
+def test_watching_without_an_optimizer_or_compile_does_not_import_the_compiler() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, torch, gradwatch as gw\n"
+        "w = gw.watch({'w': torch.zeros(3, requires_grad=True)})\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False"  # importing it costs about a second at attach
