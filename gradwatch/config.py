@@ -179,7 +179,8 @@ class Config:
         histogram_bins: buckets per histogram, default 30 (TensorBoard's own default).
         max_history: number of :class:`~gradwatch.StepRecord` kept in ``Watcher.history``; default 1000
             (about 80 bytes per parameter tensor each, plus kept gradients).
-        on_finding: ``"warn"`` (default), ``"raise"`` or ``"ignore"``.
+        on_finding: ``"warn"`` (default), ``"raise"`` or ``"ignore"``; the environment variable
+            ``GRADWATCH_ON_FINDING``, when set, replaces it (read by the Watcher).
         keep_grads: ``True`` keeps a CPU copy of every ``.grad`` per recorded step, a collection of
             parameter names keeps those only (``w.history.by_step(7).params["0.weight"].grad``);
             default ``False``. Costs the gradients' size per kept step.

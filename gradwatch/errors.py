@@ -3,8 +3,10 @@
 One root per family: every error gradwatch raises on its own behalf is a :class:`GradWatchError`
 (a ``RuntimeError``); every warning it issues about a training run is a :class:`GradWatchWarning`
 (a ``UserWarning``) with one subclass per finding kind, so a single kind can be filtered or turned into
-an error with the standard :mod:`warnings` machinery, e.g.
-``python -W error::gradwatch.MissingZeroGradWarning train.py``.
+an error with the standard :mod:`warnings` machinery from the script, e.g.
+``warnings.simplefilter("error", gradwatch.MissingZeroGradWarning)``. (Python's ``-W`` option and
+``PYTHONWARNINGS`` cannot name gradwatch's classes: they are parsed before installed packages can be
+imported. To stop at the first finding without editing the script, set ``GRADWATCH_ON_FINDING=raise``.)
 
 Bad arguments at the API boundary raise the builtin ``TypeError``/``ValueError`` (what Python users
 expect from a wrong argument), never a gradwatch class.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import difflib
 import functools
 import logging
@@ -83,11 +84,25 @@ class Watcher:
         TypeError: a bad target or optimizer (see :func:`~gradwatch.targets.resolve_target`), an unknown
             option, an option of the wrong type, or a ``writer`` without the ``SummaryWriter`` methods.
         ValueError: an empty target, a tensor that does not require grad, a bad option value, both
-            ``logdir`` and ``writer``, or ``keep_grads`` naming a parameter that is not watched.
+            ``logdir`` and ``writer``, ``keep_grads`` naming a parameter that is not watched, or a bad
+            ``GRADWATCH_ON_FINDING``.
+
+    Environment: ``GRADWATCH_ON_FINDING=raise`` (or ``warn``, ``ignore``) replaces the ``on_finding``
+    option, to stop a run at its first finding without editing the script
+    (``GRADWATCH_ON_FINDING=raise python train.py``); ``GRADWATCH_DISABLE=1`` makes the watcher do
+    nothing at all.
     """
 
     def __init__(self, target: Any, optimizer: Any = None, **options: Any) -> None:
         self.config = Config.from_options(options)
+        policy = os.environ.get("GRADWATCH_ON_FINDING", "").strip().lower()
+        if policy:  # set outside the script, it wins over the script's own on_finding
+            if policy not in ("warn", "raise", "ignore"):
+                raise ValueError(
+                    f"the environment variable GRADWATCH_ON_FINDING={policy!r} must be 'warn', 'raise' or "
+                    f"'ignore' (or unset)"
+                )
+            self.config = dataclasses.replace(self.config, on_finding=policy)  # type: ignore[arg-type]
         targets = resolve_target(target)
         optimizers = resolve_optimizers(optimizer)
         self.names: tuple[str, ...] = tuple(targets.names)

@@ -10,6 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+# a developer's shell settings must not change what the tests expect (tests that need them set them)
+for _name in ("GRADWATCH_ON_FINDING", "GRADWATCH_DISABLE", "GRADWATCH_NATIVE_CRC"):
+    os.environ.pop(_name, None)
+
 # Without a GPU, Triton's interpreter runs gradwatch's Triton kernels on CPU tensors (tests/test_fused.py);
 # it must be set before Triton is first imported.
 if not torch.cuda.is_available():

@@ -254,3 +254,53 @@ def test_history_index_out_of_range_says_what_it_holds() -> None:
         IndexError, match=r"history index 100 is out of range: it holds 2 records \(steps 0..1\)"
     ):
         w.history[100]
+
+
+_STOP_PROBE = r"""
+import sys, warnings, torch
+import gradwatch as gw
+model = torch.nn.Linear(3, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+if sys.argv[1] == "filter":
+    warnings.simplefilter("error", gw.MissingZeroGradWarning)
+with gw.watch(model, opt) as w:
+    for step in range(4):
+        model(torch.ones(2, 3)).sum().backward()  # no zero_grad: missing_zero_grad at step 1
+        opt.step()
+        print("stepped", step, flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "mode", "stops"),
+    [
+        ("raise", "-", True),
+        ("RAISE ", "-", True),
+        ("", "filter", True),
+        ("", "-", False),
+        ("ignore", "filter", False),
+    ],
+    ids=["env-raise", "env-raise-spaces", "warnings-filter", "default-warns", "env-ignore-wins"],
+)
+def test_stopping_at_the_first_finding_without_editing_the_script(
+    tmp_path, env: str, mode: str, stops: bool
+) -> None:
+    # run from a folder outside the source tree, against the installed package
+    out = subprocess.run(
+        [sys.executable, "-c", _STOP_PROBE, mode],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+        env={**os.environ, "GRADWATCH_ON_FINDING": env},
+    )  # fmt: skip
+    if stops:
+        assert out.returncode != 0 and "the gradient was not zeroed" in out.stderr
+        assert "GradientError" in out.stderr or "MissingZeroGradWarning" in out.stderr
+        assert "stepped 0" in out.stdout and "stepped 1" not in out.stdout
+    else:
+        assert out.returncode == 0, out.stderr
+        assert "stepped 3" in out.stdout
+
+
+def test_a_bad_gradwatch_on_finding_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("GRADWATCH_ON_FINDING", "loud")
+    with pytest.raises(ValueError, match="GRADWATCH_ON_FINDING='loud' must be 'warn', 'raise' or 'ignore'"):
+        gw.Watcher(torch.nn.Linear(2, 1))
