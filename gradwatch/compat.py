@@ -29,6 +29,10 @@ torch name                                         since  fallback
 ``Tensor._backward_hooks``                         <2.1   detach (the hooks themselves are removed)
 ``Tensor._version``                                <2.1   0: in-place updates are not seen (steps then end
                                                           at an optimizer step, a decorated call, ``step()``)
+``torch.compiler.disable``                         2.1    hooks are not wrapped (a compiled train step
+                                                          then traces into gradwatch's code)
+``torch._dynamo`` (looked up in ``sys.modules``)   2.0    never imported: hooks are wrapped only when an
+                                                          optimizer is watched
 =================================================  =====  ================================================
 
 The fallbacks compute the same values as the torch functions they replace (the tests compare both with
@@ -108,6 +112,12 @@ FEATURES: dict[str, Feature] = {
         Feature("Tensor._post_accumulate_grad_hooks", "2.1", "hook dictionary left empty, not None"),
         Feature("Tensor._backward_hooks", "<2.1", "hook dictionary left empty, not None"),
         Feature("Tensor._version", "<2.1", "0: in-place updates are not seen"),
+        Feature("torch.compiler.disable", "2.1", "hooks not wrapped: a compiled step traces into them"),
+        Feature(
+            "torch._dynamo",
+            "2.0",
+            "read in sys.modules only: never imported, hooks wrapped with an optimizer",
+        ),
     )
 }
 
@@ -272,13 +282,22 @@ def compiler_disable(fn: Callable[..., Any]) -> Callable[..., Any]:
     gradwatch's own host code (numpy, Python sets) out of the user's graphs, which would otherwise break
     them at every such operation and compile gradwatch's internals.
     """
-    disable = getattr(getattr(torch, "compiler", None), "disable", None)
-    return fn if disable is None else disable(fn)
+    if not _available["torch.compiler.disable"]:
+        return fn
+    return torch.compiler.disable(fn)  # type: ignore[no-any-return]
 
 
 def dynamo_imported() -> bool:
-    """Whether ``torch._dynamo`` (``torch.compile``'s tracer) has been imported in this process."""
-    return "torch._dynamo" in sys.modules
+    """Whether ``torch._dynamo`` (``torch.compile``'s tracer) has been imported in this process.
+
+    Read from ``sys.modules`` (nothing is imported); without that module name (a build without the
+    compiler) it is never imported, and gradwatch wraps its hooks only when an optimizer is watched.
+    """
+    return _DYNAMO_MODULE in sys.modules
+
+
+#: The module ``torch.compile`` imports (see :data:`FEATURES`).
+_DYNAMO_MODULE = "torch._dynamo"
 
 
 def global_rank() -> int:
@@ -307,6 +326,8 @@ def refresh() -> None:
         "Tensor._post_accumulate_grad_hooks": _tensor_has("_post_accumulate_grad_hooks"),
         "Tensor._backward_hooks": _tensor_has("_backward_hooks"),
         "Tensor._version": _tensor_has("_version"),
+        "torch.compiler.disable": callable(getattr(getattr(torch, "compiler", None), "disable", None)),
+        "torch._dynamo": True,  # only looked up in sys.modules: nothing to check
     }
     has["torch._foreach_norm(dtype=)"] = has["torch._foreach_norm"] and _probe_norm_dtype()
     assert set(has) == set(FEATURES)

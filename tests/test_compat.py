@@ -306,6 +306,38 @@ def fallback_version(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "missing_zero_grad" in {f.kind for f in w.findings}
 
 
+def _hooks_of(w: gw.Watcher) -> list[Callable]:
+    """The functions gradwatch registered on the watched parameters (their partials' targets)."""
+    params = w._recorder.params or []
+    return [h.func for p in params for h in p._post_accumulate_grad_hooks.values()]
+
+
+def fallback_compiler_disable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(torch.compiler, "disable")
+    compat.refresh()
+    assert compat.compiler_disable(_model) is _model  # not wrapped
+    model, opt = _model()
+    w = gw.Watcher(model, opt).attach()
+    assert not any(getattr(f, "_torchdynamo_disable", False) for f in _hooks_of(w))
+    w.close()
+    _check_norms(_loop(*_model()))
+
+
+def fallback_dynamo_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    # where the compiler's module is not loaded (a build without it, or not imported yet), nothing
+    # imports it and a loop without an optimizer gets its hooks unwrapped; with an optimizer they are
+    monkeypatch.setattr(compat, "_DYNAMO_MODULE", "torch._no_such_compiler")
+    assert compat.dynamo_imported() is False
+    plain = gw.Watcher({"w": torch.zeros(3, requires_grad=True)}).attach()
+    assert not any(getattr(f, "_torchdynamo_disable", False) for f in _hooks_of(plain))
+    plain.close()
+    model, opt = _model()
+    wrapped = gw.Watcher(model, opt).attach()
+    assert all(getattr(f, "_torchdynamo_disable", False) for f in _hooks_of(wrapped))
+    wrapped.close()
+    _check_norms(_loop(*_model()))
+
+
 #: Feature name (a key of compat.FEATURES) -> the test of its fallback.
 FALLBACK_TESTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "torch._foreach_clone": fallback_foreach_clone,
@@ -324,6 +356,8 @@ FALLBACK_TESTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "Tensor._post_accumulate_grad_hooks": fallback_post_accumulate_hooks,
     "Tensor._backward_hooks": fallback_backward_hooks,
     "Tensor._version": fallback_version,
+    "torch.compiler.disable": fallback_compiler_disable,
+    "torch._dynamo": fallback_dynamo_module,
 }
 
 
