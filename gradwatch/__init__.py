@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from gradwatch.config import at_steps, every, never
 from gradwatch.errors import (
     AllZeroGradWarning,
+    ClipBeforeUnscaleWarning,
     DiscardedGradWarning,
     ExplodingGradWarning,
     GradientError,
@@ -42,6 +43,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree th
 __all__ = [
     "FINDING_KINDS",
     "AllZeroGradWarning",
+    "ClipBeforeUnscaleWarning",
     "DiscardedGradWarning",
     "ExplodingGradWarning",
     "Finding",

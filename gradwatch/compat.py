@@ -114,6 +114,12 @@ FEATURES: dict[str, Feature] = {
         Feature("Tensor._version", "<2.1", "0: in-place updates are not seen"),
         Feature("torch.compiler.disable", "2.1", "hooks not wrapped: a compiled step traces into them"),
         Feature(
+            "torch.amp.GradScaler",
+            "2.3",
+            "torch.cuda.amp.GradScaler, its own class before 2.3 (clipping before unscale_ is checked "
+            "for the scaler classes that define unscale_)",
+        ),
+        Feature(
             "torch._dynamo",
             "2.0",
             "read in sys.modules only: never imported, hooks wrapped with an optimizer",
@@ -228,15 +234,25 @@ def foreach_norm(tensors: Tensors, ord: float = 2.0, dtype: torch.dtype | None =
     return list(_norm([t.to(dtype) for t in tensors], ord))
 
 
-def queue_end_of_backward(callback: Callable[[], None]) -> bool:
+def queue_end_of_backward(callback: Callable[[], None], *, at_end: bool = False) -> bool:
     """Run ``callback()`` once when the backward pass now running ends; False where it cannot be queued.
 
     ``Variable._execution_engine.queue_callback`` (the mechanism ``DistributedDataParallel`` uses to
     finish gradient reduction). Must be called from inside a backward pass. Without it nothing is queued
-    and False is returned: the caller ends the pass at its next boundary.
+    and False is returned: the caller ends the pass at its next boundary. ``at_end``: called from a
+    callback already running at the end of the pass (it then runs after every callback queued so far);
+    False is returned, and nothing queued, outside a backward pass.
     """
-    _fallback_task_state[0] = 0
     queue = _queue
+    if at_end:
+        if queue is None:
+            return False
+        try:
+            queue(callback)
+        except RuntimeError:  # "Final callbacks can only be installed during backward pass"
+            return False
+        return True
+    _fallback_task_state[0] = 0
     if queue is None:
         return False
     queue(callback)
@@ -300,6 +316,23 @@ def dynamo_imported() -> bool:
 _DYNAMO_MODULE = "torch._dynamo"
 
 
+def grad_scaler_classes() -> list[type]:
+    """The loss-scaler classes that define ``unscale_`` themselves, among those already imported.
+
+    ``torch.amp.GradScaler`` (PyTorch 2.3+; ``torch.cuda.amp.GradScaler`` and ``torch.cpu.amp.GradScaler``
+    subclass it there), ``torch.cuda.amp.GradScaler`` where it is its own class (before 2.3), and FSDP's
+    ``ShardedGradScaler`` when its module is already imported (never imported here).
+    """
+    found: list[Any] = []
+    if _available["torch.amp.GradScaler"]:
+        found.append(torch.amp.GradScaler)
+    cuda_amp = getattr(getattr(torch, "cuda", None), "amp", None)
+    found.append(getattr(cuda_amp, "GradScaler", None))
+    sharded = sys.modules.get("torch.distributed.fsdp.sharded_grad_scaler")
+    found.append(getattr(sharded, "ShardedGradScaler", None))
+    return [c for c in dict.fromkeys(found) if isinstance(c, type) and "unscale_" in c.__dict__]
+
+
 def global_rank() -> int:
     """This process's global rank in an initialised ``torch.distributed`` job, else 0 (public APIs)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -328,6 +361,7 @@ def refresh() -> None:
         "Tensor._version": _tensor_has("_version"),
         "torch.compiler.disable": callable(getattr(getattr(torch, "compiler", None), "disable", None)),
         "torch._dynamo": True,  # only looked up in sys.modules: nothing to check
+        "torch.amp.GradScaler": isinstance(getattr(getattr(torch, "amp", None), "GradScaler", None), type),
     }
     has["torch._foreach_norm(dtype=)"] = has["torch._foreach_norm"] and _probe_norm_dtype()
     assert set(has) == set(FEATURES)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "AllZeroGradWarning",
+    "ClipBeforeUnscaleWarning",
     "DiscardedGradWarning",
     "ExplodingGradWarning",
     "GradWatchError",
@@ -95,6 +96,10 @@ class IneffectiveFreezeWarning(GradWatchWarning):
     """Kind ``ineffective_freeze``: a freeze that freezes nothing."""
 
 
+class ClipBeforeUnscaleWarning(GradWatchWarning):
+    """Gradients changed (clipped) while still multiplied by an AMP ``GradScaler``'s scale."""
+
+
 #: Finding kind (the string in ``Finding.kind``) -> the warning class issued for it.
 WARNING_FOR_KIND: dict[str, type[GradWatchWarning]] = {
     "missing_zero_grad": MissingZeroGradWarning,
@@ -106,4 +111,5 @@ WARNING_FOR_KIND: dict[str, type[GradWatchWarning]] = {
     "exploding_grad": ExplodingGradWarning,
     "all_zero_grad": AllZeroGradWarning,
     "ineffective_freeze": IneffectiveFreezeWarning,
+    "clip_before_unscale": ClipBeforeUnscaleWarning,
 }

@@ -21,6 +21,7 @@ FINDING_KINDS: tuple[str, ...] = (
     "no_grad",
     "not_updated",
     "ineffective_freeze",
+    "clip_before_unscale",
     "exploding_grad",
     "vanishing_grad",
     "all_zero_grad",

@@ -15,10 +15,17 @@ Hooks used (see the PyTorch docs of each):
 * ``Variable._execution_engine.queue_callback`` (through :mod:`gradwatch.compat`): run once at the end
   of the current backward pass
   (the mechanism ``DistributedDataParallel`` uses to finish gradient reduction).
+* ``GradScaler.unscale_`` (``torch.amp``): PyTorch has no hook there, so while any watcher asks for it,
+  the method of each scaler class that defines it (:func:`gradwatch.compat.grad_scaler_classes`) is
+  wrapped to call the watchers just before and after the original, for enabled scalers only; the
+  original is put back on the class when the last watcher lets go. Nothing is stored on scaler
+  instances (their pickling and ``state_dict`` are untouched).
 """
 
 from __future__ import annotations
 
+import functools
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +64,21 @@ class HandleGroup:
             self._restore_none_backward.append(tensor)
         self._handles.append(tensor.register_hook(hook))
 
+    def around_unscale(
+        self,
+        before: Callable[[Any, torch.optim.Optimizer], None],
+        after: Callable[[Any, torch.optim.Optimizer], None],
+    ) -> None:
+        """Call ``before(scaler, optimizer)``, ``after(...)`` around each enabled ``GradScaler.unscale_``."""
+        handle = RemovableHandle(_unscale_calls)
+        _unscale_calls[handle.id] = (before, after)
+        self._handles.append(handle)
+        for cls in compat.grad_scaler_classes():
+            if cls not in _unscale_originals:
+                original = cls.__dict__["unscale_"]
+                _unscale_originals[cls] = original
+                cls.unscale_ = _unscale_spy(original)  # type: ignore[attr-defined]
+
     def optimizer_step(
         self,
         optimizer: torch.optim.Optimizer,
@@ -80,12 +102,36 @@ class HandleGroup:
         self._handles.clear()
         self._restore_none.clear()
         self._restore_none_backward.clear()
+        if not _unscale_calls:  # no watcher asks any more: every scaler class as it was
+            for cls, original in _unscale_originals.items():
+                if getattr(cls.__dict__.get("unscale_"), "__wrapped__", None) is original:
+                    cls.unscale_ = original  # type: ignore[attr-defined]
+            _unscale_originals.clear()
 
 
-def queue_end_of_backward(callback: Callable[[], None]) -> bool:
+#: handle id -> (before, after) callbacks of every watcher that asked for ``GradScaler.unscale_``
+_unscale_calls: OrderedDict[int, tuple[Callable[..., None], Callable[..., None]]] = OrderedDict()
+#: scaler class -> its own ``unscale_``, while wrapped
+_unscale_originals: dict[type, Callable[..., None]] = {}
+
+
+def _unscale_spy(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)  # (sets __wrapped__ = original)
+    def unscale_(self: Any, optimizer: torch.optim.Optimizer) -> None:
+        calls = list(_unscale_calls.values()) if _unscale_calls and self.is_enabled() else []
+        for before, _ in calls:
+            before(self, optimizer)
+        original(self, optimizer)
+        for _, after in calls:
+            after(self, optimizer)
+
+    return unscale_
+
+
+def queue_end_of_backward(callback: Callable[[], None], at_end: bool = False) -> bool:
     """Run ``callback()`` once when the backward pass now running finishes; False if it cannot be queued.
 
-    Must be called from inside a backward pass (e.g. from a gradient hook). See
-    :func:`gradwatch.compat.queue_end_of_backward`.
+    Must be called from inside a backward pass (e.g. from a gradient hook), or with ``at_end`` from a
+    callback running at its end. See :func:`gradwatch.compat.queue_end_of_backward`.
     """
-    return compat.queue_end_of_backward(callback)
+    return compat.queue_end_of_backward(callback, at_end=at_end)

@@ -16,6 +16,7 @@ step boundary when no optimizer holds it), and whether it received a new gradien
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,9 @@ class Provenance:
         # while the old tensor is known to be alive or just replaced, where ids cannot be reused.
         self._ref: list[int | None] = [None] * n
         self._ver = [0] * n
+        #: sharded parameters (FSDP2): a weak reference to the ``.grad`` last seen, instead of its id (no
+        #: hook runs before their accumulation, so a freed gradient's id may already be reused)
+        self._seen: dict[int, weakref.ref[torch.Tensor] | None] = {}
         self._param_ver = [0] * n  # the parameter's own version when its last gradient arrived
         #: content includes a gradient the owner already used at step ``used_at[i]``
         self.holds_used = [False] * n
@@ -96,6 +100,31 @@ class Provenance:
     def _observe(self, i: int, g: torch.Tensor | None) -> None:
         self._ref[i] = None if g is None else id(g)
         self._ver[i] = 0 if g is None else compat.version_counter(g)
+        if i in self._seen:
+            self._seen[i] = None if g is None else weakref.ref(g)
+
+    def shard(self, idx: Sequence[int]) -> None:
+        """Parameters ``idx`` are sharded ``DTensor`` s (FSDP2): see :meth:`sharded_accumulated`."""
+        for i in idx:
+            self._seen.setdefault(i, None)
+
+    def sharded_accumulated(self, i: int, param: torch.Tensor) -> None:
+        """A sharded parameter's gradient was written (FSDP2 calls its post-accumulate hooks itself).
+
+        No hook runs before that write, so whether the previous content was kept is read afterwards:
+        FSDP2 adds a new gradient into the local tensor of the existing ``.grad`` (the ``DTensor``
+        object and its version counter are untouched) or installs a new ``DTensor`` when ``.grad`` was
+        ``None``; ``zero_()`` on the ``DTensor`` increments its version. So the content was kept exactly
+        when ``.grad`` is the very object last seen, at the version last seen. (A ``.data.zero_()`` behind
+        the version counter is not seen here: its values are gone by now.)
+        """
+        g = param.grad
+        seen = self._seen.get(i)
+        if self._ref[i] is not None and (
+            g is None or seen is None or seen() is not g or compat.version_counter(g) != self._ver[i]
+        ):
+            self._reset(i, param)
+        self.accumulated(i, param)
 
     def before_accumulate(self, i: int, param: torch.Tensor) -> None:
         """A gradient is about to be accumulated into ``param.grad`` (tensor hook on the leaf).
@@ -128,9 +157,7 @@ class Provenance:
         touching.add(i)
         self.fresh[i] = True
         self._param_ver[i] = compat.version_counter(param)
-        g = param.grad
-        self._ref[i] = None if g is None else id(g)
-        self._ver[i] = 0 if g is None else compat.version_counter(g)
+        self._observe(i, param.grad)
 
     def check(self, i: int, param: torch.Tensor) -> None:
         """Look at ``param.grad`` just before its optimizer steps: notice a reset since the last observation.

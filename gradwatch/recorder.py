@@ -38,6 +38,7 @@ from gradwatch.hooks import HandleGroup, queue_end_of_backward
 from gradwatch.provenance import Provenance
 from gradwatch.records import Column, Part, StepRecord
 from gradwatch.sampling import UpdateSampler
+from gradwatch.sharding import ShardPlan
 from gradwatch.sinks import MemorySink, NullSink, Sink, WarningSink
 from gradwatch.targets import Optimizers, Targets
 
@@ -91,6 +92,7 @@ class _StepState:
         self.order = [-1] * n  # rank of each parameter's first gradient in this step (backward order)
         self.grad_none = [True] * n  # .grad was None (or never read) when the statistics were taken
         self.ranked = 0
+        self.combined = 0  # parts before this one hold whole-tensor values of sharded parameters
 
 
 class Recorder:
@@ -114,11 +116,13 @@ class Recorder:
         self._module = weakref.ref(targets.module) if targets.module is not None else None
         self.params: list[torch.Tensor] | None = None
         self._ids: set[int] = set()
+        self.shards = ShardPlan(self.names, targets.params)  # (raises for DTensors it cannot handle)
         self.optimizers = Optimizers(optimizers, len(self.names))
         self.optimizers.bind(targets.params)
-        self.sampler = UpdateSampler(targets.params, self.optimizers)
+        self.sampler = UpdateSampler(targets.params, self.optimizers, self.shards.dtensors)
         self._keep = config.keeps(self.names)
         self.provenance = Provenance(len(self.names))
+        self.provenance.shard(sorted(self.shards.dtensors))
         self.memory = MemorySink(config.max_history)
         self.board: Sink = NullSink()
         self.sinks: tuple[Sink, ...] = (self.memory, self.board, WarningSink(config.on_finding))
@@ -132,6 +136,11 @@ class Recorder:
         self._closure_before: dict[int, tuple[list[int], stats.Samples]] = {}
         self._graph_checked = False
         self._next_loss: torch.Tensor | float | None = None
+        # (id, version) of each .grad once the last backward pass and its queued work ended (see
+        # _note_grad_versions), compared just before a GradScaler unscales them
+        self._grad_versions: dict[int, tuple[int, int]] = {}
+        self._unscale_seen = False  # a GradScaler unscaled watched gradients
+        self._stepped = False  # a watched optimizer has stepped
         self._eager_tracker_call: Callable[..., None] = self._tracker_call
         self.failed = False
 
@@ -158,14 +167,21 @@ class Recorder:
         wrap = bool(self.optimizers) or compat.dynamo_imported()
         eager = compat.compiler_disable if wrap else _same
         incoming, accumulated = eager(self._on_incoming_grad), eager(self._on_grad)
+        sharded = eager(self._on_sharded_grad)
         self._eager_tracker_call = eager(self._tracker_call)
         try:
             for i, p in enumerate(params):
-                if p.requires_grad:
-                    self._handles.before_accumulate(p, functools.partial(incoming, i, p))
-                    self._handles.post_accumulate_grad(p, functools.partial(accumulated, i))
+                if not p.requires_grad:
+                    continue
+                if i in self.shards.dtensors:  # (FSDP2 runs only their post-accumulate hooks)
+                    self._handles.post_accumulate_grad(p, functools.partial(sharded, i))
+                    continue
+                self._handles.before_accumulate(p, functools.partial(incoming, i, p))
+                self._handles.post_accumulate_grad(p, functools.partial(accumulated, i))
             for opt in self.optimizers:
                 self._handles.optimizer_step(opt, eager(self._on_opt_pre), eager(self._on_opt_post))
+            if self.optimizers:
+                self._handles.around_unscale(eager(self._before_unscale), eager(self._after_unscale))
             self.params = params
             self._ids = {id(p) for p in params}
             self.optimizers.bind(params)
@@ -335,6 +351,17 @@ class Recorder:
 
     @failsafe
     def _on_grad(self, index: int, param: torch.Tensor) -> None:
+        self._arrived(index)
+        self.provenance.accumulated(index, param)
+
+    @failsafe
+    def _on_sharded_grad(self, index: int, param: torch.Tensor) -> None:
+        # (no hook runs before a sharded gradient's accumulation: the tracker ends a closed step here,
+        # before the provenance reads what the new gradient found)
+        self._arrived(index)
+        self.provenance.sharded_accumulated(index, param)
+
+    def _arrived(self, index: int) -> None:
         tracker = self.tracker
         if not tracker.in_backward or tracker.opt_depth or _graph_task() != tracker.task:
             tracker.grad()  # else: a pass already running, outside any optimizer step: nothing to do
@@ -343,7 +370,42 @@ class Recorder:
             cur.received[index] = 1
             cur.order[index] = cur.ranked
             cur.ranked += 1
-        self.provenance.accumulated(index, param)
+
+    @failsafe
+    def _before_unscale(self, _scaler: Any, optimizer: torch.optim.Optimizer) -> None:
+        self._unscale_seen = True
+        owned = self.optimizers.owned_by(optimizer)
+        if not owned or not self.attached:
+            return
+        params = self._live_params()
+        seen = self._grad_versions
+        changed = []
+        for i in owned:
+            g = params[i].grad
+            was = seen.get(i)
+            if g is not None and was is not None and (id(g), compat.version_counter(g)) != was:
+                changed.append(i)
+        if changed:
+            name = self.optimizers.name(optimizer)
+            self.emit(self.suite.unscale(name, changed, self.tracker.step))
+
+    @failsafe
+    def _after_unscale(self, _scaler: Any, optimizer: torch.optim.Optimizer) -> None:
+        owned = self.optimizers.owned_by(optimizer)
+        if owned and self.attached:  # (a second unscale_ before step() raises in torch: no new finding)
+            self._note_grad_versions(owned)
+
+    def _note_grad_versions(self, idx: Sequence[int] | None = None) -> None:
+        """Note (id, version) of the gradients, for the check before ``GradScaler.unscale_``."""
+        params = self._live_params()
+        sharded = self.shards.dtensors
+        seen = self._grad_versions
+        for i in range(len(params)) if idx is None else idx:
+            g = params[i].grad
+            if g is None or i in sharded:
+                seen.pop(i, None)
+            else:
+                seen[i] = (id(g), compat.version_counter(g))
 
     def _on_opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         # the hook's args are step()'s positional arguments, the optimizer itself first
@@ -390,7 +452,13 @@ class Recorder:
             if touched:
                 # (not reused by the statistics: an in-place write through ``.grad.data``, such as
                 # ``p.grad.data.clamp_(-1, 1)``, changes the values without a new version)
-                prov.pass_finite[prov.pass_id] = stats.all_finite([params[i].grad for i in touched])
+                prov.pass_finite[prov.pass_id] = stats.all_finite(self.shards.grads(sorted(touched), params))
+        if self.optimizers and (self._unscale_seen or not self._stepped):
+            # after everything else queued for the end of this pass (DDP writes the reduced gradients
+            # there), note the gradients' versions for the check before GradScaler.unscale_
+            late = functools.partial(self._eager_tracker_call, self._note_grad_versions)
+            if not queue_end_of_backward(late, at_end=True):
+                self._note_grad_versions()
         unowned = self.optimizers.unowned
         if unowned and self.config.every(step):
             before = self.sampler.before(unowned, params) if self.config.update_ratio else None
@@ -436,6 +504,7 @@ class Recorder:
         owned = self.optimizers.owned_by(optimizer)
         if not owned:
             return
+        self._stepped = True
         params = self._live_params()
         name = self.optimizers.name(optimizer)
         findings = []
@@ -448,6 +517,7 @@ class Recorder:
         try:
             if self.config.every(step):
                 self._record_update(optimizer, owned, params, step, backward_inside)
+                self._combine_shards(owned, params)
         finally:
             self.emit(findings)
 
@@ -485,6 +555,18 @@ class Recorder:
         if snap is not None:
             self._cur.parts.extend(self.sampler.after(*snap, params))
 
+    def _combine_shards(self, positions: Sequence[int], params: list[torch.Tensor]) -> None:
+        """Whole-tensor values of the sharded parameters among ``positions``: one collective.
+
+        Runs on every rank at the same point, whatever was measured (see :mod:`gradwatch.sharding`).
+        """
+        cur = self._cur
+        if not self.shards.sharded.intersection(positions):
+            return
+        sampler = self.sampler
+        self.shards.combine(cur.parts, cur.combined, positions, params, sampler.sample_sizes, sampler.strides)
+        cur.combined = len(cur.parts)
+
     def _capture(
         self, idx: list[int], params: list[torch.Tensor], step: int, samples: stats.Samples | None = None
     ) -> None:
@@ -495,7 +577,7 @@ class Recorder:
         """
         cur = self._cur
         param_norms = self.sampler.norms(idx, params, samples)  # (first: follows resized parameters)
-        grads = [params[i].grad for i in idx]
+        grads = self.shards.grads(idx, params)
         for i, g in zip(idx, grads):
             cur.grad_none[i] = g is None
         strides = [self.sampler.strides[i] for i in idx]
@@ -520,9 +602,11 @@ class Recorder:
     def _seal_record(self, cur: _StepState, params: list[torch.Tensor], step: int) -> None:
         if cur.unowned_snap is not None:
             cur.parts.extend(self.sampler.after(*cur.unowned_snap, params))
+        if self.optimizers.unowned:
+            self._combine_shards(self.optimizers.unowned, params)
         param_hist = None
         if self.board.wants_histograms and self.config.histogram_every(step):
-            param_hist = self._histograms(range(len(params)), params)
+            param_hist = self._histograms(range(len(params)), self.shards.values(params))
         grad_hist = self._grad_hist_rows(cur.grad_hist)
         # one device-to-host copy for the whole step (asynchronous; waited for by whoever reads first)
         loss = cur.loss

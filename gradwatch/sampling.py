@@ -21,6 +21,7 @@ import torch
 
 from gradwatch import stats
 from gradwatch.records import Column, Part
+from gradwatch.sharding import local
 from gradwatch.targets import Optimizers
 
 __all__ = ["UpdateSampler"]
@@ -32,6 +33,8 @@ class UpdateSampler:
     Args:
         params: the watched parameters (their shapes set the sample strides).
         optimizers: the watched optimizers (the position lists they own bound the tables kept here).
+        dtensors: positions of ``DTensor`` parameters (FSDP2): shapes are the whole tensor's, samples
+            are taken from this rank's shard (see :mod:`gradwatch.sharding`).
 
     Attributes:
         shapes: each parameter's shape (updated when a parameter is resized).
@@ -40,8 +43,11 @@ class UpdateSampler:
         sample_sizes: entries in each parameter's sample.
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], optimizers: Optimizers) -> None:
+    def __init__(
+        self, params: Sequence[torch.Tensor], optimizers: Optimizers, dtensors: frozenset[int] = frozenset()
+    ) -> None:
         self._optimizers = optimizers
+        self._dtensors = dtensors
         self.set_shapes(params)
         self._views: list[tuple[int, int, torch.Tensor] | None] = [None] * len(self.numels)
         self._views_made = 0  # sample views built so far: a batching layout is valid while this stays
@@ -78,11 +84,18 @@ class UpdateSampler:
         out = []
         for i in idx:
             p = params[i]
+            if i in self._dtensors:
+                if (tuple(p.shape), p.is_complex()) != (self.shapes[i], self._complex[i]):
+                    self.set_shapes(params)
+                p = local(p)  # (this rank's shard: sampled with the whole tensor's stride)
             cached = self._views[i]
             if cached is not None and cached[0] == p.data_ptr() and cached[1] == p.numel():
                 out.append(cached[2])
                 continue
-            if (tuple(p.shape), p.is_complex()) != (self.shapes[i], self._complex[i]):
+            if i not in self._dtensors and (tuple(p.shape), p.is_complex()) != (
+                self.shapes[i],
+                self._complex[i],
+            ):
                 self.set_shapes(params)
             view = stats.sample_view(p, self.strides[i])
             self._views_made += 1

@@ -25,8 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradwatch.errors import GradWatchError
-
 __all__ = ["Optimizers", "Targets", "resolve_optimizers", "resolve_target"]
 
 
@@ -56,21 +54,6 @@ def _describe(obj: Any) -> str:
     return f"{type(obj).__name__} {text[:60] + '...' if len(text) > 60 else text}"
 
 
-def _is_sharded(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a ``DTensor`` (``torch.distributed.tensor``), read from its class alone."""
-    return type(t).__name__ == "DTensor" and type(t).__module__.startswith("torch.distributed")
-
-
-def _check_not_sharded(name: str, t: torch.Tensor, where: str) -> None:
-    if _is_sharded(t):
-        raise GradWatchError(
-            f"{where}: parameter {name!r} is a DTensor (sharded by FSDP2's fully_shard, or by tensor "
-            f"parallelism). gradwatch does not handle sharded parameters yet: its statistics would be those "
-            f"of this rank's shard, not of the parameter. Watch the model under DistributedDataParallel "
-            f"(or without sharding) instead."
-        )
-
-
 def _check_leaf(name: str, t: Any, where: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(
@@ -95,7 +78,6 @@ def _check_leaf(name: str, t: Any, where: str) -> torch.Tensor:
             f"{where}: {name!r} does not require grad ({_describe(t)}), so it can never get a gradient; "
             f"create it with requires_grad=True or call {name}.requires_grad_() before watching it"
         )
-    _check_not_sharded(name, t, where)
     return t
 
 
@@ -107,7 +89,6 @@ def resolve_target(target: Any) -> Targets:
             string, or an object that is none of the accepted kinds.
         ValueError: an empty target, a tensor that does not require grad, or a module with no
             parameter that requires grad.
-        GradWatchError: a parameter is a ``DTensor`` (FSDP2, tensor parallelism): not handled yet.
     """
     if inspect.isclass(target):
         raise TypeError(
@@ -123,7 +104,6 @@ def resolve_target(target: Any) -> Targets:
             if not p.requires_grad:
                 frozen.append(name)
                 continue
-            _check_not_sharded(name, p, "watch()")
             names.append(name)
             params.append(p)
             layers.append(name.rpartition(".")[0])

@@ -73,3 +73,64 @@ def test_steps_the_scaler_skips_are_marked_skipped_not_reported() -> None:
     assert "skipped because the gradients were not finite" in w.report()
     assert len(w.history) == stepped.count(True)  # a skipped iteration merges into the next step
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def _amp_loop(order: str, steps: int = 3, enabled: bool = True, micro: int = 1) -> gw.Watcher:
+    """Train with a GradScaler; ``order`` says what happens between backward() and scaler.step()."""
+    model, opt, batches = _setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, enabled=enabled)
+    with gw.watch(model, opt) as w:
+        for x, y in batches[:steps]:
+            opt.zero_grad()
+            for k in range(micro):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = nn.functional.mse_loss(model(x[k::micro]).float(), y[k::micro]) / micro
+                scaler.scale(loss).backward()
+            if order == "unscale_-clip":  # PyTorch's recipe
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            elif order == "clip-step":  # step() unscales after the clip
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            elif order == "clip-unscale_":
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.unscale_(opt)
+            elif order == "clip_value-step":
+                nn.utils.clip_grad_value_(model[0].parameters(), 0.5)
+            scaler.step(opt)
+            scaler.update()
+    return w
+
+
+@pytest.mark.parametrize("order", ["clip-step", "clip-unscale_", "clip_value-step"])
+def test_clipping_before_unscale_is_reported_once_naming_the_clipped_parameters(order: str) -> None:
+    w = _amp_loop(order)
+    assert [(f.kind, f.step) for f in w.findings] == [("clip_before_unscale", 0)]
+    want = (
+        ("0.weight", "0.bias") if order == "clip_value-step" else ("0.weight", "0.bias", "2.weight", "2.bias")
+    )
+    assert w.findings[0].params == want
+    assert "scaler.unscale_(optimizer); clip_grad_norm_" in w.findings[0].message
+
+
+@pytest.mark.parametrize(
+    ("order", "enabled", "micro"),
+    [("unscale_-clip", True, 1), ("none", True, 1), ("unscale_-clip", True, 2), ("clip-step", False, 1)],
+    ids=["recipe", "no-clip", "recipe-accumulating", "scaler-disabled"],
+)
+def test_unscale_then_clip_and_a_disabled_scaler_are_silent(order: str, enabled: bool, micro: int) -> None:
+    w = _amp_loop(order, enabled=enabled, micro=micro)
+    assert w.findings == []
+    assert len(w.history) == 3
+
+
+def test_the_scaler_class_is_restored_at_close() -> None:
+    original = torch.amp.GradScaler.__dict__["unscale_"]
+    model, opt, _ = _setup()
+    w = gw.watch(model, opt)
+    w2 = gw.watch(model, opt, on_finding="ignore")
+    assert torch.amp.GradScaler.__dict__["unscale_"] is not original  # wrapped while watched
+    w.close()
+    assert torch.amp.GradScaler.__dict__["unscale_"] is not original  # the second watcher still asks
+    w2.close()
+    assert torch.amp.GradScaler.__dict__["unscale_"] is original
+    assert "unscale_" not in vars(torch.amp.GradScaler("cpu"))  # nothing stored on instances

@@ -338,6 +338,40 @@ def fallback_dynamo_module(monkeypatch: pytest.MonkeyPatch) -> None:
     _check_norms(_loop(*_model()))
 
 
+def fallback_grad_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
+    # before 2.3 there is no torch.amp.GradScaler, and torch.cuda.amp.GradScaler is its own class: the
+    # check runs around that class's unscale_ (here a stand-in with the same protocol)
+    monkeypatch.delattr(torch.amp, "GradScaler", raising=False)
+    compat.refresh()
+    assert compat.grad_scaler_classes() == []  # (2.13's torch.cuda.amp.GradScaler only subclasses it)
+
+    class OldScaler:
+        def is_enabled(self) -> bool:
+            return True
+
+        def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad.mul_(0.5)
+
+    monkeypatch.setattr(torch.cuda.amp, "GradScaler", OldScaler)
+    assert compat.grad_scaler_classes() == [OldScaler]
+    original = OldScaler.__dict__["unscale_"]
+    model, opt = _model()
+    scaler = OldScaler()
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for step in range(2):
+            opt.zero_grad()
+            model(torch.ones(2, 6)).pow(2).mean().backward()
+            if step == 1:  # clipped before unscale_
+                nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            scaler.unscale_(opt)
+            opt.step()
+    assert [(f.kind, f.step) for f in w.findings] == [("clip_before_unscale", 1)]
+    assert OldScaler.__dict__["unscale_"] is original  # put back at close
+    _check_norms(_loop(*_model()))
+
+
 #: Feature name (a key of compat.FEATURES) -> the test of its fallback.
 FALLBACK_TESTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "torch._foreach_clone": fallback_foreach_clone,
@@ -358,6 +392,7 @@ FALLBACK_TESTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "Tensor._version": fallback_version,
     "torch.compiler.disable": fallback_compiler_disable,
     "torch._dynamo": fallback_dynamo_module,
+    "torch.amp.GradScaler": fallback_grad_scaler,
 }
 
 

@@ -95,6 +95,14 @@ class Detector:
         """After ``on_boundary``, once those gradients are marked as used."""
         return []
 
+    def on_unscale(self, name: str, changed: Sequence[int], step: int) -> list[Finding]:
+        """An enabled ``GradScaler.unscale_`` is about to unscale the gradients of optimizer ``name``.
+
+        ``changed``: its parameters whose ``.grad`` was written in place or replaced since the end of
+        the last backward pass (while still scaled).
+        """
+        return []
+
     def on_record(self, record: StepRecord) -> list[Finding]:
         """A step record was sealed (its values may be read; this costs a host read on CUDA)."""
         return []

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from gradwatch.detectors.base import Detector, WatchView
+from gradwatch.detectors.clipping import ClipBeforeUnscaleDetector
 from gradwatch.detectors.connectivity import (
     IneffectiveFreezeDetector,
     NoGradDetector,
@@ -49,6 +50,7 @@ _EVENTS = (
     "on_optimizer_used",
     "on_boundary",
     "on_boundary_used",
+    "on_unscale",
     "on_record",
 )
 
@@ -78,6 +80,7 @@ class DetectorSuite:
                 config.persistence, config.vanishing_ratio, config.vanishing_norm, by_layer
             ),
             ExplodingGradDetector(config.persistence, config.exploding_ratio, by_layer),
+            ClipBeforeUnscaleDetector(view),
         ]
         self._view = view
         # event -> bound methods of the detectors that handle it (the base class's no-ops are skipped)
@@ -120,6 +123,10 @@ class DetectorSuite:
     def boundary_used(self, unowned: Sequence[int], step: int) -> list[Finding]:
         """See :meth:`Detector.on_boundary_used`."""
         return self._run("on_boundary_used", unowned, step)
+
+    def unscale(self, name: str, changed: Sequence[int], step: int) -> list[Finding]:
+        """See :meth:`Detector.on_unscale`."""
+        return self._run("on_unscale", name, changed, step)
 
     def add_record(self, record: StepRecord) -> None:
         """Queue a sealed record; :meth:`judge` reads it once its host copy has arrived."""
