@@ -27,8 +27,10 @@ __all__ = [
     "GradWatchError",
     "GradWatchWarning",
     "GradientError",
+    "IneffectiveClipWarning",
     "IneffectiveFreezeWarning",
     "MissingZeroGradWarning",
+    "NewParamWarning",
     "NoGradWarning",
     "NonfiniteGradWarning",
     "NotUpdatedWarning",
@@ -100,6 +102,14 @@ class ClipBeforeUnscaleWarning(GradWatchWarning):
     """Gradients changed (clipped) while still multiplied by an AMP ``GradScaler``'s scale."""
 
 
+class IneffectiveClipWarning(GradWatchWarning):
+    """Kind ``ineffective_clip``: a clip function called with no parameters (an exhausted generator)."""
+
+
+class NewParamWarning(GradWatchWarning):
+    """Kind ``new_param``: parameters that appeared in the model after the watcher attached."""
+
+
 #: Finding kind (the string in ``Finding.kind``) -> the warning class issued for it.
 WARNING_FOR_KIND: dict[str, type[GradWatchWarning]] = {
     "missing_zero_grad": MissingZeroGradWarning,
@@ -112,4 +122,6 @@ WARNING_FOR_KIND: dict[str, type[GradWatchWarning]] = {
     "all_zero_grad": AllZeroGradWarning,
     "ineffective_freeze": IneffectiveFreezeWarning,
     "clip_before_unscale": ClipBeforeUnscaleWarning,
+    "ineffective_clip": IneffectiveClipWarning,
+    "new_param": NewParamWarning,
 }

@@ -22,6 +22,8 @@ FINDING_KINDS: tuple[str, ...] = (
     "not_updated",
     "ineffective_freeze",
     "clip_before_unscale",
+    "ineffective_clip",
+    "new_param",
     "exploding_grad",
     "vanishing_grad",
     "all_zero_grad",

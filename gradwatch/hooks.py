@@ -20,6 +20,11 @@ Hooks used (see the PyTorch docs of each):
   wrapped to call the watchers just before and after the original, for enabled scalers only; the
   original is put back on the class when the last watcher lets go. Nothing is stored on scaler
   instances (their pickling and ``state_dict`` are untouched).
+* ``torch.nn.utils.clip_grad_norm_`` and ``clip_grad_value_``: likewise, no hook; while any watcher asks,
+  the module attributes (``torch.nn.utils`` and ``torch.nn.utils.clip_grad``) are wrappers that turn the
+  ``parameters`` argument into a list once (as the functions do themselves), show it to the watchers,
+  and call the original with that list. A function imported by name before the watcher attached is the
+  original and is not seen.
 """
 
 from __future__ import annotations
@@ -79,6 +84,21 @@ class HandleGroup:
                 _unscale_originals[cls] = original
                 cls.unscale_ = _unscale_spy(original)  # type: ignore[attr-defined]
 
+    def around_clip(self, callback: Callable[[str, list[Any]], None]) -> None:
+        """Call ``callback(function_name, parameters_as_a_list)`` before each call of the clip functions."""
+        handle = RemovableHandle(_clip_calls)
+        _clip_calls[handle.id] = callback
+        self._handles.append(handle)
+        import torch.nn.utils.clip_grad as clip_module
+
+        for module in (torch.nn.utils, clip_module):
+            for name in _CLIP_FUNCTIONS:
+                current = getattr(module, name, None)
+                if current is None or (module, name) in _clip_originals:
+                    continue
+                _clip_originals[(module, name)] = current
+                setattr(module, name, _clip_spy(name, current))
+
     def optimizer_step(
         self,
         optimizer: torch.optim.Optimizer,
@@ -107,12 +127,42 @@ class HandleGroup:
                 if getattr(cls.__dict__.get("unscale_"), "__wrapped__", None) is original:
                     cls.unscale_ = original  # type: ignore[attr-defined]
             _unscale_originals.clear()
+        if not _clip_calls:
+            for (module, name), original in _clip_originals.items():
+                if getattr(getattr(module, name, None), "__wrapped__", None) is original:
+                    setattr(module, name, original)
+            _clip_originals.clear()
 
 
 #: handle id -> (before, after) callbacks of every watcher that asked for ``GradScaler.unscale_``
 _unscale_calls: OrderedDict[int, tuple[Callable[..., None], Callable[..., None]]] = OrderedDict()
 #: scaler class -> its own ``unscale_``, while wrapped
 _unscale_originals: dict[type, Callable[..., None]] = {}
+
+
+#: handle id -> callback of every watcher that asked for the clip functions
+_clip_calls: OrderedDict[int, Callable[[str, list[Any]], None]] = OrderedDict()
+#: (module, function name) -> the original function, while wrapped
+_clip_originals: dict[tuple[Any, str], Callable[..., Any]] = {}
+_CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_")
+
+
+def _clip_spy(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)  # (sets __wrapped__ = original)
+    def clip(*args: Any, **kwargs: Any) -> Any:
+        calls = list(_clip_calls.values())
+        given = args[0] if args else kwargs.get("parameters")
+        if calls and given is not None:
+            params = [given] if isinstance(given, torch.Tensor) else list(given)
+            for callback in calls:
+                callback(name, params)
+            if args:
+                args = (params, *args[1:])
+            else:
+                kwargs["parameters"] = params
+        return original(*args, **kwargs)
+
+    return clip
 
 
 def _unscale_spy(original: Callable[..., None]) -> Callable[..., None]:

@@ -38,7 +38,7 @@ from gradwatch.hooks import HandleGroup, queue_end_of_backward
 from gradwatch.provenance import Provenance
 from gradwatch.records import Column, Part, StepRecord
 from gradwatch.sampling import UpdateSampler
-from gradwatch.sharding import ShardPlan
+from gradwatch.sharding import ShardPlan, is_dtensor
 from gradwatch.sinks import MemorySink, NullSink, Sink, WarningSink
 from gradwatch.targets import Optimizers, Targets
 
@@ -141,6 +141,8 @@ class Recorder:
         self._grad_versions: dict[int, tuple[int, int]] = {}
         self._unscale_seen = False  # a GradScaler unscaled watched gradients
         self._stepped = False  # a watched optimizer has stepped
+        # per optimizer: its frozen parameters with a .grad, and a copy of their sampled entries (pre-hook)
+        self._frozen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._eager_tracker_call: Callable[..., None] = self._tracker_call
         self.failed = False
 
@@ -182,6 +184,7 @@ class Recorder:
                 self._handles.optimizer_step(opt, eager(self._on_opt_pre), eager(self._on_opt_post))
             if self.optimizers:
                 self._handles.around_unscale(eager(self._before_unscale), eager(self._after_unscale))
+            self._handles.around_clip(eager(self._on_clip))
             self.params = params
             self._ids = {id(p) for p in params}
             self.optimizers.bind(params)
@@ -215,6 +218,7 @@ class Recorder:
         try:
             if self.attached:
                 self.flush_step(True)
+                self._emit_closing()
             self._emit_judged()
         finally:
             self.detach()
@@ -250,6 +254,10 @@ class Recorder:
     def flush_step(self, final: bool) -> None:
         """Seal a step whose boundary was seen (with ``final``: any pending backward too)."""
         self.tracker.flush(final)
+
+    @failsafe
+    def _emit_closing(self) -> None:
+        self.emit(self.suite.closing(self.tracker.step))
 
     @failsafe
     def _emit_judged(self) -> None:
@@ -332,6 +340,14 @@ class Recorder:
         """Entries of parameter ``i``'s update sample, or ``None`` when all entries are read."""
         return self.sampler.sampled_size(i)
 
+    def optimizer_positions(self) -> dict[str, Sequence[int]]:
+        """Optimizer name -> positions of the watched parameters it holds."""
+        return dict(self.optimizers.positions())
+
+    def optimizer_holding(self, t: object) -> str | None:
+        """Name of the watched optimizer that holds ``t`` (by identity), or ``None``."""
+        return self.optimizers.holder(t) if isinstance(t, torch.Tensor) else None
+
     def norm_at(self, i: int, step: int) -> float | None:
         """Parameter ``i``'s recorded gradient norm at ``step`` (``None``: not recorded, or dropped)."""
         for record in reversed(self.memory.history):
@@ -372,6 +388,14 @@ class Recorder:
             cur.ranked += 1
 
     @failsafe
+    def _on_clip(self, function: str, params: list[Any]) -> None:
+        if params or not self.attached:
+            return  # (only a call that clips nothing is judged: no per-call cost otherwise)
+        live = self._live_params()
+        intended = [self.names[i] for i, p in enumerate(live) if p.grad is not None]
+        self.emit(self.suite.clip_call(function, params, intended, self.tracker.step))
+
+    @failsafe
     def _before_unscale(self, _scaler: Any, optimizer: torch.optim.Optimizer) -> None:
         self._unscale_seen = True
         owned = self.optimizers.owned_by(optimizer)
@@ -394,6 +418,41 @@ class Recorder:
         owned = self.optimizers.owned_by(optimizer)
         if owned and self.attached:  # (a second unscale_ before step() raises in torch: no new finding)
             self._note_grad_versions(owned)
+
+    def _probe_frozen(self, optimizer: torch.optim.Optimizer) -> None:
+        """Copy the sampled entries of ``optimizer``'s frozen parameters that still have a ``.grad``.
+
+        (Host reads of ``requires_grad`` and ``.grad`` per parameter the optimizer holds; a device copy
+        only for such parameters, which a correct loop does not have.)
+        """
+        probe = []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.requires_grad or p.grad is None or p.is_sparse or is_dtensor(p) or not p.numel():
+                    continue
+                probe.append((p, stats.sample_view(p, stats.sample_stride(p.shape)).clone()))
+        if probe:
+            self._frozen[id(optimizer)] = probe
+        else:
+            self._frozen.pop(id(optimizer), None)
+
+    def _frozen_moved(self, optimizer: torch.optim.Optimizer) -> list[str]:
+        """Names of the probed frozen parameters the step changed (one host read, only when there are any)."""
+        probe = self._frozen.pop(id(optimizer), None)
+        if not probe:
+            return []
+        moved = [
+            p
+            for p, before in probe
+            if not torch.equal(stats.sample_view(p, stats.sample_stride(p.shape)), before)
+        ]
+        if not moved:
+            return []
+        names = {id(p): n for n, p in zip(self.names, self._live_params())}
+        model = self.module()
+        if model is not None and any(id(p) not in names for p in moved):
+            names.update({id(p): n for n, p in model.named_parameters()})
+        return [names.get(id(p), f"<tensor of shape {tuple(p.shape)}>") for p in moved]
 
     def _note_grad_versions(self, idx: Sequence[int] | None = None) -> None:
         """Note (id, version) of the gradients, for the check before ``GradScaler.unscale_``."""
@@ -445,10 +504,10 @@ class Recorder:
         """A backward pass ended; capture what no optimizer will read."""
         params = self._live_params()
         prov = self.provenance
+        touched = prov.touched.get(prov.pass_id)
         if not self.optimizers:
             self._versions = [compat.version_counter(p) for p in params]
         else:  # one device flag per pass: tells an AMP-skipped step from discarded gradients
-            touched = prov.touched.get(prov.pass_id)
             if touched:
                 # (not reused by the statistics: an in-place write through ``.grad.data``, such as
                 # ``p.grad.data.clamp_(-1, 1)``, changes the values without a new version)
@@ -459,6 +518,8 @@ class Recorder:
             late = functools.partial(self._eager_tracker_call, self._note_grad_versions)
             if not queue_end_of_backward(late, at_end=True):
                 self._note_grad_versions()
+        if touched and self.optimizers:
+            self.emit(self.suite.backward_end(sorted(touched), step))
         unowned = self.optimizers.unowned
         if unowned and self.config.every(step):
             before = self.sampler.before(unowned, params) if self.config.update_ratio else None
@@ -476,6 +537,8 @@ class Recorder:
             self.provenance.check(i, params[i])
         name = self.optimizers.name(optimizer)
         findings = []
+        if self.config.every(step):
+            self._probe_frozen(optimizer)
         if self._closure_step:
             # the closure computes this step's gradients inside step() (and may end the previous step
             # first): keep the weights' sample outside the step state, read everything in the post-hook
@@ -514,6 +577,9 @@ class Recorder:
         for i in owned:
             self.provenance.use(i, params[i], step, name, observe=True)
         findings += self.suite.optimizer_used(name, owned, step)
+        moved = self._frozen_moved(optimizer)
+        if moved:
+            findings += self.suite.frozen_moved(name, moved, step)
         try:
             if self.config.every(step):
                 self._record_update(optimizer, owned, params, step, backward_inside)

@@ -289,6 +289,17 @@ class Optimizers:
             owned_any.update(self._owned.get(id(opt), ()))
         self.unowned = [i for i in range(self._n) if i not in owned_any]
 
+    def positions(self) -> dict[str, list[int]]:
+        """Optimizer name -> positions of the watched parameters it holds (alive optimizers only)."""
+        return {self.name(opt): self.owned_by(opt) for opt in self}
+
+    def holder(self, t: torch.Tensor) -> str | None:
+        """Name of the watched optimizer whose ``param_groups`` hold ``t`` (by identity), or ``None``."""
+        for opt in self:
+            if any(p is t for group in opt.param_groups for p in group["params"]):
+                return self.name(opt)
+        return None
+
     def position_lists(self) -> set[tuple[int, ...]]:
         """Every position list in use: one per optimizer, and the unowned one (as last computed)."""
         return {tuple(self.unowned), *(tuple(owned) for owned in self._owned.values())}

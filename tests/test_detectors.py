@@ -56,7 +56,8 @@ def test_nonfinite_origin_is_the_layer_where_nan_is_born() -> None:
     assert "born in layer mid's backward" in f.message
     assert "out.weight" in f.message  # the finite layer nearer the loss is cited as evidence
     assert "the loss itself was finite" in f.message
-    assert "inp.weight" in f.params  # propagated further from the loss
+    assert "inp.weight" not in f.params  # propagated further from the loss: named in the message only
+    assert "Propagated from there into inp.weight" in f.message
     assert "Propagated from there into inp.weight" in f.message
 
 

@@ -57,6 +57,12 @@ class WatchView(Protocol):
     def norm_at(self, i: int, step: int) -> float | None:
         """Parameter ``i``'s recorded gradient norm at ``step``, or ``None`` when not recorded (or gone)."""
 
+    def optimizer_positions(self) -> dict[str, Sequence[int]]:
+        """Optimizer name -> positions of the watched parameters it holds."""
+
+    def optimizer_holding(self, t: object) -> str | None:
+        """Name of the watched optimizer that holds the tensor ``t`` (by identity), or ``None``."""
+
 
 class Detector:
     """Base class of all detectors (events are no-ops; override what you need).
@@ -101,6 +107,14 @@ class Detector:
         ``changed``: its parameters whose ``.grad`` was written in place or replaced since the end of
         the last backward pass (while still scaled).
         """
+        return []
+
+    def on_backward_end(self, touched: Sequence[int], step: int) -> list[Finding]:
+        """A backward pass ended, having accumulated gradients into the parameters ``touched``."""
+        return []
+
+    def on_close(self, step: int) -> list[Finding]:
+        """The watcher is closing (``step``: the last step number in use)."""
         return []
 
     def on_record(self, record: StepRecord) -> list[Finding]:

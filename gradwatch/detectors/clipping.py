@@ -58,3 +58,38 @@ class ClipBeforeUnscaleDetector(Detector):
             f"scaler.step(optimizer); scaler.update()."
         )
         return [Finding("clip_before_unscale", step, tuple(self.names[i] for i in changed), message)]
+
+
+class IneffectiveClipDetector(Detector):
+    """``clip_grad_norm_`` / ``clip_grad_value_`` called with no parameters at all: it clips nothing.
+
+    The usual cause is a generator: ``params = model.parameters()`` is iterated once (by the optimizer's
+    constructor, a parameter count, a loop) and is empty when it reaches the clip, which then silently
+    does nothing (PyTorch issue 148259; recent versions warn, older ones do not). Seen by wrapping the two
+    public functions while a watcher is attached (:meth:`gradwatch.hooks.HandleGroup.around_clip`); a
+    function imported by name (``from torch.nn.utils import clip_grad_norm_``) before the watcher attached
+    is the original and is not seen. Reported once, at the first such call, naming the watched parameters
+    that had gradients then (those the clip was presumably meant for).
+    """
+
+    kinds = ("ineffective_clip",)
+
+    def __init__(self) -> None:
+        self.reported = False
+
+    def clip_call(
+        self, function: str, params: Sequence[object], intended: Sequence[str], step: int
+    ) -> list[Finding]:
+        """``torch.nn.utils.<function>`` got ``params`` (a list); ``intended``: watched params with grads."""
+        if params or self.reported or not intended:
+            return []
+        self.reported = True
+        shown = ", ".join(intended[:6]) + (f" and {len(intended) - 6} more" if len(intended) > 6 else "")
+        message = (
+            f"torch.nn.utils.{function} was called with no parameters at step {step}, so it clipped nothing "
+            f"and {shown} kept their unclipped gradients. The usual cause: a generator such as "
+            f"model.parameters() kept in a variable and already consumed (by the optimizer's constructor, a "
+            f"count, an earlier loop). Fix: pass model.parameters() at the call "
+            f"({function}(model.parameters(), ...)) or keep a list: params = list(model.parameters())."
+        )
+        return [Finding("ineffective_clip", step, tuple(intended), message)]

@@ -361,6 +361,26 @@ class IneffectiveFreezeDetector(Detector):
     def on_attach(self, step: int) -> list[Finding]:  # noqa: D102
         return self.check(step)
 
+    def frozen_moved(self, optimizer: str, names: Sequence[str], step: int) -> list[Finding]:
+        """Frozen parameters (``requires_grad=False``) that ``optimizer``'s step changed anyway.
+
+        They are still in its ``param_groups`` with a ``.grad`` tensor (zeros left from before the
+        freeze, or from ``zero_grad(set_to_none=False)``), and every PyTorch optimizer steps a parameter
+        whose ``.grad`` is not ``None``: momentum and weight decay keep moving it.
+        """
+        new = [n for n in names if n not in self.reported]
+        if not new:
+            return []
+        self.reported.update(new)
+        message = (
+            f"{_short(new)} are frozen (requires_grad=False), yet optimizer {optimizer} changed them at step "
+            f"{step}: it still holds them with a .grad tensor (zeros left from before the freeze), so "
+            f"momentum and weight decay keep moving them. Fix: set p.grad = None for each frozen parameter "
+            f"(zero_grad(set_to_none=True), the default, does it), or build the optimizer from "
+            f"[p for p in model.parameters() if p.requires_grad]."
+        )
+        return [Finding("ineffective_freeze", step, tuple(new), message)]
+
     def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
         self.seen += 1
         if self.seen % self.recheck_every:

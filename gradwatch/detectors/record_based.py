@@ -30,12 +30,14 @@ def _short(names: Sequence[str], limit: int = 6) -> str:
 class NonfiniteGradDetector(Detector):
     """NaN or +-Inf in a gradient, with its origin in backward order; or a weight that became non-finite.
 
-    The *origin* is the layer of the parameter nearest the loss, in the order the backward pass reached
+        The *origin* is the layer of the parameter nearest the loss, in the order the backward pass reached
     the parameters (recorded by the post-accumulate hooks), whose gradient holds NaN/Inf. If layers
     nearer the loss have finite gradients the value was born in the origin layer's backward; parameters
     further from the loss then only received it by propagation. Reported at the first step where it
-    happens; later steps only name parameters not named before. Cost: none beyond the step's statistics
-    (the NaN/Inf counts are part of them); no anomaly mode.
+    happens, naming the origin's parameters (those it propagated into are listed in the message). A
+    later step is reported only if none of the parameters named before is still non-finite (else the new
+    ones got it from there, e.g. through weights the first one's update made NaN). Cost: none beyond the
+    step's statistics (the NaN/Inf counts are part of them); no anomaly mode.
     """
 
     kinds = ("nonfinite_grad",)
@@ -56,7 +58,9 @@ class NonfiniteGradDetector(Detector):
             nearer = [n for n in params if order.get(n, math.inf) < order.get(ranked[0], math.inf)]
             nearer_finite = [n for n in nearer if n not in bad]
             new = [n for n in ranked if n not in self.reported]
-            if new:
+            # still non-finite where it was reported before (weights made NaN by that step's update): the
+            # new names only received it from there, not a new origin
+            if new and not any(n in self.reported for n in bad):
                 self.reported.update(new)
                 propagated = [n for n in params if n in bad and n not in origin]
                 if nearer_finite:
@@ -91,7 +95,7 @@ class NonfiniteGradDetector(Detector):
                     "origin layer's forward (add an epsilon: torch.sqrt(x + 1e-8), x.clamp_min(eps)), "
                     "overflow in fp16 (use bf16 or torch.amp.GradScaler), or a too-high learning rate."
                 )
-                names = tuple(origin + [n for n in propagated if n in new])
+                names = tuple(origin)  # (the parameters it propagated into are in the message)
                 findings.append(Finding("nonfinite_grad", record.step, names, message))
         else:
             # finite gradients, but the update made a weight non-finite

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from gradwatch.detectors.base import Detector, WatchView
-from gradwatch.detectors.clipping import ClipBeforeUnscaleDetector
+from gradwatch.detectors.clipping import ClipBeforeUnscaleDetector, IneffectiveClipDetector
 from gradwatch.detectors.connectivity import (
     IneffectiveFreezeDetector,
     NoGradDetector,
     NotUpdatedDetector,
     loss_graph_leaves,
 )
+from gradwatch.detectors.membership import NeverSteppedDetector, NewParamDetector
 from gradwatch.detectors.record_based import (
     AllZeroGradDetector,
     ExplodingGradDetector,
@@ -51,6 +52,8 @@ _EVENTS = (
     "on_boundary",
     "on_boundary_used",
     "on_unscale",
+    "on_backward_end",
+    "on_close",
     "on_record",
 )
 
@@ -68,12 +71,14 @@ class DetectorSuite:
         self.discarded = DiscardedGradDetector(view)
         self.no_grad = NoGradDetector(view, config.no_grad_steps)
         self.not_updated = NotUpdatedDetector(view, config.not_updated_steps)
+        self.freeze = IneffectiveFreezeDetector(view)
+        self.clipping = IneffectiveClipDetector()
         self.detectors: list[Detector] = [
             MissingZeroGradDetector(view),
             self.discarded,
             self.no_grad,
             self.not_updated,
-            IneffectiveFreezeDetector(view),
+            self.freeze,
             NonfiniteGradDetector(),
             AllZeroGradDetector(config.all_zero_steps),
             VanishingGradDetector(
@@ -81,6 +86,9 @@ class DetectorSuite:
             ),
             ExplodingGradDetector(config.persistence, config.exploding_ratio, by_layer),
             ClipBeforeUnscaleDetector(view),
+            self.clipping,
+            NeverSteppedDetector(view),
+            NewParamDetector(view),
         ]
         self._view = view
         # event -> bound methods of the detectors that handle it (the base class's no-ops are skipped)
@@ -127,6 +135,24 @@ class DetectorSuite:
     def unscale(self, name: str, changed: Sequence[int], step: int) -> list[Finding]:
         """See :meth:`Detector.on_unscale`."""
         return self._run("on_unscale", name, changed, step)
+
+    def backward_end(self, touched: Sequence[int], step: int) -> list[Finding]:
+        """See :meth:`Detector.on_backward_end`."""
+        return self._run("on_backward_end", touched, step)
+
+    def closing(self, step: int) -> list[Finding]:
+        """See :meth:`Detector.on_close`."""
+        return self._run("on_close", step)
+
+    def frozen_moved(self, optimizer: str, names: Sequence[str], step: int) -> list[Finding]:
+        """Frozen parameters (``requires_grad=False``) that ``optimizer``'s step changed anyway."""
+        return self.freeze.frozen_moved(optimizer, names, step)
+
+    def clip_call(
+        self, function: str, params: Sequence[object], intended: Sequence[str], step: int
+    ) -> list[Finding]:
+        """``torch.nn.utils.<function>`` was called on ``params`` (a list, however it was given)."""
+        return self.clipping.clip_call(function, params, intended, step)
 
     def add_record(self, record: StepRecord) -> None:
         """Queue a sealed record; :meth:`judge` reads it once its host copy has arrived."""
