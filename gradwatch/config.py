@@ -2,7 +2,8 @@
 
 Schedules decide at which steps something happens. A schedule is any ``Callable[[int], bool]`` taking
 the watcher step; :func:`every` and :func:`at_steps` build the common ones, and an ``int`` ``n`` given
-to an option means ``every(n)`` (``0`` or ``None`` means never).
+to an option means ``every(n)`` (``0`` or ``None`` means never, except for ``every`` itself, which must
+record something: pass ``never`` explicitly).
 """
 
 from __future__ import annotations
@@ -153,6 +154,9 @@ def _schedule(name: str, value: Any) -> Schedule:
 
 _WRITER_METHODS = ("add_scalar", "add_histogram_raw", "add_text", "flush")
 
+#: Largest ``histogram_bins`` accepted (TensorBoard's histogram dashboard shows about 30 buckets).
+MAX_HISTOGRAM_BINS = 1024
+
 
 @dataclass(frozen=True)
 class Config:
@@ -174,9 +178,10 @@ class Config:
             TensorBoard events on global rank 0 only (default ``True``): every rank records the same
             global gradients and makes the same findings, and one writer per folder keeps TensorBoard
             readable. ``False``: every rank writes (give each its own ``logdir``).
-        every: statistics schedule (int period, schedule callable or ``None``); default every step.
+        every: statistics schedule: an int period >= 1 or a schedule callable; default 1 (every step).
+            ``gradwatch.never`` records nothing (the hooks and the zero_grad checks still run).
         histogram_every: histogram schedule (needs ``logdir`` or ``writer``); default every 100 steps.
-        histogram_bins: buckets per histogram, default 30 (TensorBoard's own default).
+        histogram_bins: buckets per histogram, 1 to 1024; default 30 (TensorBoard's own default).
         max_history: number of :class:`~gradwatch.StepRecord` kept in ``Watcher.history``; default 1000
             (about 80 bytes per parameter tensor each, plus kept gradients).
         on_finding: ``"warn"`` (default), ``"raise"`` or ``"ignore"``; the environment variable
@@ -195,10 +200,10 @@ class Config:
         all_zero_steps: ``all_zero_grad`` window in recorded steps (default 5).
         not_updated_steps: ``not_updated`` window for held-but-unchanged parameters (default 5).
         persistence: recorded steps in a row a vanishing/exploding rule must hold (default 5).
-        vanishing_ratio: first/last layer gradient-norm ratio below which gradients vanish (1e-3,
-            AutoTrainer, ICSE 2021).
+        vanishing_ratio: first/last layer gradient-norm ratio below which gradients vanish, in (0, 1)
+            (1e-3, AutoTrainer, ICSE 2021).
         vanishing_norm: first-layer gradient norm below which gradients vanish (1e-4, AutoTrainer).
-        exploding_ratio: first/last layer gradient-norm ratio above which gradients explode (70,
+        exploding_ratio: first/last layer gradient-norm ratio above which gradients explode, > 1 (70,
             AutoTrainer); also the growth factor of TheDeepChecker's sustained-growth rule.
 
     Raises:
@@ -244,6 +249,13 @@ class Config:
                     f"writer must be a torch.utils.tensorboard.SummaryWriter (or one with the same methods); "
                     f"{type(self.writer).__name__} lacks {', '.join(missing)}"
                 )
+        if self.every is None or self.every is False or (type(self.every) is int and self.every == 0):
+            raise ValueError(
+                f"every={self.every!r} would record no step at all while the hooks stay attached (and the "
+                f"zero_grad checks still run); every must be an int >= 1 (1 = every step, the default) or "
+                f"a schedule such as gradwatch.every(10). To watch nothing, do not attach a watcher (or "
+                f"w.detach()); to switch only recording off, pass every=gradwatch.never explicitly."
+            )
         put("every", _schedule("every", self.every))
         put("histogram_every", _schedule("histogram_every", self.histogram_every))
         for name, low in (
@@ -260,6 +272,12 @@ class Config:
                 raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        if self.histogram_bins > MAX_HISTOGRAM_BINS:
+            raise ValueError(
+                f"histogram_bins must be between 1 and {MAX_HISTOGRAM_BINS}, got {self.histogram_bins}: each "
+                f"histogram step holds bins x parameters counts on the device, and TensorBoard's histogram "
+                f"dashboard shows about 30 buckets (its own default, and gradwatch's)"
+            )
         for name in ("vanishing_ratio", "vanishing_norm", "exploding_ratio"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -267,6 +285,18 @@ class Config:
             if not value > 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
             put(name, float(value))
+        if not self.vanishing_ratio < 1:
+            raise ValueError(
+                f"vanishing_ratio must be in (0, 1), got {self.vanishing_ratio}: it is the first/last layer "
+                f"gradient-norm ratio *below* which gradients vanish (default 1e-3, AutoTrainer); at 1 or "
+                f"above every healthy network would be reported"
+            )
+        if not self.exploding_ratio > 1:
+            raise ValueError(
+                f"exploding_ratio must be > 1, got {self.exploding_ratio}: it is the first/last layer "
+                f"gradient-norm ratio (and growth factor) *above* which gradients explode (default 70, "
+                f"AutoTrainer); at 1 or below every healthy network would be reported"
+            )
         if self.on_finding not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_finding must be 'warn', 'raise' or 'ignore', got {self.on_finding!r}")
         for name in ("update_ratio", "rank_zero_only"):

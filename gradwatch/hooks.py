@@ -42,21 +42,42 @@ from gradwatch import compat
 __all__ = ["HandleGroup", "queue_end_of_backward"]
 
 
+#: (kind, id of a tensor) -> [was its hook dictionary None before any group hooked it, groups holding it]
+#: (ids, not weak references: a weak reference to a parameter makes torch.utils.swap_tensors refuse it;
+#: every entry lives only while some group holds the tensor, so an id cannot be reused meanwhile)
+_hooked: dict[tuple[str, int], list[Any]] = {}
+
+
+def watched_elsewhere(tensor: torch.Tensor) -> bool:
+    """Whether a gradwatch hook group (another watcher) already holds hooks on ``tensor``."""
+    return ("post_accumulate", id(tensor)) in _hooked
+
+
 class HandleGroup:
-    """Owner of every hook gradwatch registers; ``remove()`` is idempotent."""
+    """Owner of every hook gradwatch registers; ``remove()`` is idempotent.
+
+    Several groups may hook the same tensor (two watchers of one model): whichever removes its hooks
+    last puts ``None`` back where the tensor had no hook dictionary before the first one, in any order.
+    """
 
     def __init__(self) -> None:
         self._handles: list[RemovableHandle] = []
-        self._restore_none: list[torch.Tensor] = []
-        self._restore_none_backward: list[torch.Tensor] = []
+        self._held: list[tuple[str, torch.Tensor]] = []
 
     def __len__(self) -> int:
         return len(self._handles)
 
+    def _hold(self, tensor: torch.Tensor, kind: str) -> None:
+        entry = _hooked.get((kind, id(tensor)))
+        if entry is None:
+            _hooked[(kind, id(tensor))] = [compat.hook_dict(tensor, kind) is None, 1]
+        else:
+            entry[1] += 1
+        self._held.append((kind, tensor))
+
     def post_accumulate_grad(self, tensor: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> None:
         """Register ``hook(tensor)`` to run after each gradient accumulation into ``tensor.grad``."""
-        if compat.hook_dict(tensor, "post_accumulate") is None:
-            self._restore_none.append(tensor)
+        self._hold(tensor, "post_accumulate")
         self._handles.append(tensor.register_post_accumulate_grad_hook(hook))
 
     def before_accumulate(self, tensor: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> None:
@@ -65,8 +86,7 @@ class HandleGroup:
         (``Tensor.register_hook`` on a leaf; it also runs for ``torch.autograd.grad`` calls that take the
         leaf as an input, which accumulate nothing.) The hook must return ``None``.
         """
-        if compat.hook_dict(tensor, "backward") is None:
-            self._restore_none_backward.append(tensor)
+        self._hold(tensor, "backward")
         self._handles.append(tensor.register_hook(hook))
 
     def around_unscale(
@@ -113,15 +133,17 @@ class HandleGroup:
         """Remove every hook; tensors that had no hook dictionary get ``None`` back."""
         for handle in self._handles:
             handle.remove()
-        for tensor in self._restore_none:
-            if not compat.hook_dict(tensor, "post_accumulate"):
-                compat.reset_hook_dict(tensor, "post_accumulate")
-        for tensor in self._restore_none_backward:
-            if not compat.hook_dict(tensor, "backward"):
-                compat.reset_hook_dict(tensor, "backward")
+        for kind, tensor in self._held:
+            entry = _hooked.get((kind, id(tensor)))
+            if entry is None:
+                continue
+            entry[1] -= 1
+            if entry[1] <= 0:  # the last group holding it: as it was before any of them
+                del _hooked[(kind, id(tensor))]
+                if entry[0] and not compat.hook_dict(tensor, kind):
+                    compat.reset_hook_dict(tensor, kind)
         self._handles.clear()
-        self._restore_none.clear()
-        self._restore_none_backward.clear()
+        self._held.clear()
         if not _unscale_calls:  # no watcher asks any more: every scaler class as it was
             for cls, original in _unscale_originals.items():
                 if getattr(cls.__dict__.get("unscale_"), "__wrapped__", None) is original:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -34,12 +35,13 @@ from gradwatch.config import Config
 from gradwatch.detectors.suite import DetectorSuite
 from gradwatch.errors import GradientError, GradWatchError, GradWatchWarning
 from gradwatch.findings import Finding, Suppressions
-from gradwatch.hooks import HandleGroup, queue_end_of_backward
+from gradwatch.hooks import HandleGroup, queue_end_of_backward, watched_elsewhere
 from gradwatch.provenance import Provenance
 from gradwatch.records import Column, Part, StepRecord
 from gradwatch.sampling import UpdateSampler
 from gradwatch.sharding import ShardPlan, is_dtensor
 from gradwatch.sinks import MemorySink, NullSink, Sink, WarningSink
+from gradwatch.sinks.warn import user_stacklevel
 from gradwatch.targets import Optimizers, Targets
 
 __all__ = ["Recorder", "failsafe"]
@@ -159,6 +161,15 @@ class Recorder:
             GradWatchError: the watched model no longer exists, or lost watched parameters.
         """
         params = self._resolve_params()
+        if any(watched_elsewhere(p) for p in params):
+            warnings.warn(
+                "gradwatch: these parameters are already watched by another watcher that is still attached "
+                "(a notebook cell run twice?), so both record every step and every finding is reported "
+                "twice. Close the old one first (w.close()), or open watchers with `with "
+                "gradwatch.watch(...) as w:` so they close themselves.",
+                GradWatchWarning,
+                stacklevel=user_stacklevel(),
+            )
         # Every function through which torch calls into gradwatch always runs eagerly
         # (torch.compiler.disable): called while a torch.compile'd train step runs (a tensor hook or the
         # end-of-backward callback during its eager backward(), an optimizer hook inside its compiled
@@ -518,7 +529,7 @@ class Recorder:
             late = functools.partial(self._eager_tracker_call, self._note_grad_versions)
             if not queue_end_of_backward(late, at_end=True):
                 self._note_grad_versions()
-        if touched and self.optimizers:
+        if touched:
             self.emit(self.suite.backward_end(sorted(touched), step))
         unowned = self.optimizers.unowned
         if unowned and self.config.every(step):

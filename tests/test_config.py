@@ -20,6 +20,11 @@ from gradwatch.config import Config, every, never
         ({"every": True}, TypeError, "ambiguous"),
         ({"every": "often"}, TypeError, "every must be an int step period"),
         ({"histogram_bins": 0}, ValueError, "histogram_bins must be >= 1"),
+        ({"histogram_bins": 10**9}, ValueError, "histogram_bins must be between 1 and 1024"),
+        ({"every": 0}, ValueError, r"every=0 would record no step at all.*gradwatch.never"),
+        ({"every": None}, ValueError, r"every=None would record no step at all"),
+        ({"vanishing_ratio": 5}, ValueError, r"vanishing_ratio must be in \(0, 1\), got 5.0"),
+        ({"exploding_ratio": 0.5}, ValueError, "exploding_ratio must be > 1, got 0.5"),
         ({"max_history": 2.5}, TypeError, "max_history must be an int"),
         ({"start_step": -3}, ValueError, "start_step must be >= 0"),
         ({"persistence": True}, TypeError, "persistence must be an int"),
@@ -42,6 +47,10 @@ def test_a_config_is_never_built_invalid(options: dict, error: type, match: str)
         Config(**options)
 
 
+def test_every_accepts_never_explicitly() -> None:
+    assert Config(every=gw.never).every is gw.never
+
+
 def test_logdir_and_writer_exclude_each_other(tmp_path: pathlib.Path) -> None:
     class Writer:
         def add_scalar(self) -> None: ...
@@ -61,14 +70,14 @@ def test_values_are_normalised_and_normalising_again_changes_nothing(tmp_path: p
         histogram_every=0,
         keep_grads="0.weight",
         suppress={"no_grad": "head.*", "all_zero_grad": []},
-        vanishing_ratio=1,
+        vanishing_ratio=0.5,
     )
     assert c.logdir == str(tmp_path)
     assert isinstance(c.every, every) and [k for k in range(7) if c.every(k)] == [0, 3, 6]
     assert c.histogram_every is never
     assert c.keep_grads == frozenset({"0.weight"})
     assert c.suppress == (("no_grad", ("head.*",)), ("all_zero_grad", ("*",)))
-    assert c.vanishing_ratio == 1.0 and isinstance(c.vanishing_ratio, float)
+    assert c.vanishing_ratio == 0.5 and isinstance(c.vanishing_ratio, float)
     again = dataclasses.replace(c)  # runs __post_init__ on normalised values
     assert again == c
     assert Config(suppress=["no_grad"]).suppress == (("no_grad", ("*",)),)

@@ -17,7 +17,6 @@ from gradwatch.findings import Finding
 
 if TYPE_CHECKING:  # pragma: no cover
     from gradwatch.detectors.base import WatchView
-    from gradwatch.records import StepRecord
 
 __all__ = ["NeverSteppedDetector", "NewParamDetector"]
 
@@ -62,6 +61,8 @@ class NeverSteppedDetector(Detector):
         return []
 
     def on_backward_end(self, touched: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+        if len(self.stepped | self.reported) >= len(self.view.optimizer_names()):
+            return []  # every optimizer has stepped (or was reported): nothing left to count
         hit = set(touched)
         findings = []
         for name, owned in self.view.optimizer_positions().items():
@@ -104,12 +105,12 @@ class NewParamDetector(Detector):
     A layer built inside ``forward()`` is a new, untrained module at every call and is in no optimizer;
     a head added to the model after the optimizer was built is in no optimizer either, unless it was
     added with ``add_param_group``. Either way gradwatch does not watch it. Read from
-    ``named_parameters()`` on the first three recorded steps and every ``recheck_every`` recorded steps
+    ``named_parameters()`` at the end of the first three backward passes and of every ``recheck_every``-th
     after that; reported as ``new_param`` once per name, saying whether a watched optimizer holds it.
 
     Args:
         view: the watched module, parameter names, and the optimizers' parameters.
-        recheck_every: recorded steps between scans after the first three.
+        recheck_every: backward passes between scans after the first three.
     """
 
     kinds = ("new_param",)
@@ -121,7 +122,7 @@ class NewParamDetector(Detector):
         self.seen = 0
         self.reported: set[str] = set()
 
-    def on_record(self, record: StepRecord) -> list[Finding]:  # noqa: D102
+    def on_backward_end(self, touched: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
         self.seen += 1
         if self.seen > 3 and self.seen % self.recheck_every:
             return []
@@ -142,19 +143,18 @@ class NewParamDetector(Detector):
         findings = []
         if orphans:
             message = (
-                f"{_short(orphans)} appeared in the model after gradwatch attached (by step {record.step}) "
-                f"and no watched optimizer holds them, so they never train. A layer created inside "
-                f"forward() is also a new, untrained layer at every call. Fix: create every layer in "
-                f"__init__ (or call the model once before building the optimizer), build the optimizer "
-                f"from the complete model (or optimizer.add_param_group for a head added later), then "
-                f"watch it."
+                f"{_short(orphans)} appeared in the model after gradwatch attached (by step {step}) and no "
+                f"watched optimizer holds them, so they never train. A layer created inside forward() is "
+                f"also a new, untrained layer at every call. Fix: create every layer in __init__ (or call "
+                f"the model once before building the optimizer), build the optimizer from the complete "
+                f"model (or optimizer.add_param_group for a head added later), then watch it."
             )
-            findings.append(Finding("new_param", record.step, tuple(orphans), message))
+            findings.append(Finding("new_param", step, tuple(orphans), message))
         for holder, names in held.items():
             message = (
-                f"{_short(names)} appeared in the model after gradwatch attached (by step {record.step}); "
-                f"optimizer {holder} holds and trains them, but gradwatch does not watch them. Fix: watch "
-                f"the model once it is complete (w.close(), then gradwatch.watch(model, optimizer) again)."
+                f"{_short(names)} appeared in the model after gradwatch attached (by step {step}); optimizer "
+                f"{holder} holds and trains them, but gradwatch does not watch them. Fix: watch the model "
+                f"once it is complete (w.close(), then gradwatch.watch(model, optimizer) again)."
             )
-            findings.append(Finding("new_param", record.step, tuple(names), message))
+            findings.append(Finding("new_param", step, tuple(names), message))
         return findings

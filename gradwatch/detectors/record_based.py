@@ -71,7 +71,10 @@ class NonfiniteGradDetector(Detector):
                 else:
                     born = (
                         f"already present in the first layer the backward pass reached "
-                        f"({origin_layer or '<root>'}): born there or in the loss itself"
+                        f"({origin_layer or '<root>'}): born there, in the loss, or in the forward pass "
+                        f"(a softmax over a row masked entirely with -inf, exp of an unbounded log-variance, "
+                        f"cosine_similarity of a zero vector; torch.autograd.detect_anomaly() for one step "
+                        f"names the op)"
                     )
                 loss = record.loss
                 loss_text = (

@@ -14,7 +14,7 @@ from gradwatch.findings import Finding
 from gradwatch.records import StepRecord
 from gradwatch.sinks.base import HistRows
 
-__all__ = ["WarningSink"]
+__all__ = ["WarningSink", "user_stacklevel"]
 
 log = logging.getLogger("gradwatch")
 
@@ -28,7 +28,7 @@ _SKIP = (
 _FRAMEWORKS = ("lightning", "pytorch_lightning", "transformers", "accelerate")
 
 
-def _user_stacklevel() -> int:
+def user_stacklevel() -> int:
     """``stacklevel`` that attributes a warning to the user's own code.
 
     That is the first frame outside gradwatch, torch and the training frameworks (Lightning,
@@ -85,6 +85,6 @@ class WarningSink:
         if self.policy == "warn":
             log.info("%s", finding)
             category = WARNING_FOR_KIND.get(finding.kind, GradWatchWarning)
-            warnings.warn(str(finding), category, stacklevel=_user_stacklevel())
+            warnings.warn(str(finding), category, stacklevel=user_stacklevel())
         else:
             log.debug("%s", finding)
