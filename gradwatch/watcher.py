@@ -15,6 +15,8 @@ import functools
 import logging
 import numbers
 import os
+import signal
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -48,6 +50,55 @@ def _close_all_at_exit() -> None:  # pragma: no cover - runs at interpreter exit
             w.close()
         except Exception:
             log.exception("gradwatch: closing a watcher at exit failed")
+
+
+#: The SIGTERM handler that was installed before gradwatch's, while gradwatch's is installed.
+_sigterm_before: list[Any] = []
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (how clusters pre-empt jobs): write what the watchers hold, then do what was there before.
+
+    Without a handler of the user's (the default action terminates the process), every live watcher is
+    closed, which records the last step and flushes the event files, and the signal is delivered again
+    with the default action, so the process ends as it would have (killed by SIGTERM). With a handler of
+    the user's, the watchers are only flushed (training may go on) and that handler is called. An
+    ignored SIGTERM stays ignored.
+    """
+    previous = _sigterm_before[0] if _sigterm_before else signal.SIG_DFL
+    terminating = not callable(previous) and previous != signal.SIG_IGN
+    for w in list(_LIVE):
+        try:
+            w.close() if terminating else w.flush()
+        except Exception:
+            log.exception("gradwatch: writing a watcher's events on SIGTERM failed")
+    if callable(previous):
+        previous(signum, frame)
+    elif terminating:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_sigterm() -> None:
+    """Put :func:`_on_sigterm` in front of the current SIGTERM handler (main thread only; once)."""
+    if _sigterm_before or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # no SIGTERM here, or not allowed: events flush at exit
+        return
+    _sigterm_before.append(previous)
+
+
+def _release_sigterm() -> None:
+    """Put the previous SIGTERM handler back once no watcher is live (unless another replaced ours)."""
+    if not _sigterm_before or _LIVE or threading.current_thread() is not threading.main_thread():
+        return
+    previous = _sigterm_before.pop()
+    with contextlib.suppress(ValueError, OSError):
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 class Watcher:
@@ -127,7 +178,11 @@ class Watcher:
             ``self``.
 
         Raises:
-            GradWatchError: the watcher was closed, or the watched model no longer exists.
+            GradWatchError: the watcher was closed, or the watched model no longer exists; or
+                ``logdir`` was given and TensorBoard is not installed (install ``gradwatch[tensorboard]``),
+                or ``logdir`` cannot hold event files (a file in the way, a parent that is a file, no
+                permission, a read-only file system): the message names the path and what to do. No hook
+                is left registered.
         """
         if self.disabled or self._recorder.attached:
             return self
@@ -135,6 +190,7 @@ class Watcher:
             raise GradWatchError("this Watcher is closed; create a new one with gradwatch.watch(...)")
         findings = self._recorder.attach()
         _LIVE.add(self)
+        _install_sigterm()
         self._recorder.emit(findings)
         return self
 
@@ -155,7 +211,10 @@ class Watcher:
             return
         self._closed = True
         _LIVE.discard(self)
-        self._recorder.close()
+        try:
+            self._recorder.close()
+        finally:
+            _release_sigterm()
 
     def flush(self) -> None:
         """Record a step whose boundary was seen and wait until the writer has written everything."""

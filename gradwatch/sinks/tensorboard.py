@@ -14,7 +14,6 @@ and ``gradwatch/findings`` (text). ``global_step`` is always the watcher's step.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -25,11 +24,13 @@ import struct
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from gradwatch.errors import GradWatchError, GradWatchWarning
 from gradwatch.findings import Finding
 from gradwatch.records import StepRecord
 from gradwatch.sinks.base import HistRows
@@ -40,8 +41,9 @@ log = logging.getLogger("gradwatch")
 
 _STOP = object()
 
-#: Steps the writer thread may fall behind before a step's TensorBoard output is dropped (the history
-#: in memory keeps every record). Bounds the memory the queue can hold.
+#: Steps the writer thread may fall behind (bounds the memory the queue holds). Beyond it, a step's
+#: histograms are left out (thinned, counted, one warning) and its scalars wait for room: training
+#: slows down to the writer's pace (backpressure); no scalar and no finding is ever dropped.
 MAX_PENDING = 256
 
 
@@ -142,6 +144,54 @@ def _stock_crc(data: bytes) -> int:
     return int(masked_crc32c(data))
 
 
+def _open_writer(logdir: str | None) -> Any:
+    """TensorBoard's ``SummaryWriter`` on ``logdir`` (created if missing).
+
+    Raises:
+        GradWatchError: TensorBoard is not installed, or ``logdir`` cannot hold an event file (a file
+            is in the way, a parent is a file, no permission, a read-only file system); the message
+            names the option, the path and what to do.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # lazy: imports tensorboard
+    except ImportError as err:
+        raise GradWatchError(
+            f"logdir={logdir!r} asks for TensorBoard event files, but TensorBoard is not installed "
+            f"({type(err).__name__}: {err}). Install it with pip install 'gradwatch[tensorboard]' (or pip "
+            f"install tensorboard), or leave logdir out to record in memory only (w.history, w.findings)."
+        ) from err
+    try:
+        return SummaryWriter(log_dir=logdir)
+    except OSError as err:
+        what = err.strerror or str(err)
+        where = err.filename or logdir
+        raise GradWatchError(
+            f"logdir={logdir!r}: gradwatch cannot write TensorBoard event files there ({type(err).__name__}: "
+            f"{what}: {where!r}). Pass logdir= a folder you can write to (it is created if missing), e.g. "
+            f"logdir='runs/exp1', or leave logdir out to record in memory only."
+        ) from err
+
+
+#: Every sink not closed yet (a forked child disowns them: see _disown_in_child).
+_OPEN: weakref.WeakSet[TensorBoardSink] = weakref.WeakSet()
+
+
+def _disown_in_child() -> None:
+    """In a child made by ``os.fork()``: leave the parent's writers alone.
+
+    The child has no writer thread (threads do not survive a fork) and shares the parent's open event
+    files, so it writes nothing to them and does not wait for, flush or close them: its exit is
+    immediate. Its watchers keep recording in memory (``w.history``, ``w.findings``).
+    """
+    for sink in list(_OPEN):
+        sink.failed = True
+        sink._closed = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_in_child)
+
+
 class TensorBoardSink:
     """Writes records and findings to a ``SummaryWriter`` on a daemon thread.
 
@@ -157,9 +207,7 @@ class TensorBoardSink:
 
     def __init__(self, logdir: str | None = None, writer: Any = None) -> None:
         if writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # lazy: imports tensorboard
-
-            writer = SummaryWriter(log_dir=logdir)
+            writer = _open_writer(logdir)
             native_event_checksums(writer)
             self._owned = True
         else:
@@ -168,31 +216,53 @@ class TensorBoardSink:
         self.failed = False
         self._nonfinite: set[str] = set()  # parameters whose last written nan/inf count was nonzero
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=MAX_PENDING)
-        self.dropped = 0
+        #: steps whose histograms were left out because the writer was MAX_PENDING steps behind
+        self.thinned = 0
+        #: times a step waited for the writer (scalars are never dropped)
+        self.waited = 0
         self._thread = threading.Thread(target=self._run, name="gradwatch-tensorboard", daemon=True)
         self._thread.start()
         self._closed = False
+        _OPEN.add(self)
 
     # -- training thread -------------------------------------------------------------------------
     def write_step(self, record: StepRecord, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
-        """Queue the scalars of ``record`` and the histogram buffers (rows from :func:`stats.histograms`)."""
+        """Queue the scalars of ``record`` and the histogram buffers (rows from :func:`stats.histograms`).
+
+        When the writer is :data:`MAX_PENDING` steps behind (a slow or network disk), the step's
+        histograms are left out (counted in :attr:`thinned`, one warning) and its scalars wait for room
+        in the queue: nothing but histograms is ever dropped, and memory stays bounded.
+        """
         if self.failed or self._closed:
             record._read_by("sink")
             return
         try:
             self._queue.put_nowait(lambda: self._write_step(record, grad_hist, param_hist))
+            return
         except queue.Full:
-            record._read_by("sink")
-            self.dropped += 1
-            if self.dropped == 1:
-                log.warning(
-                    "gradwatch: the TensorBoard writer is %d steps behind; dropping step %d's "
-                    "TensorBoard output (and later ones while it stays behind) rather than slowing "
-                    "training or "
-                    "growing memory. Record less often (every=...) to keep everything.",
-                    MAX_PENDING,
-                    record.step,
+            pass
+        if grad_hist is not None or param_hist is not None:
+            self.thinned += 1
+            if self.thinned == 1:
+                warnings.warn(
+                    f"gradwatch: the TensorBoard writer is {MAX_PENDING} steps behind (a slow disk?): "
+                    f"histograms are left out while it catches up (step {record.step} first; the count is "
+                    f"logged at close), and steps wait for it rather than lose scalars. Histogram less often "
+                    f"(histogram_every=...) or record less often (every=...) to keep up.",
+                    GradWatchWarning,
+                    stacklevel=2,
                 )
+        self.waited += 1
+        self._put(lambda: self._write_step(record, None, None))
+
+    def _put(self, item: Any) -> None:
+        """Queue ``item``, waiting for room (backpressure) unless the writer thread has stopped."""
+        while not self.failed and self._thread.is_alive():
+            try:
+                self._queue.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                continue
 
     def write_finding(self, finding: Finding) -> None:
         """Queue a finding as a text entry under ``gradwatch/findings``.
@@ -210,8 +280,7 @@ class TensorBoardSink:
                 }
             ).replace("--", "\\u002d\\u002d")  # (no "--" inside an HTML comment)
             text = f"**{finding.kind}**: {finding.message}\n\n<!-- gradwatch-finding {exact} -->"
-            with contextlib.suppress(queue.Full):  # it stays in Watcher.findings either way
-                self._queue.put_nowait(lambda: self.writer.add_text("gradwatch/findings", text, finding.step))
+            self._put(lambda: self.writer.add_text("gradwatch/findings", text, finding.step))
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Wait until everything queued is written, then flush the writer to disk."""
@@ -229,6 +298,13 @@ class TensorBoardSink:
         if self._closed:
             return
         self.flush()
+        if self.thinned:
+            log.warning(
+                "gradwatch: %d step(s) were written without their histograms because the TensorBoard "
+                "writer was %d steps behind; every scalar and finding was written",
+                self.thinned,
+                MAX_PENDING,
+            )
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout=60.0)
