@@ -180,7 +180,9 @@ class Config:
             readable. ``False``: every rank writes (give each its own ``logdir``).
         every: statistics schedule: an int period >= 1 or a schedule callable; default 1 (every step).
             ``gradwatch.never`` records nothing (the hooks and the zero_grad checks still run).
-        histogram_every: histogram schedule (needs ``logdir`` or ``writer``); default every 100 steps.
+        histogram_every: histogram schedule (needs ``logdir`` or ``writer``); default every 20 steps
+            (a 70-step run gets 4 slices, a 1,000-step run 50; the GPU benchmark's "histograms every 20
+            steps" configuration), plus the last recorded step at close.
         histogram_bins: buckets per histogram, 1 to 1024; default 30 (TensorBoard's own default).
         max_history: number of :class:`~gradwatch.StepRecord` kept in ``Watcher.history``; default 1000
             (about 80 bytes per parameter tensor each, plus kept gradients).
@@ -216,7 +218,7 @@ class Config:
     writer: Any = None
     rank_zero_only: bool = True
     every: Schedule = 1  # type: ignore[assignment]  # normalised in __post_init__
-    histogram_every: Schedule = 100  # type: ignore[assignment]
+    histogram_every: Schedule = 20  # type: ignore[assignment]
     histogram_bins: int = 30
     max_history: int = 1000
     on_finding: OnFinding = "warn"

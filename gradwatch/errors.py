@@ -28,6 +28,7 @@ __all__ = [
     "GradWatchWarning",
     "GradientError",
     "IneffectiveClipWarning",
+    "LrTooHighWarning",
     "IneffectiveFreezeWarning",
     "MissingZeroGradWarning",
     "NewParamWarning",
@@ -106,6 +107,10 @@ class IneffectiveClipWarning(GradWatchWarning):
     """Kind ``ineffective_clip``: a clip function called with no parameters (an exhausted generator)."""
 
 
+class LrTooHighWarning(GradWatchWarning):
+    """Kind ``lr_too_high``: updates as large as the weights (the learning rate is far too high)."""
+
+
 class NewParamWarning(GradWatchWarning):
     """Kind ``new_param``: parameters that appeared in the model after the watcher attached."""
 
@@ -124,4 +129,5 @@ WARNING_FOR_KIND: dict[str, type[GradWatchWarning]] = {
     "clip_before_unscale": ClipBeforeUnscaleWarning,
     "ineffective_clip": IneffectiveClipWarning,
     "new_param": NewParamWarning,
+    "lr_too_high": LrTooHighWarning,
 }

@@ -24,6 +24,7 @@ FINDING_KINDS: tuple[str, ...] = (
     "clip_before_unscale",
     "ineffective_clip",
     "new_param",
+    "lr_too_high",
     "exploding_grad",
     "vanishing_grad",
     "all_zero_grad",

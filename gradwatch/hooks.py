@@ -104,10 +104,17 @@ class HandleGroup:
                 _unscale_originals[cls] = original
                 cls.unscale_ = _unscale_spy(original)  # type: ignore[attr-defined]
 
-    def around_clip(self, callback: Callable[[str, list[Any]], None]) -> None:
-        """Call ``callback(function_name, parameters_as_a_list)`` before each call of the clip functions."""
+    def around_clip(
+        self,
+        before: Callable[[str, list[Any]], None],
+        after: Callable[[str, list[Any], Any], None],
+    ) -> None:
+        """Call ``before(name, params)`` and ``after(name, params, result)`` around each clip call.
+
+        ``params``: the ``parameters`` argument as a list; ``result``: what the function returned.
+        """
         handle = RemovableHandle(_clip_calls)
-        _clip_calls[handle.id] = callback
+        _clip_calls[handle.id] = (before, after)
         self._handles.append(handle)
         import torch.nn.utils.clip_grad as clip_module
 
@@ -163,7 +170,7 @@ _unscale_originals: dict[type, Callable[..., None]] = {}
 
 
 #: handle id -> callback of every watcher that asked for the clip functions
-_clip_calls: OrderedDict[int, Callable[[str, list[Any]], None]] = OrderedDict()
+_clip_calls: OrderedDict[int, tuple[Callable[..., None], Callable[..., None]]] = OrderedDict()
 #: (module, function name) -> the original function, while wrapped
 _clip_originals: dict[tuple[Any, str], Callable[..., Any]] = {}
 _CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_")
@@ -174,15 +181,19 @@ def _clip_spy(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def clip(*args: Any, **kwargs: Any) -> Any:
         calls = list(_clip_calls.values())
         given = args[0] if args else kwargs.get("parameters")
-        if calls and given is not None:
-            params = [given] if isinstance(given, torch.Tensor) else list(given)
-            for callback in calls:
-                callback(name, params)
-            if args:
-                args = (params, *args[1:])
-            else:
-                kwargs["parameters"] = params
-        return original(*args, **kwargs)
+        if not calls or given is None:
+            return original(*args, **kwargs)
+        params = [given] if isinstance(given, torch.Tensor) else list(given)
+        for before, _ in calls:
+            before(name, params)
+        if args:
+            args = (params, *args[1:])
+        else:
+            kwargs["parameters"] = params
+        result = original(*args, **kwargs)
+        for _, after in calls:
+            after(name, params, result)
+        return result
 
     return clip
 

@@ -31,15 +31,15 @@ from torch import nn
 
 from gradwatch import compat, stats
 from gradwatch.boundaries import StepTracker, _graph_task
-from gradwatch.config import Config
+from gradwatch.config import Config, never
 from gradwatch.detectors.suite import DetectorSuite
 from gradwatch.errors import GradientError, GradWatchError, GradWatchWarning
-from gradwatch.findings import Finding, Suppressions
+from gradwatch.findings import FINDING_KINDS, Finding, Suppressions
 from gradwatch.hooks import HandleGroup, queue_end_of_backward, watched_elsewhere
 from gradwatch.provenance import Provenance
 from gradwatch.records import Column, Part, StepRecord
 from gradwatch.sampling import UpdateSampler
-from gradwatch.sharding import ShardPlan, is_dtensor
+from gradwatch.sharding import ShardPlan, is_dtensor, local
 from gradwatch.sinks import MemorySink, NullSink, Sink, WarningSink
 from gradwatch.sinks.warn import user_stacklevel
 from gradwatch.targets import Optimizers, Targets
@@ -95,6 +95,8 @@ class _StepState:
         self.grad_none = [True] * n  # .grad was None (or never read) when the statistics were taken
         self.ranked = 0
         self.combined = 0  # parts before this one hold whole-tensor values of sharded parameters
+        # ids of the parameters a clip function was given -> the total norm it measured before clipping
+        self.unclipped: dict[tuple[int, ...], torch.Tensor] = {}
 
 
 class Recorder:
@@ -136,15 +138,19 @@ class Recorder:
         self._versions: list[int] = []
         self._closure_step = False  # the optimizer step in progress was given a closure (LBFGS)
         self._closure_before: dict[int, tuple[list[int], stats.Samples]] = {}
+        self._closure_owned: set[int] = set()  # positions of optimizers stepped with a closure
         self._graph_checked = False
         self._next_loss: torch.Tensor | float | None = None
         # (id, version) of each .grad once the last backward pass and its queued work ended (see
         # _note_grad_versions), compared just before a GradScaler unscales them
         self._grad_versions: dict[int, tuple[int, int]] = {}
+        self._value_clip_norm: torch.Tensor | None = None  # the norm clip_grad_value_ is about to clip
         self._unscale_seen = False  # a GradScaler unscaled watched gradients
         self._stepped = False  # a watched optimizer has stepped
         # per optimizer: its frozen parameters with a .grad, and a copy of their sampled entries (pre-hook)
         self._frozen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._recorded: list[int] = []  # first and last recorded step, and how many: [first, last, count]
+        self._hist_step = -1  # the last step whose histograms were written
         self._eager_tracker_call: Callable[..., None] = self._tracker_call
         self.failed = False
 
@@ -195,7 +201,7 @@ class Recorder:
                 self._handles.optimizer_step(opt, eager(self._on_opt_pre), eager(self._on_opt_post))
             if self.optimizers:
                 self._handles.around_unscale(eager(self._before_unscale), eager(self._after_unscale))
-            self._handles.around_clip(eager(self._on_clip))
+            self._handles.around_clip(eager(self._on_clip), eager(self._after_clip))
             self.params = params
             self._ids = {id(p) for p in params}
             self.optimizers.bind(params)
@@ -230,7 +236,9 @@ class Recorder:
             if self.attached:
                 self.flush_step(True)
                 self._emit_closing()
+                self._last_histograms()
             self._emit_judged()
+            self._summarise()
         finally:
             self.detach()
             for sink in self.sinks:
@@ -265,6 +273,48 @@ class Recorder:
     def flush_step(self, final: bool) -> None:
         """Seal a step whose boundary was seen (with ``final``: any pending backward too)."""
         self.tracker.flush(final)
+
+    @failsafe
+    def _last_histograms(self) -> None:
+        """Histograms of the last recorded step at close, when its schedule left it without them.
+
+        Weights as they are at close; gradients as ``.grad`` holds them at close (the last step's,
+        unless the loop zeroed them after its last ``optimizer.step()``, in which case there are none).
+        One host read; only at close.
+        """
+        if (
+            not self.board.wants_histograms
+            or self.config.histogram_every is never
+            or not self._recorded
+            or self._recorded[1] == self._hist_step
+        ):
+            return
+        step = self._recorded[1]
+        params = self._live_params()
+        every = range(len(params))
+        grads = self._histograms(every, self.shards.grads(every, params))
+        weights = self._histograms(every, self.shards.values(params))
+        named = [
+            None if h is None else ([self.names[i] for i in h[0]], h[1].cpu().double())
+            for h in (grads, weights)
+        ]
+        self._hist_step = step
+        self.board.write_histograms(step, named[0], named[1])
+
+    @failsafe
+    def _summarise(self) -> None:
+        """One line for the run, at close: to TensorBoard's Text tab and the ``"gradwatch"`` logger."""
+        first, last, count = self._recorded or (None, None, 0)
+        kinds = sorted({f.kind for f in self.memory.findings})
+        found = len(self.memory.findings)
+        text = (
+            f"gradwatch: {count} step(s) recorded"
+            + (f" (steps {first}-{last})" if count else "")
+            + f", {len(self.names)} parameter(s) watched, {len(FINDING_KINDS)} checks run, "
+            + (f"{found} finding(s): {', '.join(kinds)}." if found else "0 findings.")
+        )
+        for sink in self.sinks:
+            sink.write_summary(text, last if last is not None else self.tracker.step)
 
     @failsafe
     def _emit_closing(self) -> None:
@@ -351,6 +401,14 @@ class Recorder:
         """Entries of parameter ``i``'s update sample, or ``None`` when all entries are read."""
         return self.sampler.sampled_size(i)
 
+    def closure_stepped(self) -> set[int]:
+        """Positions held by an optimizer whose ``step()`` was given a closure (LBFGS)."""
+        return self._closure_owned
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        """Parameter ``i``'s shape (the whole tensor's, for a sharded parameter)."""
+        return self.sampler.shapes[i]
+
     def optimizer_positions(self) -> dict[str, Sequence[int]]:
         """Optimizer name -> positions of the watched parameters it holds."""
         return dict(self.optimizers.positions())
@@ -400,11 +458,37 @@ class Recorder:
 
     @failsafe
     def _on_clip(self, function: str, params: list[Any]) -> None:
-        if params or not self.attached:
-            return  # (only a call that clips nothing is judged: no per-call cost otherwise)
-        live = self._live_params()
-        intended = [self.names[i] for i, p in enumerate(live) if p.grad is not None]
-        self.emit(self.suite.clip_call(function, params, intended, self.tracker.step))
+        if not self.attached:
+            return
+        if not params:  # a clip that clips nothing
+            live = self._live_params()
+            intended = [self.names[i] for i, p in enumerate(live) if p.grad is not None]
+            self.emit(self.suite.clip_call(function, params, intended, self.tracker.step))
+            return
+        self._value_clip_norm = None
+        if function == "clip_grad_value_" and any(id(p) in self._ids for p in params):
+            # clip_grad_value_ returns nothing: measure the norm it is about to clip (device work only)
+            grads = [local(p.grad) for p in params if isinstance(p, torch.Tensor) and p.grad is not None]
+            if grads:
+                norms = [n.to(grads[0].device, torch.float64) for n in compat.foreach_norm(grads, 2)]
+                self._value_clip_norm = torch.linalg.vector_norm(torch.stack(norms))
+
+    @failsafe
+    def _after_clip(self, function: str, params: list[Any], result: Any) -> None:
+        """Keep the total norm the clip measured; without an optimizer, read the clipped gradients."""
+        if not self.attached or not params or not any(id(p) in self._ids for p in params):
+            return
+        total = result if function == "clip_grad_norm_" else self._value_clip_norm
+        if isinstance(total, torch.Tensor):
+            self._cur.unclipped[tuple(sorted(id(p) for p in params))] = total.detach()
+        step = self.tracker.step
+        unowned = self.optimizers.unowned
+        if unowned and self.config.every(step):  # read at the end of backward, before this clip: again
+            clipped = {id(p) for p in params}
+            live = self._live_params()
+            idx = [i for i in unowned if id(live[i]) in clipped]
+            if idx:
+                self._capture(idx, live, step)
 
     @failsafe
     def _before_unscale(self, _scaler: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -551,6 +635,7 @@ class Recorder:
         if self.config.every(step):
             self._probe_frozen(optimizer)
         if self._closure_step:
+            self._closure_owned.update(owned)
             # the closure computes this step's gradients inside step() (and may end the previous step
             # first): keep the weights' sample outside the step state, read everything in the post-hook
             self._closure_before[id(optimizer)] = (owned, self.sampler.before(owned, params))
@@ -684,18 +769,28 @@ class Recorder:
         param_hist = None
         if self.board.wants_histograms and self.config.histogram_every(step):
             param_hist = self._histograms(range(len(params)), self.shards.values(params))
+            self._hist_step = step
+        rec = self._recorded
+        self._recorded = [step, step, 1] if not rec else [rec[0], step, rec[2] + 1]
         grad_hist = self._grad_hist_rows(cur.grad_hist)
         # one device-to-host copy for the whole step (asynchronous; waited for by whoever reads first)
         loss = cur.loss
+        unclipped = None
+        if cur.unclipped:  # clip calls on disjoint parameters: sqrt(sum of squares)
+            totals = list(cur.unclipped.values())
+            unclipped = torch.linalg.vector_norm(
+                torch.stack([t.to(totals[0].device, torch.float64) for t in totals])
+            )
         host, singles, event = _to_host(
             [t for _, _, t in cur.parts],
             [
                 loss if isinstance(loss, torch.Tensor) else None,
                 None if grad_hist is None else grad_hist[1],
                 None if param_hist is None else param_hist[1],
+                unclipped,
             ],
         )
-        host_loss, grad_rows, param_rows = singles
+        host_loss, grad_rows, param_rows, host_unclipped = singles
         record = StepRecord(
             step=step,
             names=self.names,
@@ -709,6 +804,7 @@ class Recorder:
             order=cur.order,
             grad_none=cur.grad_none,
             sample_sizes=self.sampler.sample_sizes,
+            unclipped=None if host_unclipped is None else host_unclipped.reshape(()),
         )
         if grad_hist is not None and grad_rows is not None:
             grad_hist = (grad_hist[0], grad_rows)

@@ -140,6 +140,7 @@ class StepRecord:
         "_params",
         "_parts",
         "_sample_sizes",
+        "_unclipped",
         "_waiting",
         "step",
     )
@@ -159,6 +160,7 @@ class StepRecord:
         order: Sequence[int] = (),
         grad_none: Sequence[bool] = (),
         sample_sizes: Sequence[int] = (),
+        unclipped: float | torch.Tensor | None = None,
     ) -> None:
         """Build a record (gradwatch does; users read records from ``Watcher.history``).
 
@@ -176,6 +178,8 @@ class StepRecord:
             order: per parameter, its rank in the backward order (-1: no gradient this step).
             grad_none: per parameter, whether ``.grad`` was ``None`` when the statistics were taken.
             sample_sizes: per parameter, the entries its sampled statistics read (default: all).
+            unclipped: the total gradient norm the step's clip functions measured before clipping (a
+                number or a scalar tensor being copied to the host), or ``None`` when none ran.
         """
         self.step = step
         self._loss = loss
@@ -191,6 +195,7 @@ class StepRecord:
         self._order = order
         self._grad_none = grad_none
         self._sample_sizes = sample_sizes
+        self._unclipped = unclipped
         self._layer_map: dict[str, str] | None = None
         #: values derived from the record that several detectors read, computed once (dropped with params)
         self._derived: dict[str, Any] = {}
@@ -330,8 +335,28 @@ class StepRecord:
 
     @property
     def total_grad_norm(self) -> float:
-        """L2 norm of all watched gradients together (as ``torch.nn.utils.clip_grad_norm_`` computes it)."""
+        """L2 norm of all watched gradients together (as ``torch.nn.utils.clip_grad_norm_`` computes it).
+
+        Of the gradients as the update used them: after clipping, when the loop clips.
+        """
         return math.sqrt(sum(s.grad_norm**2 for s in self.params.values()))
+
+    @property
+    def unclipped_total_grad_norm(self) -> float | None:
+        """The total gradient norm before clipping, or ``None`` when no clip function ran in this step.
+
+        What ``torch.nn.utils.clip_grad_norm_`` returned (the norm it clipped against; after
+        ``GradScaler.unscale_`` under AMP, where the recipe clips), or for ``clip_grad_value_`` the norm
+        measured just before it; several clip calls on disjoint parameters in one step combine as
+        ``sqrt(sum of squares)``. Lightning's ``gradient_clip_val`` and the Hugging Face Trainer's
+        ``max_grad_norm`` call ``clip_grad_norm_``. Equal to :attr:`total_grad_norm` when the clip did
+        not need to rescale.
+        """
+        if self._unclipped is not None and not isinstance(self._unclipped, float):
+            if self._event is not None and not self._event.query():
+                self._event.synchronize()  # the copy is not done yet: wait for it
+            self._unclipped = float(self._unclipped)
+        return self._unclipped
 
     def __repr__(self) -> str:
         loss = "None" if self.loss is None else f"{self.loss:.6g}"

@@ -215,8 +215,8 @@ def _one_optimizer(opt: Any, where: str) -> list[torch.optim.Optimizer]:
         )
     raise TypeError(
         f"{where} must be a torch.optim.Optimizer, a list of them, or None; got {_describe(opt)}. "
-        f"Without an optimizer, mark steps with @w.train_step or w.step(), or let gradwatch see the "
-        f"in-place updates of your parameters"
+        f"Without an optimizer, mark steps with the watcher's train_step decorator or its step(), or let "
+        f"gradwatch see the in-place updates of your parameters"
     )
 
 

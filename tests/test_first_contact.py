@@ -163,3 +163,162 @@ def test_sigterm_writes_the_last_step_and_keeps_the_users_handler(tmp_path, hand
         )  # the user's handler ran, training went on
         assert steps == [0, 1, 2, 3, 4]
         assert "HANDLER-AFTER-CLOSE __main__" in out.stdout  # the user's handler is back after close
+
+
+def test_a_clean_run_writes_a_summary_and_the_last_steps_histograms(tmp_path, caplog) -> None:
+    import logging
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, opt = _model()
+    with caplog.at_level(logging.INFO, logger="gradwatch"), gw.watch(model, opt, logdir=tmp_path) as w:
+        for _ in range(69):
+            opt.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            opt.step()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0, "tensors": 0}).Reload()
+    # the default schedule (every 20 steps) and the last step at close
+    assert [e.step for e in acc.Histograms("gradients/0.weight")] == [0, 20, 40, 60, 68]
+    assert [e.step for e in acc.Histograms("parameters/1.bias")] == [0, 20, 40, 60, 68]
+    # the last step's gradient histogram holds .grad as it was at close (the step's gradient): its count
+    last = acc.Histograms("gradients/0.weight")[-1].histogram_value
+    assert last.num == 16 and last.sum == pytest.approx(float(model[0].weight.grad.sum()), rel=1e-5, abs=1e-7)
+    [summary] = acc.Tensors("gradwatch/summary/text_summary")
+    text = summary.tensor_proto.string_val[0].decode()
+    from gradwatch.findings import FINDING_KINDS
+
+    checks = len(FINDING_KINDS)
+    want = f"gradwatch: 69 step(s) recorded (steps 0-68), 4 parameter(s) watched, {checks} checks run, "
+    want += "0 findings."
+    assert text == want
+    assert summary.step == 68
+    assert any(r.getMessage() == text for r in caplog.records)
+    assert w.findings == []
+
+
+def test_history_exports_to_dicts_and_a_dataframe() -> None:
+    import json
+    import math
+
+    model, opt = _model()
+    with gw.watch(model, opt) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            w.record_loss(loss)
+            loss.backward()
+            opt.step()
+    dicts = w.history.to_dicts()
+    assert json.loads(json.dumps(dicts)) == dicts  # plain data
+    assert [d["step"] for d in dicts] == [0, 1, 2]
+    for d, r in zip(dicts, w.history):
+        assert d["loss"] == r.loss and d["total_grad_norm"] == r.total_grad_norm
+        assert d["layers"] == dict(r.layers)
+        assert set(d["params"]) == set(model.state_dict())
+        assert d["params"]["0.weight"]["grad_norm"] == r.params["0.weight"].grad_norm
+        assert "grad" not in d["params"]["0.weight"]
+    df = w.history.to_dataframe()
+    assert len(df) == 3 * 4 and list(df.columns[:4]) == ["step", "param", "layer", "loss"]
+    row = df[(df.step == 1) & (df.param == "1.bias")].iloc[0]
+    want = w.history.by_step(1).params["1.bias"]
+    assert row.layer == "1" and math.isclose(row.grad_norm, want.grad_norm) and row.has_grad == want.has_grad
+    assert math.isclose(row.update_ratio, want.update_ratio)
+
+
+@pytest.mark.parametrize("lr", [10.0, 30.0, 3.0])
+def test_a_learning_rate_far_too_high_is_named_within_a_couple_of_steps(lr: float) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    x = torch.randn(64, 8)
+    y = x.sum(1, keepdim=True)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(12):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            w.record_loss(loss)
+            loss.backward()
+            opt.step()
+    first = w.findings[0]
+    assert (first.kind, first.step) == ("lr_too_high", 0)  # before any other finding
+    assert f"the learning rate ({lr:g}) is far too high" in first.message and "CS231n" in first.message
+    assert set(first.params) <= {"0.weight", "2.weight", "4.weight"}  # weight matrices only
+
+
+@pytest.mark.parametrize("lr", [0.1, 0.01])
+def test_a_working_learning_rate_is_not_reported(lr: float) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    x = torch.randn(64, 8)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(40):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), x.sum(1, keepdim=True)).backward()
+            opt.step()
+    assert w.findings == []
+
+
+def _grad_norm(model: nn.Module) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in model.parameters()])))
+
+
+@pytest.mark.parametrize("clip", ["norm", "value", "none"])
+def test_the_unclipped_total_norm_is_recorded_beside_what_the_optimizer_used(clip: str) -> None:
+    model, opt = _model()
+    before, after = [], []
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for k in range(4):
+            opt.zero_grad()
+            (10.0**k * model(torch.randn(8, 4)).pow(2).mean()).backward()
+            before.append(_grad_norm(model))
+            if clip == "norm":
+                returned = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+                assert float(returned) == pytest.approx(before[-1], rel=1e-6)
+            elif clip == "value":
+                torch.nn.utils.clip_grad_value_(model.parameters(), 0.01)
+            after.append(_grad_norm(model))
+            opt.step()
+    for record, b, a in zip(w.history, before, after):
+        assert record.total_grad_norm == pytest.approx(a, rel=1e-6)  # what the optimizer used
+        if clip == "none":
+            assert record.unclipped_total_grad_norm is None
+        else:
+            assert record.unclipped_total_grad_norm == pytest.approx(b, rel=1e-6)
+    if clip == "norm":
+        assert [round(r.total_grad_norm, 4) for r in w.history][1:] == [0.5] * 3  # pinned at the threshold
+
+
+def test_explosions_are_judged_on_the_unclipped_norm_and_written_to_tensorboard(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, opt = _model()
+    with gw.watch(model, opt, on_finding="ignore", logdir=tmp_path) as w:
+        for k in range(8):
+            opt.zero_grad()
+            (3.0**k * model(torch.randn(8, 4)).pow(2).mean()).backward()  # gradients x3 a step
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    assert "exploding_grad" in {f.kind for f in w.findings}  # (the clipped total stays at 1.0)
+    acc = EventAccumulator(str(tmp_path)).Reload()
+    unclipped = [e.value for e in acc.Scalars("grad_norm/total_unclipped")]
+    assert unclipped == pytest.approx([r.unclipped_total_grad_norm for r in w.history], rel=1e-6)
+
+
+def test_without_an_optimizer_grad_norm_is_also_after_clipping() -> None:
+    model, _ = _model()
+    before, after = [], []
+    with gw.watch(model, on_finding="ignore") as w:
+        for _ in range(3):
+            model(torch.randn(8, 4)).pow(2).mean().mul(100).backward()
+            before.append(_grad_norm(model))
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            after.append(_grad_norm(model))
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.01 * p.grad
+                    p.grad = None
+    assert [r.step for r in w.history] == [0, 1, 2]
+    for record, b, a in zip(w.history, before, after):
+        assert record.total_grad_norm == pytest.approx(a, rel=1e-6)  # the same meaning as with an optimizer
+        assert record.unclipped_total_grad_norm == pytest.approx(b, rel=1e-6)

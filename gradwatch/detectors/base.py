@@ -57,6 +57,12 @@ class WatchView(Protocol):
     def norm_at(self, i: int, step: int) -> float | None:
         """Parameter ``i``'s recorded gradient norm at ``step``, or ``None`` when not recorded (or gone)."""
 
+    def closure_stepped(self) -> set[int]:
+        """Positions held by an optimizer whose ``step()`` was given a closure (LBFGS)."""
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        """Parameter ``i``'s shape (the whole tensor's, for a sharded parameter)."""
+
     def optimizer_positions(self) -> dict[str, Sequence[int]]:
         """Optimizer name -> positions of the watched parameters it holds."""
 

@@ -287,7 +287,9 @@ class ExplodingGradDetector(_Persistent):
         if len(layers) >= 2:
             last_norm, first_norm = layers[0][1], layers[-1][1]
             ratio_hit = last_norm > 0 and math.isfinite(first_norm) and first_norm / last_norm > self.ratio
-        total = record.total_grad_norm
+        # before clipping, when the loop clips: a clipped total is pinned at the threshold and can never grow
+        unclipped = record.unclipped_total_grad_norm
+        total = record.total_grad_norm if unclipped is None else unclipped
         self.totals = ([*self.totals, total])[-(self.steps + 1) :]
         growth_hit = (
             len(self.totals) == self.steps + 1

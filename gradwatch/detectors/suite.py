@@ -22,6 +22,7 @@ from gradwatch.detectors.connectivity import (
     NotUpdatedDetector,
     loss_graph_leaves,
 )
+from gradwatch.detectors.learning_rate import LearningRateDetector
 from gradwatch.detectors.membership import NeverSteppedDetector, NewParamDetector
 from gradwatch.detectors.record_based import (
     AllZeroGradDetector,
@@ -89,6 +90,7 @@ class DetectorSuite:
             self.clipping,
             NeverSteppedDetector(view),
             NewParamDetector(view),
+            LearningRateDetector(view),
         ]
         self._view = view
         # event -> bound methods of the detectors that handle it (the base class's no-ops are skipped)

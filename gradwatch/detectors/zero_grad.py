@@ -50,6 +50,9 @@ class MissingZeroGradDetector(Detector):
         stale = [i for i in self.prov.stale(idx) if i not in self.reported]
         if not stale:
             return []
+        if "{zero}" in fix_owner:  # each forgotten parameter's own fix, in its own name
+            zero = "; ".join(f"{self.names[i]}.grad.zero_()" for i in stale[:4])
+            fix_owner = fix_owner.replace("{zero}", zero + ("; ..." if len(stale) > 4 else ""))
         self.reported.update(stale)
         prev = self.prov.used_at[stale[0]]
         norms = [self.norm_at(i, prev) for i in stale]
@@ -87,8 +90,9 @@ class MissingZeroGradDetector(Detector):
             "the update",
             unowned,
             step,
-            "clear the gradients after each update (p.grad.zero_() or p.grad = None for every parameter, "
-            "or optimizer.zero_grad()); if you accumulate on purpose, mark steps with w.step().",
+            "clear the gradients after each update: {zero} (or set each .grad = None, or call "
+            "optimizer.zero_grad() / model.zero_grad()); if you accumulate on purpose, end each step with "
+            "the watcher's step() (the object gradwatch.watch returned).",
         )
 
 

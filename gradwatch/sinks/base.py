@@ -41,6 +41,12 @@ class Sink(Protocol):
     def write_finding(self, finding: Finding) -> None:
         """Take one finding (may raise ``GradientError`` or a warning turned error: the user's policy)."""
 
+    def write_histograms(self, step: int, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
+        """Take histograms of ``step`` written after its record (the last step's, at close)."""
+
+    def write_summary(self, text: str, step: int) -> None:
+        """Take the run's summary line (at close)."""
+
     def flush(self) -> None:
         """Write out everything taken so far (may block until it is written)."""
 
@@ -58,6 +64,12 @@ class NullSink:
 
     def write_finding(self, finding: Finding) -> None:
         """Drop the finding."""
+
+    def write_histograms(self, step: int, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
+        """Drop the histograms."""
+
+    def write_summary(self, text: str, step: int) -> None:
+        """Drop the summary."""
 
     def flush(self) -> None:
         """Nothing to flush."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import overload
+from typing import Any, overload
 
+from gradwatch.errors import GradWatchError
 from gradwatch.findings import Finding
-from gradwatch.records import StepRecord
+from gradwatch.records import ParamStats, StepRecord
 from gradwatch.sinks.base import HistRows
 
 __all__ = ["History", "MemorySink"]
@@ -60,6 +61,52 @@ class History(Sequence[StepRecord]):
     def __len__(self) -> int:
         return len(self._records)
 
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """The history as plain data: one dict per record, oldest first, ready for ``json.dumps``.
+
+        Each dict: ``step`` (int), ``loss`` (float or None), ``total_grad_norm`` (float),
+        ``layers`` ({module path: gradient norm}), and ``params`` ({parameter name: {field: value}}
+        with every :class:`~gradwatch.ParamStats` field but ``grad``: floats, ints, bools or None).
+        Non-finite values stay floats (``json.dumps`` writes them as ``NaN``/``Infinity``). Reads each
+        record's host copy (waits for it on CUDA).
+        """
+        fields = [f for f in ParamStats._fields if f != "grad"]
+        return [
+            {
+                "step": r.step,
+                "loss": r.loss,
+                "total_grad_norm": r.total_grad_norm,
+                "layers": dict(r.layers),
+                "params": {name: {f: getattr(s, f) for f in fields} for name, s in r.params.items()},
+            }
+            for r in self
+        ]
+
+    def to_dataframe(self) -> Any:
+        """The history as a ``pandas.DataFrame``: one row per recorded step and parameter.
+
+        Columns: ``step``, ``param`` (the name from ``named_parameters()``), ``layer``, ``loss``, then
+        every :class:`~gradwatch.ParamStats` field but ``grad``. pandas is imported here only.
+
+        Raises:
+            GradWatchError: pandas is not installed (``pip install 'gradwatch[export]'``).
+        """
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise GradWatchError(
+                "history.to_dataframe() needs pandas: pip install 'gradwatch[export]' (or pip install "
+                "pandas); history.to_dicts() gives the same data without it"
+            ) from err
+        fields = [f for f in ParamStats._fields if f != "grad"]
+        rows = [
+            {"step": r.step, "param": name, "layer": r.layer_of(name), "loss": r.loss}
+            | {f: getattr(s, f) for f in fields}
+            for r in self
+            for name, s in r.params.items()
+        ]
+        return pd.DataFrame(rows, columns=["step", "param", "layer", "loss", *fields])
+
     def __iter__(self) -> Iterator[StepRecord]:
         return iter(list(self._records))
 
@@ -81,6 +128,7 @@ class MemorySink:
     def __init__(self, max_history: int) -> None:
         self.history = History(max_history)
         self.findings: list[Finding] = []
+        self.summary: str | None = None
 
     def write_step(self, record: StepRecord, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
         """Append the record to the history (histograms are not kept in memory)."""
@@ -89,6 +137,13 @@ class MemorySink:
     def write_finding(self, finding: Finding) -> None:
         """Append the finding."""
         self.findings.append(finding)
+
+    def write_histograms(self, step: int, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
+        """Histograms are not kept in memory."""
+
+    def write_summary(self, text: str, step: int) -> None:
+        """Keep the run's summary line (``Watcher.summary``)."""
+        self.summary = text
 
     def flush(self) -> None:
         """Nothing to flush."""

@@ -282,6 +282,24 @@ class TensorBoardSink:
             text = f"**{finding.kind}**: {finding.message}\n\n<!-- gradwatch-finding {exact} -->"
             self._put(lambda: self.writer.add_text("gradwatch/findings", text, finding.step))
 
+    def write_histograms(self, step: int, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
+        """Queue histograms of ``step`` (written after its scalars: the last step's, at close)."""
+        if self.failed or self._closed:
+            return
+
+        def write() -> None:
+            for prefix, hist in (("gradients", grad_hist), ("parameters", param_hist)):
+                if hist is not None:
+                    names, rows = hist
+                    self._histograms([(f"{prefix}/{n}", row) for n, row in zip(names, rows.tolist())], step)
+
+        self._put(write)
+
+    def write_summary(self, text: str, step: int) -> None:
+        """Queue the run's summary line as a text entry under ``gradwatch/summary`` (at close)."""
+        if not self.failed and not self._closed:
+            self._put(lambda: self.writer.add_text("gradwatch/summary", text, step))
+
     def flush(self, timeout: float | None = 60.0) -> None:
         """Wait until everything queued is written, then flush the writer to disk."""
         if self._closed:
@@ -356,6 +374,8 @@ class TensorBoardSink:
                 scalars.append((f"inf_count/{name}", s.inf_count))
                 (self._nonfinite.add if nonfinite else self._nonfinite.discard)(name)
         scalars.append(("grad_norm/total", record.total_grad_norm))
+        if record.unclipped_total_grad_norm is not None:
+            scalars.append(("grad_norm/total_unclipped", record.unclipped_total_grad_norm))
         for layer, value in record.layers.items():
             scalars.append((f"layer_grad_norm/{layer or '<root>'}", value))
         if record.loss is not None:

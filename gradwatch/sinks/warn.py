@@ -63,6 +63,13 @@ class WarningSink:
     def write_step(self, record: StepRecord, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
         """Records are not reported (nothing to do)."""
 
+    def write_histograms(self, step: int, grad_hist: HistRows | None, param_hist: HistRows | None) -> None:
+        """Histograms are not reported."""
+
+    def write_summary(self, text: str, step: int) -> None:
+        """Log the run's summary line on the ``"gradwatch"`` logger (INFO)."""
+        log.info("%s", text)
+
     def flush(self) -> None:
         """Nothing to flush (warnings and log records are issued at once)."""
 

@@ -6,7 +6,8 @@ Source: https://github.com/pytorch/pytorch/issues/148259 ("Raise a warning when
 torch.nn.utils.clip_grad_norm_ receives an exhausted generator")
 Category: clipping that does nothing
 What gradwatch must report: ineffective_clip naming the parameters that had gradients; the unclipped
-gradients may also be reported as exploding_grad or nonfinite_grad; no other kind.
+gradients may also be reported as exploding_grad or nonfinite_grad, and the updates they make, as large
+as the weights while the gradients grow, as lr_too_high; no other kind.
 """
 import torch
 import torch.nn as nn
@@ -17,6 +18,7 @@ EXPECT = {
     "ineffective_clip": {"must": _ALL, "may": []},
     "exploding_grad": {"must": [], "may": "*"},
     "nonfinite_grad": {"must": [], "may": "*"},
+    "lr_too_high": {"must": [], "may": "*"},
 }
 
 
