@@ -20,11 +20,11 @@ Hooks used (see the PyTorch docs of each):
   wrapped to call the watchers just before and after the original, for enabled scalers only; the
   original is put back on the class when the last watcher lets go. Nothing is stored on scaler
   instances (their pickling and ``state_dict`` are untouched).
-* ``torch.nn.utils.clip_grad_norm_`` and ``clip_grad_value_``: likewise, no hook; while any watcher asks,
-  the module attributes (``torch.nn.utils`` and ``torch.nn.utils.clip_grad``) are wrappers that turn the
-  ``parameters`` argument into a list once (as the functions do themselves), show it to the watchers,
-  and call the original with that list. A function imported by name before the watcher attached is the
-  original and is not seen.
+* ``torch.nn.utils.clip_grad_norm_``, ``clip_grad_value_`` and ``clip_grads_with_norm_``: likewise, no
+  hook; while any watcher asks, the module attributes (``torch.nn.utils`` and, for the first two,
+  ``torch.nn.utils.clip_grad``) are wrappers that turn the ``parameters`` argument into a list once (as
+  the functions do themselves), show it to the watchers, and call the original with that list. A
+  function imported by name before the watcher attached is the original and is not seen.
 """
 
 from __future__ import annotations
@@ -173,7 +173,9 @@ _unscale_originals: dict[type, Callable[..., None]] = {}
 _clip_calls: OrderedDict[int, tuple[Callable[..., None], Callable[..., None]]] = OrderedDict()
 #: (module, function name) -> the original function, while wrapped
 _clip_originals: dict[tuple[Any, str], Callable[..., Any]] = {}
-_CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_")
+#: The clip functions watched: ``clip_grads_with_norm_`` (PyTorch 2.6+, where present) is the second half
+#: of ``clip_grad_norm_``, called with a total norm from ``get_total_norm`` (as accelerate does).
+_CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_")
 
 
 def _clip_spy(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -191,8 +193,11 @@ def _clip_spy(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         else:
             kwargs["parameters"] = params
         result = original(*args, **kwargs)
+        measured = result
+        if name == "clip_grads_with_norm_":  # (parameters, max_norm, total_norm, ...): the norm it was given
+            measured = args[2] if len(args) > 2 else kwargs.get("total_norm")
         for _, after in calls:
-            after(name, params, result)
+            after(name, params, measured)
         return result
 
     return clip

@@ -478,7 +478,7 @@ class Recorder:
         """Keep the total norm the clip measured; without an optimizer, read the clipped gradients."""
         if not self.attached or not params or not any(id(p) in self._ids for p in params):
             return
-        total = result if function == "clip_grad_norm_" else self._value_clip_norm
+        total = self._value_clip_norm if function == "clip_grad_value_" else result
         if isinstance(total, torch.Tensor):
             self._cur.unclipped[tuple(sorted(id(p) for p in params))] = total.detach()
         step = self.tracker.step

@@ -86,6 +86,8 @@ def test_gradient_clipping_is_seen_as_the_optimizer_saw_it(tmp_path: pathlib.Pat
         unclipped = math.sqrt(sum(v * v for v in ref.values()))
         assert unclipped > 0.05  # clipping is active on every step
         assert record.total_grad_norm == pytest.approx(0.01, rel=1e-4)  # clip_grad_norm_ to 0.01
+        # what gradient_clip_val hid: the total before clipping, as clip_grad_norm_ measured it
+        assert record.unclipped_total_grad_norm == pytest.approx(unclipped, rel=1e-5)
 
 
 def test_accumulated_batches_are_one_step_with_their_summed_gradient(tmp_path: pathlib.Path) -> None:

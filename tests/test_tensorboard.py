@@ -158,7 +158,8 @@ def test_training_loop_tags_steps_and_values(tmp_path, histogram_every, hist_ste
     acc = read_events(tmp_path)
     tags = acc.Tags()
     design_scalars = {"grad_norm/total"} | {f"{k}/{n}" for n in names for k in ("grad_norm", "update_ratio")}
-    extra_scalars = {"layer_grad_norm/0", "layer_grad_norm/2"}  # documented additions of the sink
+    # documented additions of the sink: per-layer gradient norms and update-to-weight ratios
+    extra_scalars = {"layer_grad_norm/0", "layer_grad_norm/2", "layer_update_ratio/0", "layer_update_ratio/2"}
     assert set(tags["scalars"]) == design_scalars | extra_scalars
     expected_hists = {f"{k}/{n}" for n in names for k in ("gradients", "parameters")} if hist_steps else set()
     assert set(tags["histograms"]) == expected_hists
@@ -179,6 +180,30 @@ def test_training_loop_tags_steps_and_values(tmp_path, histogram_every, hist_ste
         assert total[s] == pytest.approx(ref_total, rel=SCALAR_RTOL), s
         layer0 = math.hypot(norm(grads[s]["0.weight"]), norm(grads[s]["0.bias"]))
         assert scalars(acc, "layer_grad_norm/0")[s] == pytest.approx(layer0, rel=SCALAR_RTOL), s
+        # the layer's update ratio: its parameters taken as one vector
+        moved = torch.cat([(after[s][n] - before[s][n]).reshape(-1) for n in ("0.weight", "0.bias")])
+        size = torch.cat([before[s][n].reshape(-1) for n in ("0.weight", "0.bias")])
+        ratio0 = norm(moved) / norm(size)
+        assert scalars(acc, "layer_update_ratio/0")[s] == pytest.approx(ratio0, rel=SCALAR_RTOL), s
+
+
+def test_each_event_file_gradwatch_opens_has_the_overview_layout(tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    model = make_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradwatch.watch(model, opt, logdir=tmp_path):
+        train(model, opt, 2)
+    acc = read_events(tmp_path)
+    [event] = acc.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["gradient norm per layer"] == ["layer_grad_norm/.*"]
+    assert charts["update-to-weight ratio per layer (about 1e-3 is healthy)"] == ["layer_update_ratio/.*"]
+    assert charts["total gradient norm (and before clipping)"] == [
+        "grad_norm/total",
+        "grad_norm/total_unclipped",
+    ]
 
 
 # --------------------------------------------------------------------------------- 2. histogram values

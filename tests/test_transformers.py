@@ -79,6 +79,7 @@ def test_max_grad_norm_clips_what_is_recorded(tmp_path: pathlib.Path) -> None:
     _check_norms(w, raw)  # the reference is read after the Trainer's clipping too
     for record in w.history:
         assert record.total_grad_norm == pytest.approx(0.05, rel=1e-4)
+        assert record.unclipped_total_grad_norm is not None and record.unclipped_total_grad_norm > 0.05
 
 
 def test_gradient_accumulation_steps_are_one_step_each(tmp_path: pathlib.Path) -> None:

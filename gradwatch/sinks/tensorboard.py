@@ -172,6 +172,37 @@ def _open_writer(logdir: str | None) -> Any:
         ) from err
 
 
+#: TensorBoard's Custom Scalars layout written to each event file gradwatch opens: the overview of a run.
+OVERVIEW = {
+    "gradwatch": {
+        "total gradient norm (and before clipping)": [
+            "Multiline",
+            ["grad_norm/total", "grad_norm/total_unclipped"],
+        ],
+        "gradient norm per layer": ["Multiline", [r"layer_grad_norm/.*"]],
+        "update-to-weight ratio per layer (about 1e-3 is healthy)": ["Multiline", [r"layer_update_ratio/.*"]],
+        "loss": ["Multiline", ["gradwatch/loss"]],
+    }
+}
+
+
+def _layer_update_ratios(params: Any, record: StepRecord) -> dict[str, float]:
+    """Per layer: ``||update|| / ||weights||`` over its parameters whose update ratio was measured.
+
+    ``sqrt(sum (ratio * norm)^2) / sqrt(sum norm^2)`` over the layer's parameters: the ratio of the layer
+    taken as one vector, from the per-parameter (sampled, scaled) norms.
+    """
+    moved: dict[str, float] = {}
+    size: dict[str, float] = {}
+    for name, s in params.items():
+        if s.update_ratio is None or not s.param_norm > 0 or not math.isfinite(s.update_ratio):
+            continue
+        layer = record.layer_of(name)
+        moved[layer] = moved.get(layer, 0.0) + (s.update_ratio * s.param_norm) ** 2
+        size[layer] = size.get(layer, 0.0) + s.param_norm**2
+    return {layer: math.sqrt(moved[layer] / size[layer]) for layer in moved}
+
+
 #: Every sink not closed yet (a forked child disowns them: see _disown_in_child).
 _OPEN: weakref.WeakSet[TensorBoardSink] = weakref.WeakSet()
 
@@ -209,6 +240,7 @@ class TensorBoardSink:
         if writer is None:
             writer = _open_writer(logdir)
             native_event_checksums(writer)
+            writer.add_custom_scalars(OVERVIEW)  # (a run has one layout: only in a writer gradwatch owns)
             self._owned = True
         else:
             self._owned = False
@@ -378,6 +410,8 @@ class TensorBoardSink:
             scalars.append(("grad_norm/total_unclipped", record.unclipped_total_grad_norm))
         for layer, value in record.layers.items():
             scalars.append((f"layer_grad_norm/{layer or '<root>'}", value))
+        for layer, value in _layer_update_ratios(params, record).items():
+            scalars.append((f"layer_update_ratio/{layer or '<root>'}", value))
         if record.loss is not None:
             scalars.append(("gradwatch/loss", record.loss))
         record._read_by("sink")
