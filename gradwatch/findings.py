@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from gradwatch.records import StepRecord
 
-__all__ = ["FINDING_KINDS", "Finding", "Suppressions", "render_report"]
+__all__ = ["FINDING_KINDS", "Finding", "Suppressions", "render_report", "short_list"]
 
 #: Every finding kind gradwatch knows, most severe first (the order ``Watcher.report()`` uses).
 FINDING_KINDS: tuple[str, ...] = (
@@ -50,6 +50,12 @@ class Finding:
 
     def __str__(self) -> str:
         return f"[{self.kind}] step {self.step}: {self.message}"
+
+
+def short_list(names: Sequence[str], limit: int = 6) -> str:
+    """``"a, b, c and 4 more"``: the first ``limit`` of ``names`` for a finding's message."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class Suppressions:

@@ -195,6 +195,7 @@ def _ops_of_a_recorded_step(layers: int, watched: bool, monkeypatch: pytest.Monk
     return mode.ops, host_reads
 
 
+@pytest.mark.slow  # about 3 minutes: Triton's interpreter runs the kernels of 1,000 tensors on the CPU
 def test_a_recorded_step_dispatches_the_same_ops_for_10_and_1000_tensors(
     on_device_path, monkeypatch, tmp_path
 ):

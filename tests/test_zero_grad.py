@@ -104,8 +104,10 @@ def test_manual_loop_without_grad_zero() -> None:
                 w_ -= 0.1 * w_.grad
                 b_ -= 0.1 * b_.grad
     assert kinds(w) == {"missing_zero_grad": {"w", "b"}}
-    assert w.findings[0].step == 1 and "w.grad.zero_()" not in w.findings[0].message
-    assert "p.grad.zero_()" in w.findings[0].message
+    # the forgotten parameters' own fix, in their own names; steps are the watcher's, not "w.step()"
+    # (in such a loop w is the weight tensor)
+    assert w.findings[0].step == 1 and "w.grad.zero_(); b.grad.zero_()" in w.findings[0].message
+    assert "the watcher's step()" in w.findings[0].message and "w.step()" not in w.findings[0].message
 
 
 def test_forgotten_bias_in_manual_zeroing() -> None:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gradwatch.detectors.base import Detector
-from gradwatch.findings import Finding
+from gradwatch.findings import Finding, short_list
 
 if TYPE_CHECKING:  # pragma: no cover
     from gradwatch.detectors.base import WatchView
@@ -47,10 +47,9 @@ class ClipBeforeUnscaleDetector(Detector):
         if not changed or name in self.reported:
             return []
         self.reported.add(name)
-        shown = ", ".join(f"{self.names[i]}.grad" for i in changed[:6])
-        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        grads = short_list([f"{self.names[i]}.grad" for i in changed])
         message = (
-            f"{shown}{more} changed in place after backward() and before GradScaler.unscale_() at step "
+            f"{grads} changed in place after backward() and before GradScaler.unscale_() at step "
             f"{step} (optimizer {name}): they were still multiplied by the loss scale, so clipping them "
             f"there (clip_grad_norm_, clip_grad_value_) applies the threshold to the scaled gradients and "
             f"clips them about scale-times too hard. Fix: scaler.scale(loss).backward(); "
@@ -84,7 +83,7 @@ class IneffectiveClipDetector(Detector):
         if params or self.reported or not intended:
             return []
         self.reported = True
-        shown = ", ".join(intended[:6]) + (f" and {len(intended) - 6} more" if len(intended) > 6 else "")
+        shown = short_list(intended)
         message = (
             f"torch.nn.utils.{function} was called with no parameters at step {step}, so it clipped nothing "
             f"and {shown} kept their unclipped gradients. The usual cause: a generator such as "

@@ -11,6 +11,7 @@ import torch
 
 from gradwatch.detectors.base import Detector
 from gradwatch.findings import Finding
+from gradwatch.findings import short_list as _short
 from gradwatch.records import StepRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,11 +52,6 @@ _CUT_CAUSES = (
     ".detach() or .data, re-wrapping with torch.tensor(...), argmax/argmin/comparisons, or a forward run "
     "under torch.no_grad()/torch.inference_mode(); or the module is never called in forward()"
 )
-
-
-def _short(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class NoGradDetector(Detector):

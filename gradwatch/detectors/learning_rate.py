@@ -21,7 +21,7 @@ import math
 from typing import TYPE_CHECKING
 
 from gradwatch.detectors.base import Detector
-from gradwatch.findings import Finding
+from gradwatch.findings import Finding, short_list
 
 if TYPE_CHECKING:  # pragma: no cover
     from gradwatch.detectors.base import WatchView
@@ -92,9 +92,7 @@ class LearningRateDetector(Detector):
         suggestion = f" (e.g. lr={rates[-1] / 1000:g})" if rates and rates[-1] > 0 else ""
         medians = ", ".join(f"{m:.3g}" for _, m, _ in self.run)
         steps = ", ".join(str(s) for s, _, _ in self.run)
-        shown = ", ".join(self.names[i] for i in above[:6]) + (
-            f" and {len(above) - 6} more" if len(above) > 6 else ""
-        )
+        shown = short_list([self.names[i] for i in above])
         message = (
             f"the learning rate ({lr_text}) is far too high: from step {first}, each update moves the "
             f"weights by more than their own size (median update-to-weight ratio over the weight matrices "

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from gradwatch.detectors.base import Detector
 from gradwatch.findings import Finding
+from gradwatch.findings import short_list as _short
 
 if TYPE_CHECKING:  # pragma: no cover
     from gradwatch.detectors.base import WatchView
@@ -25,11 +26,6 @@ __all__ = ["NeverSteppedDetector", "NewParamDetector"]
 #: windows in common use (DeepSpeed's and Hugging Face's examples use 1-64 micro-batches per step), so a
 #: deliberate accumulation is not mistaken for an optimizer that is never stepped.
 NEVER_STEPPED_PASSES = 256
-
-
-def _short(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class NeverSteppedDetector(Detector):

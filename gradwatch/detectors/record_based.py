@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from gradwatch.detectors.base import Detector
 from gradwatch.findings import Finding
+from gradwatch.findings import short_list as _short
 from gradwatch.records import StepRecord
 
 __all__ = [
@@ -20,11 +21,6 @@ __all__ = [
     "NonfiniteGradDetector",
     "VanishingGradDetector",
 ]
-
-
-def _short(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class NonfiniteGradDetector(Detector):
