@@ -50,6 +50,7 @@ class NeverSteppedDetector(Detector):
         self.touched: dict[str, set[int]] = {}
         self.stepped: set[str] = set()
         self.reported: set[str] = set()
+        self.done = False
 
     def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
         self.stepped.add(name)
@@ -57,8 +58,11 @@ class NeverSteppedDetector(Detector):
         return []
 
     def on_backward_end(self, touched: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+        if self.done:
+            return []
         if len(self.stepped | self.reported) >= len(self.view.optimizer_names()):
-            return []  # every optimizer has stepped (or was reported): nothing left to count
+            self.done = True  # every optimizer has stepped (or was reported): nothing left to count
+            return []
         hit = set(touched)
         findings = []
         for name, owned in self.view.optimizer_positions().items():
