@@ -157,7 +157,11 @@ class Provenance:
         touching.add(i)
         self.fresh[i] = True
         self._param_ver[i] = compat.version_counter(param)
-        self._observe(i, param.grad)
+        g = param.grad  # (_observe, inlined: this runs for every parameter of every backward pass)
+        self._ref[i] = None if g is None else id(g)
+        self._ver[i] = 0 if g is None else compat.version_counter(g)
+        if self._seen:
+            self._observe(i, g)
 
     def check(self, i: int, param: torch.Tensor) -> None:
         """Look at ``param.grad`` just before its optimizer steps: notice a reset since the last observation.

@@ -51,6 +51,11 @@ log = logging.getLogger("gradwatch")
 R = TypeVar("R")
 
 
+#: Optimizer steps between two looks for frozen parameters an optimizer still moves (the 1st, 11th, ...:
+#: a frozen parameter with a .grad stays that way, so it is caught within this many steps).
+FROZEN_PROBE_EVERY = 10
+
+
 def failsafe(method: Callable[..., R]) -> Callable[..., R | None]:
     """Run a :class:`Recorder` method so that no error of ours reaches the user's training loop.
 
@@ -149,6 +154,7 @@ class Recorder:
         self._stepped = False  # a watched optimizer has stepped
         # per optimizer: its frozen parameters with a .grad, and a copy of their sampled entries (pre-hook)
         self._frozen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._probes = 0  # optimizer steps seen (frozen parameters are probed every FROZEN_PROBE_EVERY-th)
         self._recorded: list[int] = []  # first and last recorded step, and how many: [first, last, count]
         self._hist_step = -1  # the last step whose histograms were written
         self._eager_tracker_call: Callable[..., None] = self._tracker_call
@@ -436,7 +442,15 @@ class Recorder:
 
     @failsafe
     def _on_grad(self, index: int, param: torch.Tensor) -> None:
-        self._arrived(index)
+        # (_arrived, inlined: this runs for every parameter of every backward pass)
+        tracker = self.tracker
+        if not tracker.in_backward or tracker.opt_depth or _graph_task() != tracker.task:
+            tracker.grad()  # else: a pass already running, outside any optimizer step: nothing to do
+        cur = self._cur
+        if not cur.received[index]:
+            cur.received[index] = 1
+            cur.order[index] = cur.ranked
+            cur.ranked += 1
         self.provenance.accumulated(index, param)
 
     @failsafe
@@ -533,6 +547,8 @@ class Recorder:
 
     def _frozen_moved(self, optimizer: torch.optim.Optimizer) -> list[str]:
         """Names of the probed frozen parameters the step changed (one host read, only when there are any)."""
+        if not self._frozen:
+            return []
         probe = self._frozen.pop(id(optimizer), None)
         if not probe:
             return []
@@ -606,7 +622,12 @@ class Recorder:
             if touched:
                 # (not reused by the statistics: an in-place write through ``.grad.data``, such as
                 # ``p.grad.data.clamp_(-1, 1)``, changes the values without a new version)
-                prov.pass_finite[prov.pass_id] = stats.all_finite(self.shards.grads(sorted(touched), params))
+                grads = (
+                    self.shards.grads(sorted(touched), params)
+                    if self.shards
+                    else [params[i].grad for i in touched]
+                )
+                prov.pass_finite[prov.pass_id] = stats.all_finite(grads)
         if self.optimizers and (self._unscale_seen or not self._stepped):
             # after everything else queued for the end of this pass (DDP writes the reduced gradients
             # there), note the gradients' versions for the check before GradScaler.unscale_
@@ -614,7 +635,7 @@ class Recorder:
             if not queue_end_of_backward(late, at_end=True):
                 self._note_grad_versions()
         if touched:
-            self.emit(self.suite.backward_end(sorted(touched), step))
+            self.emit(self.suite.backward_end(touched, step))
         unowned = self.optimizers.unowned
         if unowned and self.config.every(step):
             before = self.sampler.before(unowned, params) if self.config.update_ratio else None
@@ -632,7 +653,8 @@ class Recorder:
             self.provenance.check(i, params[i])
         name = self.optimizers.name(optimizer)
         findings = []
-        if self.config.every(step):
+        self._probes += 1
+        if self._probes % FROZEN_PROBE_EVERY == 1 or FROZEN_PROBE_EVERY == 1:
             self._probe_frozen(optimizer)
         if self._closure_step:
             self._closure_owned.update(owned)
@@ -722,9 +744,9 @@ class Recorder:
 
         Runs on every rank at the same point, whatever was measured (see :mod:`gradwatch.sharding`).
         """
-        cur = self._cur
-        if not self.shards.sharded.intersection(positions):
+        if not self.shards.sharded or not self.shards.sharded.intersection(positions):
             return
+        cur = self._cur
         sampler = self.sampler
         self.shards.combine(cur.parts, cur.combined, positions, params, sampler.sample_sizes, sampler.strides)
         cur.combined = len(cur.parts)
@@ -739,7 +761,7 @@ class Recorder:
         """
         cur = self._cur
         param_norms = self.sampler.norms(idx, params, samples)  # (first: follows resized parameters)
-        grads = self.shards.grads(idx, params)
+        grads = self.shards.grads(idx, params) if self.shards else [params[i].grad for i in idx]
         for i, g in zip(idx, grads):
             cur.grad_none[i] = g is None
         strides = [self.sampler.strides[i] for i in idx]

@@ -8,7 +8,7 @@ read in a rare case.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,7 +115,7 @@ class Detector:
         """
         return []
 
-    def on_backward_end(self, touched: Sequence[int], step: int) -> list[Finding]:
+    def on_backward_end(self, touched: Collection[int], step: int) -> list[Finding]:
         """A backward pass ended, having accumulated gradients into the parameters ``touched``."""
         return []
 

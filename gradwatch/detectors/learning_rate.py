@@ -71,6 +71,9 @@ class LearningRateDetector(Detector):
         if not ratios:
             self.run, self.totals = [], []
             return []
+        if 2 * sum(r > RATIO for r, _ in ratios) < len(ratios):  # most below: so is the median (no sort)
+            self.run, self.totals = [], []
+            return []
         ordered = sorted(r for r, _ in ratios)
         mid = len(ordered) // 2
         median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

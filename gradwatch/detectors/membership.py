@@ -9,7 +9,7 @@ reads a tensor value.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from gradwatch.detectors.base import Detector
@@ -53,11 +53,12 @@ class NeverSteppedDetector(Detector):
         self.done = False
 
     def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
-        self.stepped.add(name)
-        self.touched.pop(name, None)
+        if not self.done:
+            self.stepped.add(name)
+            self.touched.pop(name, None)
         return []
 
-    def on_backward_end(self, touched: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+    def on_backward_end(self, touched: Collection[int], step: int) -> list[Finding]:  # noqa: D102
         if self.done:
             return []
         if len(self.stepped | self.reported) >= len(self.view.optimizer_names()):
@@ -105,8 +106,9 @@ class NewParamDetector(Detector):
     A layer built inside ``forward()`` is a new, untrained module at every call and is in no optimizer;
     a head added to the model after the optimizer was built is in no optimizer either, unless it was
     added with ``add_param_group``. Either way gradwatch does not watch it. Read from
-    ``named_parameters()`` at the end of the first three backward passes and of every ``recheck_every``-th
-    after that; reported as ``new_param`` once per name, saying whether a watched optimizer holds it.
+    ``named_parameters()`` at the end of the backward passes :meth:`due` says (the first three and every
+    ``recheck_every``-th after that: the suite asks); reported as ``new_param`` once per name, saying
+    whether a watched optimizer holds it.
 
     Args:
         view: the watched module, parameter names, and the optimizers' parameters.
@@ -119,13 +121,13 @@ class NewParamDetector(Detector):
         self.view = view
         self.known = set(view.names)
         self.recheck_every = recheck_every
-        self.seen = 0
         self.reported: set[str] = set()
 
-    def on_backward_end(self, touched: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
-        self.seen += 1
-        if self.seen > 3 and self.seen % self.recheck_every:
-            return []
+    def due(self, passes: int) -> bool:
+        """Whether to scan at the end of backward pass number ``passes`` (1-based)."""
+        return passes <= 3 or passes % self.recheck_every == 0
+
+    def on_backward_end(self, touched: Collection[int], step: int) -> list[Finding]:  # noqa: D102
         model = self.view.module()
         if model is None:
             return []

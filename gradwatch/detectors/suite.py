@@ -11,7 +11,7 @@ arrived (see :meth:`DetectorSuite.judge`).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gradwatch.detectors.base import Detector, WatchView
@@ -74,6 +74,9 @@ class DetectorSuite:
         self.not_updated = NotUpdatedDetector(view, config.not_updated_steps)
         self.freeze = IneffectiveFreezeDetector(view)
         self.clipping = IneffectiveClipDetector()
+        self.never_stepped = NeverSteppedDetector(view)
+        self.new_param = NewParamDetector(view)
+        self._passes = 0  # backward passes seen
         self.detectors: list[Detector] = [
             MissingZeroGradDetector(view),
             self.discarded,
@@ -88,8 +91,8 @@ class DetectorSuite:
             ExplodingGradDetector(config.persistence, config.exploding_ratio, by_layer),
             ClipBeforeUnscaleDetector(view),
             self.clipping,
-            NeverSteppedDetector(view),
-            NewParamDetector(view),
+            self.never_stepped,
+            self.new_param,
             LearningRateDetector(view),
         ]
         self._view = view
@@ -138,9 +141,18 @@ class DetectorSuite:
         """See :meth:`Detector.on_unscale`."""
         return self._run("on_unscale", name, changed, step)
 
-    def backward_end(self, touched: Sequence[int], step: int) -> list[Finding]:
-        """See :meth:`Detector.on_backward_end`."""
-        return self._run("on_backward_end", touched, step)
+    def backward_end(self, touched: Collection[int], step: int) -> list[Finding]:
+        """See :meth:`Detector.on_backward_end` (skipped while no detector has anything to do then)."""
+        self._passes += 1
+        out: list[Finding] = []
+        for handler in self._handlers["on_backward_end"]:
+            owner = getattr(handler, "__self__", None)
+            if owner is self.never_stepped and self.never_stepped.done:
+                continue
+            if owner is self.new_param and not self.new_param.due(self._passes):
+                continue
+            out += handler(touched, step)
+        return out
 
     def closing(self, step: int) -> list[Finding]:
         """See :meth:`Detector.on_close`."""
