@@ -100,7 +100,7 @@ class Provenance:
     def _observe(self, i: int, g: torch.Tensor | None) -> None:
         self._ref[i] = None if g is None else id(g)
         self._ver[i] = 0 if g is None else compat.version_counter(g)
-        if i in self._seen:
+        if self._seen and i in self._seen:
             self._seen[i] = None if g is None else weakref.ref(g)
 
     def shard(self, idx: Sequence[int]) -> None:

@@ -695,13 +695,15 @@ class Recorder:
         for i in owned:
             self.provenance.use(i, params[i], step, name, observe=True)
         findings += self.suite.optimizer_used(name, owned, step)
-        moved = self._frozen_moved(optimizer)
-        if moved:
-            findings += self.suite.frozen_moved(name, moved, step)
+        if self._frozen:
+            moved = self._frozen_moved(optimizer)
+            if moved:
+                findings += self.suite.frozen_moved(name, moved, step)
         try:
             if self.config.every(step):
                 self._record_update(optimizer, owned, params, step, backward_inside)
-                self._combine_shards(owned, params)
+                if self.shards.sharded:
+                    self._combine_shards(owned, params)
         finally:
             self.emit(findings)
 
@@ -761,7 +763,7 @@ class Recorder:
         """
         cur = self._cur
         param_norms = self.sampler.norms(idx, params, samples)  # (first: follows resized parameters)
-        grads = self.shards.grads(idx, params) if self.shards else [params[i].grad for i in idx]
+        grads = self.shards.grads(idx, params) if self.shards.dtensors else [params[i].grad for i in idx]
         for i, g in zip(idx, grads):
             cur.grad_none[i] = g is None
         strides = [self.sampler.strides[i] for i in idx]

@@ -105,6 +105,11 @@ class DetectorSuite:
             ]
             for event in _EVENTS
         }
+        self._other_backward_end = [
+            h
+            for h in self._handlers["on_backward_end"]
+            if getattr(h, "__self__", None) not in (self.never_stepped, self.new_param)
+        ]
         self._unjudged: deque[StepRecord] = deque()  # sealed records the detectors have not read yet
 
     def _run(self, event: str, *args: Any) -> list[Finding]:
@@ -145,12 +150,11 @@ class DetectorSuite:
         """See :meth:`Detector.on_backward_end` (skipped while no detector has anything to do then)."""
         self._passes += 1
         out: list[Finding] = []
-        for handler in self._handlers["on_backward_end"]:
-            owner = getattr(handler, "__self__", None)
-            if owner is self.never_stepped and self.never_stepped.done:
-                continue
-            if owner is self.new_param and not self.new_param.due(self._passes):
-                continue
+        if not self.never_stepped.done:
+            out += self.never_stepped.on_backward_end(touched, step)
+        if self.new_param.due(self._passes):
+            out += self.new_param.on_backward_end(touched, step)
+        for handler in self._other_backward_end:
             out += handler(touched, step)
         return out
 
