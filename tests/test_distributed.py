@@ -74,6 +74,11 @@ def _worker(rank: int, port: int, out: str, scenario: str) -> None:
     w = gw.watch(
         model, opt, logdir=os.path.join(out, "tb"), on_finding="raise" if scenario == "raise" else "ignore"
     )
+    import signal
+
+    from gradwatch import watcher
+
+    result["sigterm_ours"] = signal.getsignal(signal.SIGTERM) is watcher._on_sigterm
     try:
         for step in range(STEPS):
             if scenario != "raise":
@@ -274,6 +279,7 @@ def test_recorded_norms_are_the_all_reduced_gradients_on_every_rank(tmp_path: pa
                 assert got[name] == pytest.approx(want[name], rel=1e-5), name
         assert res["findings"] == []
         assert res["collectives"] == 0  # gradwatch issues no collective of its own
+        assert res["sigterm_ours"] is False  # the launcher owns SIGTERM in a torch.distributed process
     assert ranks[0]["norms"] == ranks[1]["norms"]  # global gradients: the same on every rank
     # only global rank 0 writes TensorBoard events
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
