@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -140,9 +141,11 @@ def _schedule(name: str, value: Any) -> Schedule:
         return never
     if isinstance(value, bool):
         raise TypeError(f"{name}=True is ambiguous; pass a step period such as {name}=1 or a schedule")
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):  # (numpy integers too)
+        value = int(value)
         if value < 0:
-            raise ValueError(f"{name} must be >= 0 steps (0 = never), got {value}")
+            low = "an int >= 1 (1 = every step)" if name == "every" else ">= 0 steps (0 = never)"
+            raise ValueError(f"{name} must be {low}, got {value}")
         return never if value == 0 else every(value)
     if callable(value):
         return value
@@ -251,7 +254,15 @@ class Config:
                     f"writer must be a torch.utils.tensorboard.SummaryWriter (or one with the same methods); "
                     f"{type(self.writer).__name__} lacks {', '.join(missing)}"
                 )
-        if self.every is None or self.every is False or (type(self.every) is int and self.every == 0):
+        if (
+            self.every is None
+            or self.every is False
+            or (
+                isinstance(self.every, numbers.Integral)
+                and not isinstance(self.every, bool)
+                and self.every == 0
+            )
+        ):
             raise ValueError(
                 f"every={self.every!r} would record no step at all while the hooks stay attached (and the "
                 f"zero_grad checks still run); every must be an int >= 1 (1 = every step, the default) or "

@@ -106,12 +106,14 @@ class HandleGroup:
 
     def around_clip(
         self,
-        before: Callable[[str, list[Any]], None],
+        before: Callable[[str, list[Any], bool], None],
         after: Callable[[str, list[Any], Any], None],
     ) -> None:
-        """Call ``before(name, params)`` and ``after(name, params, result)`` around each clip call.
+        """Call ``before(name, params, l2)`` and ``after(name, params, result)`` around each clip call.
 
-        ``params``: the ``parameters`` argument as a list; ``result``: what the function returned.
+        ``params``: the ``parameters`` argument as a list; ``l2``: whether the norm the function clips
+        against (and returns) is the L2 norm (``clip_grad_norm_``'s ``norm_type`` is 2, its default);
+        ``result``: what the function returned (``clip_grads_with_norm_``: the ``total_norm`` it was given).
         """
         handle = RemovableHandle(_clip_calls)
         _clip_calls[handle.id] = (before, after)
@@ -186,8 +188,12 @@ def _clip_spy(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         if not calls or given is None:
             return original(*args, **kwargs)
         params = [given] if isinstance(given, torch.Tensor) else list(given)
+        l2 = True
+        if name == "clip_grad_norm_":
+            norm_type = args[2] if len(args) > 2 else kwargs.get("norm_type", 2.0)
+            l2 = isinstance(norm_type, (int, float)) and float(norm_type) == 2.0
         for before, _ in calls:
-            before(name, params)
+            before(name, params, l2)
         if args:
             args = (params, *args[1:])
         else:

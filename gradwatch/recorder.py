@@ -324,7 +324,8 @@ class Recorder:
 
     @failsafe
     def _emit_closing(self) -> None:
-        self.emit(self.suite.closing(self.tracker.step))
+        step = self.tracker.step  # (after the final seal: one past the last step, if any was sealed)
+        self.emit(self.suite.closing(step - 1 if step > self.config.start_step else step))
 
     @failsafe
     def _emit_judged(self) -> None:
@@ -471,7 +472,7 @@ class Recorder:
             cur.ranked += 1
 
     @failsafe
-    def _on_clip(self, function: str, params: list[Any]) -> None:
+    def _on_clip(self, function: str, params: list[Any], l2: bool = True) -> None:
         if not self.attached:
             return
         if not params:  # a clip that clips nothing
@@ -480,8 +481,9 @@ class Recorder:
             self.emit(self.suite.clip_call(function, params, intended, self.tracker.step))
             return
         self._value_clip_norm = None
-        if function == "clip_grad_value_" and any(id(p) in self._ids for p in params):
-            # clip_grad_value_ returns nothing: measure the norm it is about to clip (device work only)
+        if (function == "clip_grad_value_" or not l2) and any(id(p) in self._ids for p in params):
+            # clip_grad_value_ returns nothing, and a clip by another norm returns that norm: measure the
+            # L2 norm of what it is about to clip (device work only)
             grads = [local(p.grad) for p in params if isinstance(p, torch.Tensor) and p.grad is not None]
             if grads:
                 norms = [n.to(grads[0].device, torch.float64) for n in compat.foreach_norm(grads, 2)]
@@ -492,9 +494,11 @@ class Recorder:
         """Keep the total norm the clip measured; without an optimizer, read the clipped gradients."""
         if not self.attached or not params or not any(id(p) in self._ids for p in params):
             return
-        total = self._value_clip_norm if function == "clip_grad_value_" else result
+        total = self._value_clip_norm if self._value_clip_norm is not None else result
+        self._value_clip_norm = None
         if isinstance(total, torch.Tensor):
-            self._cur.unclipped[tuple(sorted(id(p) for p in params))] = total.detach()
+            # the first clip of these parameters in the step measured them before any clipping
+            self._cur.unclipped.setdefault(tuple(sorted(id(p) for p in params)), total.detach())
         step = self.tracker.step
         unowned = self.optimizers.unowned
         if unowned and self.config.every(step):  # read at the end of backward, before this clip: again
@@ -800,11 +804,14 @@ class Recorder:
         # one device-to-host copy for the whole step (asynchronous; waited for by whoever reads first)
         loss = cur.loss
         unclipped = None
+        covered: frozenset[int] = frozenset()
         if cur.unclipped:  # clip calls on disjoint parameters: sqrt(sum of squares)
             totals = list(cur.unclipped.values())
             unclipped = torch.linalg.vector_norm(
                 torch.stack([t.to(totals[0].device, torch.float64) for t in totals])
             )
+            clipped = {k for key in cur.unclipped for k in key}
+            covered = frozenset(i for i, p in enumerate(params) if id(p) in clipped)
         host, singles, event = _to_host(
             [t for _, _, t in cur.parts],
             [
@@ -828,7 +835,7 @@ class Recorder:
             order=cur.order,
             grad_none=cur.grad_none,
             sample_sizes=self.sampler.sample_sizes,
-            unclipped=None if host_unclipped is None else host_unclipped.reshape(()),
+            unclipped=None if host_unclipped is None else (host_unclipped.reshape(()), covered),
         )
         if grad_hist is not None and grad_rows is not None:
             grad_hist = (grad_hist[0], grad_rows)

@@ -160,7 +160,7 @@ class StepRecord:
         order: Sequence[int] = (),
         grad_none: Sequence[bool] = (),
         sample_sizes: Sequence[int] = (),
-        unclipped: float | torch.Tensor | None = None,
+        unclipped: tuple[float | torch.Tensor, frozenset[int]] | None = None,
     ) -> None:
         """Build a record (gradwatch does; users read records from ``Watcher.history``).
 
@@ -178,8 +178,9 @@ class StepRecord:
             order: per parameter, its rank in the backward order (-1: no gradient this step).
             grad_none: per parameter, whether ``.grad`` was ``None`` when the statistics were taken.
             sample_sizes: per parameter, the entries its sampled statistics read (default: all).
-            unclipped: the total gradient norm the step's clip functions measured before clipping (a
-                number or a scalar tensor being copied to the host), or ``None`` when none ran.
+            unclipped: the total L2 norm the step's clip functions measured before clipping (a number or
+                a scalar tensor being copied to the host) and the positions of the watched parameters
+                they clipped; ``None`` when none ran.
         """
         self.step = step
         self._loss = loss
@@ -345,18 +346,25 @@ class StepRecord:
     def unclipped_total_grad_norm(self) -> float | None:
         """The total gradient norm before clipping, or ``None`` when no clip function ran in this step.
 
-        What ``torch.nn.utils.clip_grad_norm_`` returned (the norm it clipped against; after
-        ``GradScaler.unscale_`` under AMP, where the recipe clips), or for ``clip_grad_value_`` the norm
-        measured just before it; several clip calls on disjoint parameters in one step combine as
-        ``sqrt(sum of squares)``. Lightning's ``gradient_clip_val`` and the Hugging Face Trainer's
-        ``max_grad_norm`` call ``clip_grad_norm_``. Equal to :attr:`total_grad_norm` when the clip did
-        not need to rescale.
+        The L2 norm of all watched gradients as they were before the step's first clip: what
+        ``torch.nn.utils.clip_grad_norm_`` returned (after ``GradScaler.unscale_`` under AMP, where the
+        recipe clips; for a ``norm_type`` other than 2, and for ``clip_grad_value_``, the L2 norm
+        measured just before the call), combined as ``sqrt(sum of squares)`` over clip calls on
+        disjoint parameters and with the recorded norms of the parameters no clip was given. A second
+        clip of the same parameters in one step does not replace the first measurement. Lightning's
+        ``gradient_clip_val`` and the Hugging Face Trainer's ``max_grad_norm`` clip that way. Equal to
+        :attr:`total_grad_norm` when the clip did not need to rescale.
         """
-        if self._unclipped is not None and not isinstance(self._unclipped, float):
+        if self._unclipped is None:
+            return None
+        measured, covered = self._unclipped
+        if not isinstance(measured, float):
             if self._event is not None and not self._event.query():
                 self._event.synchronize()  # the copy is not done yet: wait for it
-            self._unclipped = float(self._unclipped)
-        return self._unclipped
+            measured = float(measured)
+        # the parameters no clip function was given kept their gradients: their recorded norms count as is
+        rest = sum(s.grad_norm**2 for k, s in enumerate(self.params.values()) if k not in covered)
+        return math.sqrt(measured * measured + rest)
 
     def __repr__(self) -> str:
         loss = "None" if self.loss is None else f"{self.loss:.6g}"

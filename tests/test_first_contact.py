@@ -322,3 +322,56 @@ def test_without_an_optimizer_grad_norm_is_also_after_clipping() -> None:
     for record, b, a in zip(w.history, before, after):
         assert record.total_grad_norm == pytest.approx(a, rel=1e-6)  # the same meaning as with an optimizer
         assert record.unclipped_total_grad_norm == pytest.approx(b, rel=1e-6)
+
+
+@pytest.mark.parametrize("how", ["twice", "part", "inf-norm", "l1-norm"])
+def test_the_unclipped_norm_is_the_whole_l2_norm_before_the_first_clip(how: str) -> None:
+    model, opt = _model()
+    before = []
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(3):
+            opt.zero_grad()
+            (10 * model(torch.randn(8, 4)).pow(2).sum()).backward()
+            before.append(_grad_norm(model))
+            if how == "twice":  # the second clip must not replace the first measurement
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            elif how == "part":  # the unclipped layer counts with its own norm
+                torch.nn.utils.clip_grad_norm_(model[0].parameters(), 0.1)
+            else:
+                torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), 1.0, norm_type=float("inf") if how == "inf-norm" else 1
+                )
+            opt.step()
+    for record, b in zip(w.history, before):
+        assert record.unclipped_total_grad_norm == pytest.approx(b, rel=1e-6)
+    dicts = w.history.to_dicts()
+    assert [d["unclipped_total_grad_norm"] for d in dicts] == [r.unclipped_total_grad_norm for r in w.history]
+    df = w.history.to_dataframe()
+    assert set(df.unclipped_total_grad_norm) == {r.unclipped_total_grad_norm for r in w.history}
+    assert set(df.total_grad_norm) == {r.total_grad_norm for r in w.history}
+
+
+def test_a_head_added_mid_run_is_reported_within_ten_steps_or_at_close() -> None:
+    for steps, want in ((15, 10), (7, 6)):  # found at the 10th backward pass, or at close (last step 6)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 8), nn.ReLU())
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        with gw.watch(model, opt, on_finding="ignore") as w:
+            for s in range(steps):
+                if s == 5:
+                    model.add_module("head", nn.Linear(8, 1))
+                    opt.add_param_group({"params": model.head.parameters()})
+                opt.zero_grad()
+                model(torch.randn(4, 10)).pow(2).mean().backward()
+                opt.step()
+        assert [(f.kind, f.params) for f in w.findings] == [("new_param", ("head.weight", "head.bias"))]
+        assert w.findings[0].step <= want
+
+
+def test_every_takes_numpy_integers_and_says_its_own_range() -> None:
+    import numpy as np
+
+    assert gw.Watcher(nn.Linear(2, 2), every=np.int64(2)).config.every == gw.every(2)
+    with pytest.raises(ValueError, match=r"every must be an int >= 1 \(1 = every step\), got -1"):
+        gw.Watcher(nn.Linear(2, 2), every=-1)

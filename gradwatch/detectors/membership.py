@@ -107,17 +107,18 @@ class NewParamDetector(Detector):
     a head added to the model after the optimizer was built is in no optimizer either, unless it was
     added with ``add_param_group``. Either way gradwatch does not watch it. Read from
     ``named_parameters()`` at the end of the backward passes :meth:`due` says (the first three and every
-    ``recheck_every``-th after that: the suite asks); reported as ``new_param`` once per name, saying
-    whether a watched optimizer holds it.
+    ``recheck_every``-th after that, 10 by default: the suite asks) and at close; reported as
+    ``new_param`` once per name, saying whether a watched optimizer holds it.
 
     Args:
         view: the watched module, parameter names, and the optimizers' parameters.
-        recheck_every: backward passes between scans after the first three.
+        recheck_every: backward passes between scans after the first three (one walk of
+            ``named_parameters()``, host only).
     """
 
     kinds = ("new_param",)
 
-    def __init__(self, view: WatchView, recheck_every: int = 100) -> None:
+    def __init__(self, view: WatchView, recheck_every: int = 10) -> None:
         self.view = view
         self.known = set(view.names)
         self.recheck_every = recheck_every
@@ -126,6 +127,9 @@ class NewParamDetector(Detector):
     def due(self, passes: int) -> bool:
         """Whether to scan at the end of backward pass number ``passes`` (1-based)."""
         return passes <= 3 or passes % self.recheck_every == 0
+
+    def on_close(self, step: int) -> list[Finding]:  # noqa: D102
+        return self.on_backward_end((), step)
 
     def on_backward_end(self, touched: Collection[int], step: int) -> list[Finding]:  # noqa: D102
         model = self.view.module()

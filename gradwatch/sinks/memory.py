@@ -65,9 +65,11 @@ class History(Sequence[StepRecord]):
         """The history as plain data: one dict per record, oldest first, ready for ``json.dumps``.
 
         Each dict: ``step`` (int), ``loss`` (float or None), ``total_grad_norm`` (float),
-        ``layers`` ({module path: gradient norm}), and ``params`` ({parameter name: {field: value}}
-        with every :class:`~gradwatch.ParamStats` field but ``grad``: floats, ints, bools or None).
-        Non-finite values stay floats (``json.dumps`` writes them as ``NaN``/``Infinity``). Reads each
+        ``unclipped_total_grad_norm`` (float or None), ``layers`` ({module path: gradient norm}), and
+        ``params`` ({parameter name: {field: value}} with every :class:`~gradwatch.ParamStats` field but
+        ``grad``: floats, ints, bools or None).
+        Non-finite values stay floats: Python's ``json.dumps`` writes them as ``NaN``/``Infinity``
+        (pass ``allow_nan=False`` only after replacing them, for a strict JSON parser). Reads each
         record's host copy (waits for it on CUDA).
         """
         fields = [f for f in ParamStats._fields if f != "grad"]
@@ -76,6 +78,7 @@ class History(Sequence[StepRecord]):
                 "step": r.step,
                 "loss": r.loss,
                 "total_grad_norm": r.total_grad_norm,
+                "unclipped_total_grad_norm": r.unclipped_total_grad_norm,
                 "layers": dict(r.layers),
                 "params": {name: {f: getattr(s, f) for f in fields} for name, s in r.params.items()},
             }
@@ -85,8 +88,9 @@ class History(Sequence[StepRecord]):
     def to_dataframe(self) -> Any:
         """The history as a ``pandas.DataFrame``: one row per recorded step and parameter.
 
-        Columns: ``step``, ``param`` (the name from ``named_parameters()``), ``layer``, ``loss``, then
-        every :class:`~gradwatch.ParamStats` field but ``grad``. pandas is imported here only.
+        Columns: ``step``, ``param`` (the name from ``named_parameters()``), ``layer``, ``loss``,
+        ``total_grad_norm``, ``unclipped_total_grad_norm`` (the step's, on each of its rows), then every
+        :class:`~gradwatch.ParamStats` field but ``grad``. pandas is imported here only.
 
         Raises:
             GradWatchError: pandas is not installed (``pip install 'gradwatch[export]'``).
@@ -99,13 +103,20 @@ class History(Sequence[StepRecord]):
                 "pandas); history.to_dicts() gives the same data without it"
             ) from err
         fields = [f for f in ParamStats._fields if f != "grad"]
-        rows = [
-            {"step": r.step, "param": name, "layer": r.layer_of(name), "loss": r.loss}
-            | {f: getattr(s, f) for f in fields}
-            for r in self
-            for name, s in r.params.items()
-        ]
-        return pd.DataFrame(rows, columns=["step", "param", "layer", "loss", *fields])
+        rows = []
+        for r in self:
+            step = {
+                "step": r.step,
+                "loss": r.loss,
+                "total_grad_norm": r.total_grad_norm,
+                "unclipped_total_grad_norm": r.unclipped_total_grad_norm,
+            }
+            for name, s in r.params.items():
+                rows.append(
+                    step | {"param": name, "layer": r.layer_of(name)} | {f: getattr(s, f) for f in fields}
+                )
+        columns = ["step", "param", "layer", "loss", "total_grad_norm", "unclipped_total_grad_norm", *fields]
+        return pd.DataFrame(rows, columns=columns)
 
     def __iter__(self) -> Iterator[StepRecord]:
         return iter(list(self._records))
