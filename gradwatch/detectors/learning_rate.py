@@ -61,26 +61,18 @@ class LearningRateDetector(Detector):
         params = record.params
         closure = self.view.closure_stepped()
         names = self.names
-        # one pass that only counts (a healthy step ends here); the ratios are gathered only when most
-        # of them are high
-        measured = high = 0
-        for i in self.weights:
-            s = params[names[i]]
-            r = s.update_ratio
-            if r is None or i in closure or not s.has_grad or not s.param_norm > 0 or not math.isfinite(r):
-                continue
-            measured += 1
-            high += r > RATIO
-        if not measured or 2 * high < measured:  # most at or below: so is the median
-            self.run, self.totals = [], []
-            return []
         ratios = []
+        high = 0
         for i in self.weights:
             s = params[names[i]]
             r = s.update_ratio
             if r is None or i in closure or not s.has_grad or not s.param_norm > 0 or not math.isfinite(r):
                 continue
             ratios.append((r, i))
+            high += r > RATIO
+        if not ratios or 2 * high < len(ratios):  # most at or below: so is the median (no sort)
+            self.run, self.totals = [], []
+            return []
         ordered = sorted(r for r, _ in ratios)
         mid = len(ordered) // 2
         median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
