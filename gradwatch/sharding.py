@@ -64,11 +64,11 @@ def local(t: Any) -> Any:
 
 
 def _placement(name: str, p: Any) -> tuple[str, Any]:
-    """``("shard", process group)`` or ``("replicate", None)``; raises for what is not handled."""
+    """``("shard", device mesh)`` or ``("replicate", None)``; raises for what is not handled."""
     mesh = p.device_mesh
     kinds = [type(pl).__name__ for pl in p.placements]
     if mesh.ndim == 1 and kinds == ["Shard"]:
-        return "shard", mesh.get_group()
+        return "shard", mesh
     if all(k == "Replicate" for k in kinds):
         return "replicate", None
     raise GradWatchError(
@@ -95,10 +95,11 @@ class ShardPlan:
         self.dtensors: frozenset[int] = frozenset(i for i, p in enumerate(params) if is_dtensor(p))
         groups: dict[int, tuple[Any, list[int]]] = {}
         for i in sorted(self.dtensors):
-            kind, group = _placement(names[i], params[i])
-            if kind == "shard":
-                groups.setdefault(id(group), (group, []))[1].append(i)
-        #: process group and the positions sharded over it, per group (in a fixed order on every rank)
+            kind, mesh = _placement(names[i], params[i])
+            if kind == "shard":  # (by process group: each fully_shard call may build its own mesh)
+                groups.setdefault(id(mesh.get_group()), (mesh, []))[1].append(i)
+        #: device mesh and the positions sharded over it, per mesh (in a fixed order on every rank); the
+        #: mesh's process group is looked up at each combination (no reference kept to it)
         self.groups: list[tuple[Any, list[int]]] = list(groups.values())
         #: positions whose statistics are combined across ranks
         self.sharded: frozenset[int] = frozenset(i for _, idx in self.groups for i in idx)
@@ -160,10 +161,10 @@ class ShardPlan:
         """
         wanted = set(positions)
         new = parts[start:]
-        for group, members in self.groups:
+        for mesh, members in self.groups:
             rows = [i for i in members if i in wanted]
             if rows:
-                self._combine_group(group, rows, new, parts, params, sample_sizes, strides)
+                self._combine_group(mesh.get_group(), rows, new, parts, params, sample_sizes, strides)
 
     def _combine_group(
         self,

@@ -16,7 +16,7 @@ from gradwatch.config import Config, every, never
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({"every": -1}, ValueError, "every must be >= 0"),
+        ({"every": -1}, ValueError, "every must be an int >= 1"),
         ({"every": True}, TypeError, "ambiguous"),
         ({"every": "often"}, TypeError, "every must be an int step period"),
         ({"histogram_bins": 0}, ValueError, "histogram_bins must be >= 1"),

@@ -261,12 +261,22 @@ def _run(tmp_path: pathlib.Path, scenario: str, timeout: float = 120.0) -> list[
         _worker, args=(_free_port(), str(tmp_path), scenario), nprocs=WORLD, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:  # a hang: fail instead of waiting forever
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the {WORLD} processes did not finish within {timeout:.0f} s (a hang)")
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    files = [tmp_path / f"rank{r}.json" for r in range(WORLD)]
+    try:
+        while not ctx.join(timeout=1.0, grace_period=20.0):
+            if time.monotonic() > deadline:  # a hang: fail instead of waiting forever
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail(f"the {WORLD} processes did not finish within {timeout:.0f} s (a hang)")
+    except mp.ProcessExitedException as err:
+        # A known PyTorch/gloo teardown crash, not gradwatch's: in a 2-process gloo FSDP2 job, any
+        # collective beyond FSDP's own (gradwatch's all_gather, or a plain dist.all_gather in the loop
+        # with gradwatch not imported) makes a process abort at interpreter exit now and then, after
+        # destroy_process_group ("terminate called without an active exception"; 1 run in 16 to 30
+        # here). Tolerated only when every rank finished its work and wrote its results.
+        if err.signal_name != "SIGABRT" or not all(f.exists() for f in files):
+            raise
+    return [json.loads(f.read_text()) for f in files]
 
 
 def test_recorded_norms_are_the_all_reduced_gradients_on_every_rank(tmp_path: pathlib.Path) -> None:

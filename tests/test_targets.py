@@ -107,7 +107,7 @@ def test_scheduler_instead_of_optimizer() -> None:
     ("options", "exc", "match"),
     [
         ({"evry": 2}, TypeError, r"unknown option\(s\) 'evry' \(did you mean 'every'\?\)"),
-        ({"every": -1}, ValueError, r"every must be >= 0"),
+        ({"every": -1}, ValueError, r"every must be an int >= 1"),
         ({"every": "often"}, TypeError, r"every must be an int step period"),
         ({"histogram_every": True}, TypeError, r"histogram_every=True is ambiguous"),
         ({"max_history": 0}, ValueError, r"max_history must be >= 1"),
