@@ -83,9 +83,7 @@ def _install_sigterm() -> None:
     """Put :func:`_on_sigterm` in front of the current SIGTERM handler (main thread only; once).
 
     Not in a ``torch.distributed`` process: there the launcher (torchrun, Lightning, accelerate) owns
-    SIGTERM, and a Python SIGTERM handler made gloo processes using FSDP2 abort at exit now and then
-    ("terminate called without an active exception", about 1 run in 10 here, whoever installed it);
-    their events are flushed at exit as usual.
+    SIGTERM and decides how the ranks stop together; their events are flushed at exit as usual.
     """
     if _sigterm_before or threading.current_thread() is not threading.main_thread():
         return
