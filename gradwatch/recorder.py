@@ -192,17 +192,16 @@ class Recorder:
         wrap = bool(self.optimizers) or compat.dynamo_imported()
         eager = compat.compiler_disable if wrap else _same
         incoming, accumulated = eager(self._on_incoming_grad), eager(self._on_grad)
-        sharded = eager(self._on_sharded_grad)
         self._eager_tracker_call = eager(self._tracker_call)
         try:
             for i, p in enumerate(params):
                 if not p.requires_grad:
                     continue
                 if i in self.shards.dtensors:  # (FSDP2 runs only their post-accumulate hooks)
-                    self._handles.post_accumulate_grad(p, functools.partial(sharded, i))
+                    self._handles.post_accumulate_grad(p, functools.partial(accumulated, True, i))
                     continue
                 self._handles.before_accumulate(p, functools.partial(incoming, i, p))
-                self._handles.post_accumulate_grad(p, functools.partial(accumulated, i))
+                self._handles.post_accumulate_grad(p, functools.partial(accumulated, False, i))
             for opt in self.optimizers:
                 self._handles.optimizer_step(opt, eager(self._on_opt_pre), eager(self._on_opt_post))
             if self.optimizers:
@@ -442,8 +441,9 @@ class Recorder:
         self.provenance.before_accumulate(index, param)
 
     @failsafe
-    def _on_grad(self, index: int, param: torch.Tensor) -> None:
-        # (_arrived, inlined: this runs for every parameter of every backward pass)
+    def _on_grad(self, sharded: bool, index: int, param: torch.Tensor) -> None:
+        # (``sharded``: FSDP2 ran this hook after writing the gradient, and no hook ran before: the
+        # tracker ends a closed step here, before the provenance reads what the new gradient found)
         tracker = self.tracker
         if not tracker.in_backward or tracker.opt_depth or _graph_task() != tracker.task:
             tracker.grad()  # else: a pass already running, outside any optimizer step: nothing to do
@@ -452,24 +452,10 @@ class Recorder:
             cur.received[index] = 1
             cur.order[index] = cur.ranked
             cur.ranked += 1
-        self.provenance.accumulated(index, param)
-
-    @failsafe
-    def _on_sharded_grad(self, index: int, param: torch.Tensor) -> None:
-        # (no hook runs before a sharded gradient's accumulation: the tracker ends a closed step here,
-        # before the provenance reads what the new gradient found)
-        self._arrived(index)
-        self.provenance.sharded_accumulated(index, param)
-
-    def _arrived(self, index: int) -> None:
-        tracker = self.tracker
-        if not tracker.in_backward or tracker.opt_depth or _graph_task() != tracker.task:
-            tracker.grad()  # else: a pass already running, outside any optimizer step: nothing to do
-        cur = self._cur
-        if not cur.received[index]:
-            cur.received[index] = 1
-            cur.order[index] = cur.ranked
-            cur.ranked += 1
+        if sharded:
+            self.provenance.sharded_accumulated(index, param)
+        else:
+            self.provenance.accumulated(index, param)
 
     @failsafe
     def _on_clip(self, function: str, params: list[Any], l2: bool = True) -> None:
