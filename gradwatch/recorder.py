@@ -752,20 +752,28 @@ class Recorder:
         them instead of gathering the scattered entries again).
         """
         cur = self._cur
-        param_norms = self.sampler.norms(idx, params, samples)  # (first: follows resized parameters)
         grads = self.shards.grads(idx, params) if self.shards.dtensors else [params[i].grad for i in idx]
+        grad_none = cur.grad_none
         for i, g in zip(idx, grads):
-            cur.grad_none[i] = g is None
+            grad_none[i] = g is None
         strides = [self.sampler.strides[i] for i in idx]
         hist_step = self.board.wants_histograms and self.config.histogram_every(step)
-        ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if hist_step else None
-        grad_blocks = stats.grad_stats(grads, strides, ranges)
-        cur.parts += [([idx[j] for j in pos], Column.GRAD_NORM, t) for pos, t in grad_blocks]
-        cur.parts += param_norms
+        both = None
+        if samples is not None and not hist_step and not self.shards.dtensors:
+            both = stats.grad_and_param_stats(grads, strides, samples)  # (a small CPU model: one pass)
+        if both is not None:
+            cur.parts.append((idx, Column.GRAD_NORM, both))
+        else:
+            # (the norms first: they follow resized parameters)
+            param_norms = self.sampler.norms(idx, params, samples)
+            ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if hist_step else None
+            grad_blocks = stats.grad_stats(grads, strides, ranges)
+            cur.parts += [([idx[j] for j in pos], Column.GRAD_NORM, t) for pos, t in grad_blocks]
+            cur.parts += param_norms
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)
-        if ranges is not None:
+        if both is None and ranges is not None:
             sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sum and sum of squares, known
             for pos, block in grad_blocks if ranges else ():  # (the CPU path; the fused one needs none)
                 for j, (total, square) in zip(pos, torch.stack([block[:, 2], block[:, 0].square()], 1)):

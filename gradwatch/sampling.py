@@ -160,20 +160,25 @@ class UpdateSampler:
         """
         now = self.views(idx, params)
         parts: list[Part] = []
-        if self.layout(idx, now) is before.layout:
-            parts += [
-                ([idx[j] for j in pos], Column.UPDATE_NORM, t)
-                for pos, t in stats.sample_distances(now, before)
-            ]
         key = tuple(idx)
         prev = self.prev_samples.get(key)
-        if prev is not None and prev.layout is before.layout:
-            parts += [
-                ([idx[j] for j in pos], Column.RESTORE_DIFF, t)
-                for pos, t in stats.sample_distances(before, prev, ord=1.0)
-            ]
-        else:  # the parameters' list or storage changed since (add_param_group, p.data = ...): one by one
-            parts += self._changes_by_parameter(idx, before)
+        same = self.layout(idx, now) is before.layout
+        both = stats.update_and_change(now, before, prev) if same and prev is not None else None
+        if both is not None:  # (small CPU samples: both columns in one pass)
+            parts.append((idx, Column.UPDATE_NORM, both))
+        else:
+            if same:
+                parts += [
+                    ([idx[j] for j in pos], Column.UPDATE_NORM, t)
+                    for pos, t in stats.sample_distances(now, before)
+                ]
+            if prev is not None and prev.layout is before.layout:
+                parts += [
+                    ([idx[j] for j in pos], Column.RESTORE_DIFF, t)
+                    for pos, t in stats.sample_distances(before, prev, ord=1.0)
+                ]
+            else:  # the parameters' list or storage changed since (add_param_group, p.data = ...): one by one
+                parts += self._changes_by_parameter(idx, before)
         self.prev_samples.pop(key, None)  # (re-inserted last: the newest entry is the last one)
         self.prev_samples[key] = before
         self._forget_stale(self.prev_samples)

@@ -121,3 +121,39 @@ def test_the_reference_itself_on_hand_computed_values() -> None:
     flat = reference.histogram(torch.full((3,), 2.0), 3)
     assert flat.tolist() == [2.0, 2.0, 3.0, 6.0, 12.0, 1.5 + 1 / 3, 1.5 + 2 / 3, 2.5, 0.0, 3.0, 0.0]
     assert reference.sample_entries(torch.arange(6.0).reshape(2, 3).t(), 2).tolist() == [0.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+def test_gradients_and_sample_norms_in_one_pass_match_the_reference(dtype: torch.dtype) -> None:
+    """The small-CPU-model path: gradients and the parameters' samples reduced in the same numpy calls."""
+    grads = [t.to(dtype) for t in _battery() if host.eligible(t) and t.abs().nan_to_num(0, 0, 0).max() < 1e4]
+    g = torch.Generator().manual_seed(3)
+    params = [torch.randn(t.shape, generator=g).to(dtype) * 3 for t in grads]
+    params[1][0] = float("nan")  # NaN weights: a NaN norm, the others unaffected
+    strides = [stats.sample_stride(t.shape) for t in grads]
+    views = [stats.sample_view(p, s) for p, s in zip(params, strides)]
+    samples = stats.take_samples(views)
+    assert samples.layout.host_only
+    block = stats.grad_and_param_stats(grads, strides, samples)
+    assert block is not None and tuple(block.shape) == (len(grads), 8)
+    want = reference.grad_stats(grads, strides).tolist()
+    for k, (row, ref) in enumerate(zip(block.tolist(), want)):
+        assert row[3:6] == ref[3:6], k
+        if ref[4]:
+            assert not math.isfinite(row[0]) and not math.isfinite(row[1]), k
+        else:
+            assert row[0] == pytest.approx(ref[0], rel=1e-5, abs=0.0), k
+            assert row[1] == ref[1], k
+            scale = ref[0] * math.sqrt(grads[k].numel())
+            assert row[2] == pytest.approx(ref[2], rel=1e-5, abs=1e-5 * scale), k
+            if row[6] >= 0:
+                assert row[6] == pytest.approx(ref[6], rel=1e-5, abs=1e-6 * ref[0]), k
+        norm = torch.linalg.vector_norm(views[k].double()).item()
+        if k == 1:
+            assert math.isnan(row[7])
+        else:
+            assert row[7] == pytest.approx(norm, rel=1e-12), k
+    # where it does not apply, the caller measures both on their own
+    assert stats.grad_and_param_stats([None, *grads[1:]], strides, samples) is None
+    big = torch.randn(300, 400)  # above host.MAX_TENSOR
+    assert stats.grad_and_param_stats([big, *grads[1:]], strides, samples) is None

@@ -215,6 +215,7 @@ def test_internal_failure_is_logged_once_and_training_goes_on(monkeypatch, caplo
         raise RuntimeError("simulated bug")
 
     monkeypatch.setattr(stats, "grad_stats", broken)
+    monkeypatch.setattr(stats, "grad_and_param_stats", broken)  # (the small-CPU-model path)
     model = MLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with caplog.at_level("ERROR", logger="gradwatch"), gw.watch(model, opt) as w:

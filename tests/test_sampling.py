@@ -531,3 +531,34 @@ def test_parameters_shrunk_in_place_or_made_complex_are_measured_as_they_are(cha
         assert s.zero_fraction == (real == 0).double().mean().item(), record.step
     if change == "make-complex":
         assert w.history.by_step(1).params["p"].zero_fraction == 0.5  # the imaginary parts are 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_update_and_change_in_one_pass_match_float64(dtype: torch.dtype, cpu_path: str) -> None:
+    """Small CPU samples: update norm and change since the previous record, both from one numpy pass."""
+    g = torch.Generator().manual_seed(6)
+    prev_w = [torch.randn(k, generator=g).to(dtype) for k in (33, 5, 1024, 7)]
+    before_w = [p + 0.1 * torch.randn(p.numel(), generator=g).to(dtype) for p in prev_w]
+    before_w[1] = prev_w[1].clone()  # restored to the previous record's weights: change exactly 0
+    now_w = [b + (1e-3 * torch.randn(b.numel(), generator=g)).to(dtype) for b in before_w]
+    now_w[2] = before_w[2].clone()  # no update: exactly 0
+    now_w[3][2] = float("nan")
+    layout = stats.SampleLayout(prev_w)
+    prev, before = stats.take_samples(prev_w, layout), stats.take_samples(before_w, layout)
+    both = stats.update_and_change(now_w, before, prev)
+    if cpu_path == "torch":  # (the numpy path switched off: sample_distances measures each column)
+        assert not layout.host_only and both is None
+        return
+    assert layout.host_only
+    assert both is not None and tuple(both.shape) == (4, 2)
+    for i, (update, change) in enumerate(both.tolist()):
+        ref_update = torch.linalg.vector_norm(now_w[i].double() - before_w[i].double()).item()
+        ref_change = torch.linalg.vector_norm(before_w[i].double() - prev_w[i].double(), 1.0).item()
+        if i == 3:
+            assert math.isnan(update)
+        else:
+            assert update == pytest.approx(ref_update, rel=1e-12, abs=0.0), i
+        assert change == pytest.approx(ref_change, rel=1e-12, abs=0.0), i
+    assert both[2, 0].item() == 0.0 and both[1, 1].item() == 0.0
+    other = stats.take_samples(prev_w, stats.SampleLayout(prev_w))  # another layout: not paired here
+    assert stats.update_and_change(now_w, before, other) is None

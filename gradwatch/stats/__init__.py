@@ -56,6 +56,7 @@ from gradwatch.stats.samples import (
     sample_stride,
     sample_view,
     take_samples,
+    update_and_change,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "SampleLayout",
     "Samples",
     "all_finite",
+    "grad_and_param_stats",
     "grad_stats",
     "histograms",
     "sample_distances",
@@ -73,6 +75,7 @@ __all__ = [
     "sample_stride",
     "sample_view",
     "take_samples",
+    "update_and_change",
 ]
 
 #: Columns returned by :func:`grad_stats`, per tensor: L2 norm, max |g|, sum of entries, number of
@@ -121,6 +124,31 @@ def grad_stats(
     fused_blocks, rest = _fused_blocks(grads, step)
     host_blocks, rest = _host_blocks(rest, step, ranges)
     return fused_blocks + host_blocks + _blocks_at(rest, reduce)
+
+
+def grad_and_param_stats(
+    grads: Sequence[torch.Tensor | None], strides: Sequence[int], samples: Samples
+) -> torch.Tensor | None:
+    """The raw gradient columns and the parameters' sample norms in one ``[n, 8]`` float64 CPU block.
+
+    The one-copy path of a small CPU model (:func:`gradwatch.stats.host.grad_stats` with ``norms_of``):
+    the gradients and the samples just taken (:class:`Samples`, aligned with ``grads``) are reduced in
+    the same numpy calls. Columns: :data:`RAW_FIELDS`, then the L2 norm of each sample (what
+    :func:`sample_norms` gives). None where it does not apply (a gradient missing, empty, not a small CPU
+    strided one, more than ``host.MAX_GROUP`` entries together, or samples not all on the host): then
+    :func:`grad_stats` and :func:`sample_norms` measure them.
+    """
+    if not host.ENABLED or fused.force_on_cpu or not samples.layout.host_only or samples.host is None:
+        return None
+    total = 0
+    for g in grads:
+        if g is None or not host.eligible(g):
+            return None
+        total += g.numel()
+    if total > host.MAX_GROUP // 2 or len(grads) != len(samples.layout.host):
+        return None
+    raw, _ = host.grad_stats(grads, strides, norms_of=(samples.host, samples.layout.host_starts))  # type: ignore[arg-type]
+    return raw
 
 
 def _host_chunks(

@@ -37,6 +37,7 @@ __all__ = [
     "eligible",
     "gather",
     "grad_stats",
+    "update_and_change",
     "memory_order",
     "starts",
 ]
@@ -92,7 +93,7 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 class _Plan:
     """Segment offsets of a group and the positions of its sampled entries, cached per layout."""
 
-    __slots__ = ("counts", "sampled", "sampled_starts", "starts", "total", "wide")
+    __slots__ = ("_joined", "counts", "sampled", "sampled_starts", "starts", "total", "wide")
 
     def __init__(self, numels: tuple[int, ...], strides: tuple[int, ...], wide: bool) -> None:
         self.counts = np.array(numels, dtype=np.int64)
@@ -107,6 +108,14 @@ class _Plan:
             sizes = np.array([len(p) for p in pieces], dtype=np.int64)
             self.sampled = np.concatenate(pieces)
             self.sampled_starts = np.cumsum(sizes) - sizes
+        self._joined: tuple[np.ndarray, np.ndarray] | None = None
+
+    def joined(self, extra_starts: np.ndarray) -> np.ndarray:
+        """These segments' starts followed by ``extra_starts`` shifted past them (the last one kept)."""
+        held = self._joined
+        if held is None or held[0] is not extra_starts:
+            held = self._joined = (extra_starts, np.concatenate([self.starts, self.total + extra_starts]))
+        return held[1]
 
 
 _Key = tuple[tuple[int, ...], tuple[int, ...], bool]
@@ -172,16 +181,19 @@ def gather(tensors: Sequence[torch.Tensor], out: np.ndarray | None = None, keep:
 
 
 def _scratch(total: int) -> np.ndarray:
-    """A reused ``[3, total]`` float64 buffer (per thread): the entries, their squares, their magnitudes."""
+    """A reused ``[2, total]`` float64 buffer (per thread): the entries and their squares."""
     held = getattr(_local, "held", None)
     if held is None or held.shape[1] < total:
-        held = _local.held = np.empty((3, total), dtype=np.float64)
+        held = _local.held = np.empty((2, total), dtype=np.float64)
     return held[:, :total]
 
 
 @np.errstate(all="ignore")  # NaN/Inf entries are expected input, counted and propagated
 def grad_stats(
-    tensors: Sequence[torch.Tensor], strides: Sequence[int], extremes: bool = False
+    tensors: Sequence[torch.Tensor],
+    strides: Sequence[int],
+    extremes: bool = False,
+    norms_of: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The raw columns of :data:`gradwatch.stats.RAW_FIELDS` for a group of small CPU tensors.
 
@@ -190,9 +202,15 @@ def grad_stats(
             :data:`MAX_GROUP` entries.
         strides: aligned with ``tensors``: count nonzero entries among ``flat[::stride]`` only.
         extremes: also return the minimum and maximum of each tensor.
+        norms_of: optional ``(values, starts)``: a 1-D float64 array of ``len(tensors)`` segments (a
+            :func:`gather` copy of the parameters' samples, :class:`~gradwatch.stats.Samples`) and where
+            each starts; their L2 norms come back as an 8th column, reduced in the same calls as the
+            gradients' sums of squares (on a small model the number of calls, not the entries, sets the
+            cost).
 
     Returns:
-        ``([n, 7] float64 CPU tensor, [2, n] float64 min/max or None)``. Every sum is accumulated in
+        ``([n, 7] float64 CPU tensor, [2, n] float64 min/max or None)`` (``[n, 8]`` with ``norms_of``:
+        the segments' norms last; NaN/Inf in a segment make its norm NaN/Inf). Every sum is accumulated in
         float64 (numpy's pairwise summation). The centred norm ``||g - mean||`` is measured directly (a
         second pass) where the mean dominates (``||g||^2 - n mean^2 < 1e-6 ||g||^2``: deriving it from
         the sums would lose more than about 1e-9 of it), else -1 (derived on the host from the norm and
@@ -202,17 +220,29 @@ def grad_stats(
     numels = tuple(_size(t) for t in tensors)
     wide = any(t.dtype == torch.float64 for t in tensors)
     plan = _plan(numels, tuple(strides), wide)
-    rows = _scratch(plan.total)
-    x, sq, mag = rows
-    gather(tensors, x)
+    n = len(numels)
     starts, counts = plan.starts, plan.counts
+    if norms_of is None:
+        total, every_start = plan.total, starts
+    else:  # the extra segments after the gradients, reduced in the same calls
+        values, value_starts = norms_of
+        total, every_start = plan.total + len(values), plan.joined(value_starts)
+    rows = _scratch(total)
+    x, sq = rows
+    gather(tensors, x[: plan.total])
+    if norms_of is not None:
+        x[plan.total :] = values
     np.multiply(x, x, out=sq)
-    np.abs(x, out=mag)
-    sums = np.add.reduceat(rows[:2], starts, axis=1)  # [2, n]: sum, sum of squares
-    raw = np.empty((7, len(numels)), dtype=np.float64)
+    joined = np.add.reduceat(rows, every_start, axis=1)  # [2, n (+ n)]: sum, sum of squares
+    sums = joined[:, :n]
+    raw = np.empty((7 if norms_of is None else 8, n), dtype=np.float64)
     raw[2] = sums[0]
-    np.sqrt(sums[1], out=raw[0])
-    np.maximum.reduceat(mag, starts, out=raw[1])
+    np.sqrt(joined[1, :n], out=raw[0])
+    x = x[: plan.total]
+    lo, hi = np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)  # (NaN propagates)
+    np.maximum(hi, np.negative(lo), out=raw[1])  # max |g| = max(max g, -min g)
+    if norms_of is not None:
+        np.sqrt(joined[1, n:], out=raw[7])
     picked = x if plan.sampled is None else x[plan.sampled]
     raw[3] = np.add.reduceat(picked != 0, plan.sampled_starts, dtype=np.int64)
     raw[6] = -1.0
@@ -231,7 +261,7 @@ def grad_stats(
         if bad is not None:
             odd = odd[~bad[odd]]
     if direct.any():  # the mean dominates: ||g - mean|| from the entries themselves
-        dev = np.subtract(x, np.repeat(sums[0] / counts, counts), out=sq)
+        dev = np.subtract(x, np.repeat(sums[0] / counts, counts), out=sq[: plan.total])
         np.multiply(dev, dev, out=dev)
         raw[6, direct] = np.sqrt(np.add.reduceat(dev, starts))[direct]
     for i in odd:
@@ -242,9 +272,7 @@ def grad_stats(
         raw[6, i] = m * float(np.sqrt(np.dot(dev, dev)))
     if bad is not None:
         raw[6, bad] = np.nan
-    ranges = None
-    if extremes:
-        ranges = torch.from_numpy(np.stack([np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)]))
+    ranges = torch.from_numpy(np.stack([lo, hi])) if extremes else None
     return torch.from_numpy(raw).T, ranges
 
 
@@ -336,3 +364,35 @@ def distances(now: np.ndarray, before: np.ndarray | None, starts: np.ndarray, or
     if ord != 2.0:
         raise ValueError(f"distances: ord must be 1 or 2, got {ord}")
     return np.sqrt(np.add.reduceat(x * x, starts)).reshape(-1, 1)
+
+
+@np.errstate(all="ignore")
+def update_and_change(
+    now: Sequence[torch.Tensor], before: np.ndarray, prev: np.ndarray, starts: np.ndarray
+) -> np.ndarray:
+    """The update and change columns of a list of parameters' samples, in one pass of a few numpy calls.
+
+    Args:
+        now: the parameters' sample views (:func:`gradwatch.stats.sample_view`) after the update; CPU.
+        before: their :func:`gather` copy (float64) taken just before the update.
+        prev: the copy taken before the previous recorded update, same layout.
+        starts: where each parameter's sample starts in those copies, ascending from 0.
+
+    Returns:
+        ``[len(starts), 2]`` float64: ``||now_i - before_i||_2`` (the update norm of the sample) and
+        ``||before_i - prev_i||_1`` (0 exactly when the weights are back where they were). Differences
+        of float64 copies of float32 (or smaller) values are exact; NaN or Inf entries give NaN or Inf.
+        The same values as :func:`distances` computes for each column on its own.
+    """
+    held = getattr(_local, "diffs", None)
+    if held is None or held.shape[1] < len(before):
+        held = _local.diffs = np.empty((2, len(before)), dtype=np.float64)
+    d = held[:, : len(before)]
+    gather(now, d[0], keep=True)
+    np.subtract(d[0], before, out=d[0])
+    np.subtract(before, prev, out=d[1])
+    np.multiply(d[0], d[0], out=d[0])
+    np.abs(d[1], out=d[1])
+    out = np.add.reduceat(d, starts, axis=1)
+    np.sqrt(out[0], out=out[0])
+    return out.T

@@ -73,6 +73,7 @@ class SampleLayout:
     as those views are: the grouping is the per-tensor Python work, and it does not change from step to
     step. ``host``: the positions of CPU views, copied together into one float64 buffer and reduced with
     numpy segment reductions (:mod:`gradwatch.stats.host`; ``host_starts``: where each one starts in it);
+    ``host_only``: every view is in ``host``;
     ``stacked``: groups of positions of one device, dtype and length shared by at least
     :data:`_STACK_MIN` tensors (copied with one ``stack``, reduced row-wise); ``rest``: the others, per
     device and dtype (one ``_foreach`` call each). Empty tensors are in no group.
@@ -81,7 +82,7 @@ class SampleLayout:
         views: 1-D tensors (any device and dtype).
     """
 
-    __slots__ = ("host", "host_starts", "rest", "stacked")
+    __slots__ = ("host", "host_only", "host_starts", "rest", "stacked")
 
     def __init__(self, views: Sequence[torch.Tensor]) -> None:
         groups: dict[_LengthKey, list[int]] = {}
@@ -101,6 +102,9 @@ class SampleLayout:
             else:
                 rest.setdefault((device, dtype), []).extend(idx)
         self.rest: list[list[int]] = list(rest.values())
+        #: every view is in ``host``, in order (the one-copy paths :func:`update_and_change` and
+        #: :func:`gradwatch.stats.grad_and_param_stats` apply)
+        self.host_only = len(self.host) == len(views) > 0
 
     def same_batches(self, other: SampleLayout) -> bool:
         """Whether ``other`` batches the same positions alike (samples of the two pair up)."""
@@ -270,3 +274,18 @@ def sample_distances(
             a64 = list(compat.foreach_sub(a64, [t.double() for t in b_list]))
         blocks.append((idx, torch.stack(compat.foreach_norm(a64, ord))[:, None]))
     return blocks
+
+
+def update_and_change(now: Sequence[torch.Tensor], before: Samples, prev: Samples) -> torch.Tensor | None:
+    """``[n, 2]`` float64: each sample's update norm ``||now - before||`` and change ``||before - prev||_1``.
+
+    The one-copy path for samples that are all small CPU ones (``layout.host_only``), with ``before`` and
+    ``prev`` taken with the same layout (:func:`gradwatch.stats.host.update_and_change`); None where it
+    does not apply (then :func:`sample_distances` measures each column).
+    """
+    lay = before.layout
+    if not lay.host_only or prev.layout is not lay or before.host is None or prev.host is None:
+        return None
+    if before.host.shape != prev.host.shape:
+        return None
+    return torch.from_numpy(host.update_and_change(now, before.host, prev.host, lay.host_starts))
