@@ -47,6 +47,19 @@ RAW_COLUMNS: tuple[str, ...] = tuple(c.name.lower() for c in Column)
 #: A column's value where no part of a record filled it: zero statistics, and NaN (not measured) for the
 #: parameter norm and the change; -1 in the update column (a measured norm is >= 0, or NaN for NaN weights).
 _UNMEASURED = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, math.nan, -1.0, math.nan])
+_UNMEASURED_VALUES: list[float] = _UNMEASURED.tolist()
+_everys: dict[int, list[int]] = {}
+
+
+def _every(n: int) -> list[int]:
+    """``list(range(n))``, kept (a part covering every parameter in order is the common case)."""
+    held = _everys.get(n)
+    if held is None:
+        if len(_everys) > 64:
+            _everys.clear()
+        held = _everys[n] = list(range(n))
+    return held
+
 
 #: One piece of a record: parameter positions, first :class:`Column`, and a ``[len(positions), k]`` tensor
 #: (on the host, or being copied there).
@@ -243,18 +256,26 @@ class StepRecord:
     def raw(self) -> list[list[float]]:
         """The ``[10][num_params]`` host buffer by column (:data:`RAW_COLUMNS`); waits for the copy if needed.
 
-        By column: ten lists, not one per parameter, for the garbage collector to track.
+        By column: ten lists, not one per parameter, for the garbage collector to track. Built in
+        Python lists from one ``tolist()`` per part (on a small model the calls, not the values, cost).
         """
         if self._event is not None and not self._event.query():
             self._event.synchronize()  # the copy is not done yet: wait (a finished one needs no call)
-        buf = np.empty((10, len(self._names)), dtype=np.float64)
-        buf[:] = _UNMEASURED[:, None]
-        every = list(range(len(self._names)))
+        n = len(self._names)
+        cols: list[list[float] | None] = [None] * len(_UNMEASURED_VALUES)
         for positions, col, values in self._parts:  # later parts overwrite earlier ones
-            v = values.numpy() if values.dtype == torch.float64 else values.double().numpy()
-            at = slice(None) if positions == every else positions  # (a slice: no index array built)
-            buf[col : col + v.shape[1], at] = v.T
-        return buf.tolist()
+            v = values if values.dtype == torch.float64 else values.double()
+            rows = v.numpy().T.tolist()
+            if len(positions) == n and positions == _every(n):  # (a whole column: taken as it is)
+                cols[col : col + len(rows)] = rows
+                continue
+            for k, row in enumerate(rows, start=col):
+                target = cols[k]
+                if target is None:
+                    target = cols[k] = [_UNMEASURED_VALUES[k]] * n
+                for p, value in zip(positions, row):
+                    target[p] = value
+        return [c if c is not None else [_UNMEASURED_VALUES[k]] * n for k, c in enumerate(cols)]
 
     @property
     def params(self) -> Mapping[str, ParamStats]:

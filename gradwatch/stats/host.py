@@ -19,6 +19,7 @@ multi-threaded reductions, where the memory pass costs more than the call.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -228,7 +229,7 @@ def grad_stats(
         values, value_starts = norms_of
         total, every_start = plan.total + len(values), plan.joined(value_starts)
     rows = _scratch(total)
-    x, sq = rows
+    x, sq = rows[0], rows[1]
     gather(tensors, x[: plan.total])
     if norms_of is not None:
         x[plan.total :] = values
@@ -246,7 +247,7 @@ def grad_stats(
     picked = x if plan.sampled is None else x[plan.sampled]
     raw[3] = np.add.reduceat(picked != 0, plan.sampled_starts, dtype=np.int64)
     raw[6] = -1.0
-    if np.isfinite(sums).all():
+    if math.isfinite(sums[1].sum()):  # (a NaN or Inf entry makes the sum of squares NaN or Inf)
         raw[4:6] = 0.0
         bad = None
     else:
