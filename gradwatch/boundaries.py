@@ -31,11 +31,6 @@ from gradwatch import compat
 __all__ = ["BoundaryCallbacks", "StepTracker"]
 
 
-def _graph_task() -> int:
-    """Id of the backward pass running in this thread, or -1 (see ``compat.current_graph_task_id``)."""
-    return compat.current_graph_task_id()
-
-
 class BoundaryCallbacks(Protocol):
     """What the tracker asks of its owner (the watcher)."""
 
@@ -94,7 +89,7 @@ class StepTracker:
 
     def _settle(self) -> None:
         """Close a backward pass whose end callback never ran (it raised, or was interrupted)."""
-        if self.in_backward and (not self.end_queued or _graph_task() == -1):
+        if self.in_backward and (not self.end_queued or compat.current_graph_task_id() == -1):
             if self.end_queued:  # the queued end never ran: the pass died
                 self.owner.backward_aborted()
             self.backward_end()
@@ -106,7 +101,7 @@ class StepTracker:
         gradient finds in ``.grad`` is judged against the right step. Also runs for
         ``torch.autograd.grad`` calls, which is harmless: such a boundary was already seen.
         """
-        if self.in_backward and _graph_task() == self.task:
+        if self.in_backward and compat.current_graph_task_id() == self.task:
             return
         if self.closed or (
             self.backward_seen
@@ -119,7 +114,7 @@ class StepTracker:
 
     def grad(self) -> None:
         """A gradient was accumulated into a watched ``.grad`` (post-accumulate hook)."""
-        task = _graph_task()
+        task = compat.current_graph_task_id()
         if self.in_backward and task != self.task:
             if self.end_queued:
                 self.owner.backward_aborted()  # the previous pass died before its end callback

@@ -42,6 +42,7 @@ the same reference); only the number of kernel launches differs.
 from __future__ import annotations
 
 import functools
+import operator
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -197,7 +198,6 @@ _fallback_task_state = [-1]
 
 _norm: Callable[..., Sequence[torch.Tensor]] = _norm_fallback
 _queue: Callable[[Callable[[], None]], None] | None = None
-_has_version = True
 
 # ------------------------------------------------------------------------------------------ the API
 #: ``torch._foreach_clone(tensors)``: copies.
@@ -264,12 +264,14 @@ def backward_seen_ended() -> None:
     _fallback_task_state[0] = -1
 
 
-def version_counter(t: torch.Tensor) -> int:
-    """``t._version``: incremented by every in-place write to ``t`` (autograd's correctness checks).
+def _no_version(t: torch.Tensor) -> int:
+    return 0
 
-    0 where this PyTorch has no version counters (in-place updates are then not seen).
-    """
-    return t._version if _has_version else 0
+
+#: ``t._version``: incremented by every in-place write to ``t`` (autograd's correctness checks); 0 where
+#: this PyTorch has no version counters (in-place updates are then not seen). An ``operator.attrgetter``
+#: (a C call, no Python frame: it is read several times per parameter per step).
+version_counter: Callable[[torch.Tensor], int] = _no_version
 
 
 def hook_dict(t: torch.Tensor, kind: str) -> Any:
@@ -391,7 +393,7 @@ def refresh() -> None:
         torch._C._current_graph_task_id if has["torch._C._current_graph_task_id"] else _task_fallback
     )
     mod._queue = _engine_queue()  # type: ignore[attr-defined]
-    mod._has_version = has["Tensor._version"]  # type: ignore[attr-defined]
+    mod.version_counter = operator.attrgetter("_version") if has["Tensor._version"] else _no_version  # type: ignore[attr-defined]
     _fallback_task_state[0] = -1
     _gpu_kernels_cache_clear()
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from gradwatch import compat, stats
-from gradwatch.boundaries import StepTracker, _graph_task
+from gradwatch.boundaries import StepTracker
 from gradwatch.config import Config, never
 from gradwatch.detectors.suite import DetectorSuite
 from gradwatch.errors import GradientError, GradWatchError, GradWatchWarning
@@ -436,7 +436,9 @@ class Recorder:
     @failsafe
     def _on_incoming_grad(self, index: int, param: torch.Tensor, _grad: torch.Tensor) -> None:
         tracker = self.tracker
-        if not tracker.in_backward or _graph_task() != tracker.task:  # else: nothing to do there
+        if (
+            not tracker.in_backward or compat.current_graph_task_id() != tracker.task
+        ):  # else: nothing to do there
             tracker.incoming()
         self.provenance.before_accumulate(index, param)
 
@@ -445,7 +447,7 @@ class Recorder:
         # (``sharded``: FSDP2 ran this hook after writing the gradient, and no hook ran before: the
         # tracker ends a closed step here, before the provenance reads what the new gradient found)
         tracker = self.tracker
-        if not tracker.in_backward or tracker.opt_depth or _graph_task() != tracker.task:
+        if not tracker.in_backward or tracker.opt_depth or compat.current_graph_task_id() != tracker.task:
             tracker.grad()  # else: a pass already running, outside any optimizer step: nothing to do
         cur = self._cur
         if not cur.received[index]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gradwatch import boundaries
+from gradwatch import compat
 from gradwatch.boundaries import StepTracker
 
 
@@ -54,7 +54,7 @@ class Engine:
 
     def __init__(self, tracker: StepTracker, owner: FakeOwner, monkeypatch: pytest.MonkeyPatch) -> None:
         self.tracker, self.owner, self.task, self.next_task = tracker, owner, -1, 1
-        monkeypatch.setattr(boundaries, "_graph_task", lambda: self.task)
+        monkeypatch.setattr(compat, "current_graph_task_id", lambda: self.task)
 
     def backward(self, leaves: int = 2, finish: bool = True) -> None:
         self.task, self.next_task = self.next_task, self.next_task + 1

@@ -140,11 +140,11 @@ def grad_and_param_stats(
     """
     if not host.ENABLED or fused.force_on_cpu or not samples.layout.host_only or samples.host is None:
         return None
-    total = 0
-    for g in grads:
-        if g is None or not host.eligible(g):
+    total, most, strided = 0, host.MAX_TENSOR, torch.strided
+    for g in grads:  # (host.eligible, inlined: this runs at every recorded step)
+        if g is None or not g.is_cpu or g.layout != strided or not 0 < (n := g.numel()) <= most:
             return None
-        total += g.numel()
+        total += n
     if total > host.MAX_GROUP // 2 or len(grads) != len(samples.layout.host):
         return None
     raw, _ = host.grad_stats(grads, strides, norms_of=(samples.host, samples.layout.host_starts))  # type: ignore[arg-type]

@@ -173,7 +173,7 @@ def gather(tensors: Sequence[torch.Tensor], out: np.ndarray | None = None, keep:
     """
     arrays = _arrays(tensors, keep)
     if out is None:
-        out = np.empty(sum(_size(t) for t in tensors), dtype=np.float64)
+        out = np.empty(sum([_size(t) for t in tensors]), dtype=np.float64)
     if any(a is None for a in arrays):  # a bf16 tensor: torch converts it
         torch.cat([_flat(t) for t in tensors], out=torch.from_numpy(out))
     else:
@@ -218,8 +218,8 @@ def grad_stats(
         the sum). NaN/Inf propagate into the norm, max |g| and the sum, and are counted; their centred
         norm is NaN.
     """
-    numels = tuple(_size(t) for t in tensors)
-    wide = any(t.dtype == torch.float64 for t in tensors)
+    numels = tuple([t.numel() * 2 if t.is_complex() else t.numel() for t in tensors])
+    wide = torch.float64 in {t.dtype for t in tensors}
     plan = _plan(numels, tuple(strides), wide)
     n = len(numels)
     starts, counts = plan.starts, plan.counts
