@@ -72,6 +72,7 @@ __all__ = [
     "queue_end_of_backward",
     "refresh",
     "reset_hook_dict",
+    "saved_attributes",
     "version_counter",
 ]
 
@@ -113,6 +114,11 @@ FEATURES: dict[str, Feature] = {
         Feature("Tensor._post_accumulate_grad_hooks", "2.1", "hook dictionary left empty, not None"),
         Feature("Tensor._backward_hooks", "<2.1", "hook dictionary left empty, not None"),
         Feature("Tensor._version", "<2.1", "0: in-place updates are not seen"),
+        Feature(
+            "Node._saved_*",
+            "<2.1",
+            "a NaN born in the forward pass is named at the first layer the backward pass reached",
+        ),
         Feature("torch.compiler.disable", "2.1", "hooks not wrapped: a compiled step traces into them"),
         Feature(
             "torch.amp.GradScaler",
@@ -274,6 +280,22 @@ def _no_version(t: torch.Tensor) -> int:
 version_counter: Callable[[torch.Tensor], int] = _no_version
 
 
+def saved_attributes(node_type: type) -> list[str]:
+    """Names of the ``_saved_*`` attributes of an autograd node class (what its backward saved).
+
+    The tensors a node keeps for its backward, as the "Saved tensors" section of PyTorch's autograd
+    notes reads them (``y.grad_fn._saved_result``). Empty where this PyTorch does not expose them.
+    """
+    if not _available["Node._saved_*"]:
+        return []
+    return [a for a in dir(node_type) if a.startswith("_saved_")]
+
+
+def _probe_saved() -> bool:
+    x = torch.ones(1, requires_grad=True)
+    return isinstance(getattr(x.exp().grad_fn, "_saved_result", None), torch.Tensor)
+
+
 def hook_dict(t: torch.Tensor, kind: str) -> Any:
     """``t._post_accumulate_grad_hooks`` (``kind="post_accumulate"``) or ``t._backward_hooks`` (else).
 
@@ -361,6 +383,7 @@ def refresh() -> None:
         "Tensor._post_accumulate_grad_hooks": _tensor_has("_post_accumulate_grad_hooks"),
         "Tensor._backward_hooks": _tensor_has("_backward_hooks"),
         "Tensor._version": _tensor_has("_version"),
+        "Node._saved_*": _probe_saved(),
         "torch.compiler.disable": callable(getattr(getattr(torch, "compiler", None), "disable", None)),
         "torch._dynamo": True,  # only looked up in sys.modules: nothing to check
         "torch.amp.GradScaler": isinstance(getattr(getattr(torch, "amp", None), "GradScaler", None), type),

@@ -25,6 +25,11 @@ Hooks used (see the PyTorch docs of each):
   ``torch.nn.utils.clip_grad``) are wrappers that turn the ``parameters`` argument into a list once (as
   the functions do themselves), show it to the watchers, and call the original with that list. A
   function imported by name before the watcher attached is the original and is not seen.
+* ``torch.autograd.backward`` (what ``Tensor.backward`` calls): likewise, no hook runs before a backward
+  pass starts; while any watcher asks, the module attribute is a wrapper that shows the tensors about
+  to be differentiated (the loss) to the watchers, then calls the original unchanged. The watchers read
+  the loss's autograd graph there, before backward frees it (:mod:`gradwatch.forward_origin`).
+  ``torch.autograd.grad`` is not wrapped.
 """
 
 from __future__ import annotations
@@ -128,6 +133,22 @@ class HandleGroup:
                 _clip_originals[(module, name)] = current
                 setattr(module, name, _clip_spy(name, current))
 
+    def before_backward(self, before: Callable[[Any], None]) -> None:
+        """Call ``before(tensors)`` at each ``torch.autograd.backward`` (``Tensor.backward``), before it runs.
+
+        ``tensors``: its first argument as given (a tensor, or a sequence of tensors or gradient edges).
+        """
+        handle = RemovableHandle(_backward_calls)
+        _backward_calls[handle.id] = before
+        self._handles.append(handle)
+        import torch.autograd as autograd_module
+
+        if _backward_original:
+            return
+        current = autograd_module.backward
+        _backward_original.append(current)
+        autograd_module.backward = _backward_spy(current)  # type: ignore[assignment]
+
     def optimizer_step(
         self,
         optimizer: torch.optim.Optimizer,
@@ -158,6 +179,12 @@ class HandleGroup:
                 if getattr(cls.__dict__.get("unscale_"), "__wrapped__", None) is original:
                     cls.unscale_ = original  # type: ignore[attr-defined]
             _unscale_originals.clear()
+        if not _backward_calls and _backward_original:
+            import torch.autograd as autograd_module
+
+            original = _backward_original.pop()
+            if getattr(autograd_module.backward, "__wrapped__", None) is original:
+                autograd_module.backward = original  # type: ignore[assignment]
         if not _clip_calls:
             for (module, name), original in _clip_originals.items():
                 if getattr(getattr(module, name, None), "__wrapped__", None) is original:
@@ -178,6 +205,23 @@ _clip_originals: dict[tuple[Any, str], Callable[..., Any]] = {}
 #: The clip functions watched: ``clip_grads_with_norm_`` (PyTorch 2.6+, where present) is the second half
 #: of ``clip_grad_norm_``, called with a total norm from ``get_total_norm`` (as accelerate does).
 _CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_")
+
+
+#: handle id -> callback of every watcher that asked for ``torch.autograd.backward``
+_backward_calls: OrderedDict[int, Callable[[Any], None]] = OrderedDict()
+#: the original ``torch.autograd.backward``, while wrapped (empty otherwise)
+_backward_original: list[Callable[..., Any]] = []
+
+
+def _backward_spy(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)  # (sets __wrapped__ = original)
+    def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+        if _backward_calls:
+            for before in list(_backward_calls.values()):
+                before(tensors)
+        return original(tensors, *args, **kwargs)
+
+    return backward
 
 
 def _clip_spy(name: str, original: Callable[..., Any]) -> Callable[..., Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from gradwatch.config import Config, never
 from gradwatch.detectors.suite import DetectorSuite
 from gradwatch.errors import GradientError, GradWatchError, GradWatchWarning
 from gradwatch.findings import FINDING_KINDS, Finding, Suppressions
+from gradwatch.forward_origin import ForwardOrigin, locate
 from gradwatch.hooks import HandleGroup, queue_end_of_backward, watched_elsewhere
 from gradwatch.provenance import Provenance
 from gradwatch.records import Column, Part, StepRecord
@@ -54,6 +56,14 @@ R = TypeVar("R")
 #: Optimizer steps between two looks for frozen parameters an optimizer still moves (the 1st, 11th, ...:
 #: a frozen parameter with a .grad stays that way, so it is caught within this many steps).
 FROZEN_PROBE_EVERY = 10
+
+#: Walks of a non-finite loss's autograd graph a watcher may make in a row (:mod:`gradwatch.forward_origin`):
+#: each is host Python over the whole graph, and a run whose weights became NaN, or a GradScaler's
+#: skipped overflow steps, hand ``backward()`` one non-finite loss after another.
+MAX_ORIGIN_WALKS = 3
+
+#: One walk is allowed again every this many ``backward()`` calls (up to :data:`MAX_ORIGIN_WALKS`).
+ORIGIN_WALK_REFILL = 1000
 
 
 def failsafe(method: Callable[..., R]) -> Callable[..., R | None]:
@@ -102,6 +112,8 @@ class _StepState:
         self.combined = 0  # parts before this one hold whole-tensor values of sharded parameters
         # ids of the parameters a clip function was given -> the total norm it measured before clipping
         self.unclipped: dict[tuple[int, ...], torch.Tensor] = {}
+        # where the first non-finite loss among this step's backward passes was born (seen before backward)
+        self.forward_origin: ForwardOrigin | None = None
 
 
 class Recorder:
@@ -158,6 +170,10 @@ class Recorder:
         self._recorded: list[int] = []  # first and last recorded step, and how many: [first, last, count]
         self._hist_step = -1  # the last step whose histograms were written
         self._eager_tracker_call: Callable[..., None] = self._tracker_call
+        self._positions: dict[int, int] = {}  # id() of each watched parameter -> its position
+        self._origin_walks = MAX_ORIGIN_WALKS  # walks left (refilled, see ORIGIN_WALK_REFILL)
+        self._backward_calls = 0
+        self._pending_origin: ForwardOrigin | None = None  # found before the pass that will carry it
         self.failed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -207,8 +223,10 @@ class Recorder:
             if self.optimizers:
                 self._handles.around_unscale(eager(self._before_unscale), eager(self._after_unscale))
             self._handles.around_clip(eager(self._on_clip), eager(self._after_clip))
+            self._handles.before_backward(eager(self._before_backward))
             self.params = params
             self._ids = {id(p) for p in params}
+            self._positions = {id(p): i for i, p in enumerate(params)}
             self.optimizers.bind(params)
             wanted = self.config.writer is not None or self.config.logdir is not None
             if self.config.rank_zero_only and compat.global_rank() != 0:
@@ -598,6 +616,39 @@ class Recorder:
     def backward_started(self, inside_optimizer: bool) -> None:
         """A backward pass reached its first watched parameter."""
         self.provenance.new_pass(inside_optimizer)
+        if self._pending_origin is not None:  # (the step this pass belongs to is known now)
+            if self._cur.forward_origin is None:
+                self._cur.forward_origin = self._pending_origin
+            self._pending_origin = None
+
+    @failsafe
+    def _before_backward(self, tensors: Any) -> None:
+        """``backward()`` is about to run on ``tensors``: if the loss is not finite, find where it was born.
+
+        Only where reading the loss costs nothing (a scalar on the CPU): on an accelerator it would wait
+        for the device at every step. The graph is walked (:func:`gradwatch.forward_origin.locate`) at
+        most :data:`MAX_ORIGIN_WALKS` times in a row, one more every :data:`ORIGIN_WALK_REFILL` calls,
+        and not again once the weights themselves are non-finite. What it finds goes with the step this
+        pass belongs to (``StepRecord.forward_origin``); a step a GradScaler skips is never recorded, so
+        an overflow it handles is not reported.
+        """
+        self._pending_origin = None
+        self._backward_calls += 1
+        if self._backward_calls % ORIGIN_WALK_REFILL == 0 and 0 <= self._origin_walks < MAX_ORIGIN_WALKS:
+            self._origin_walks += 1
+        if self._origin_walks <= 0:
+            return
+        given = [tensors] if isinstance(tensors, torch.Tensor) else tensors
+        roots = [r for r in given if isinstance(r, torch.Tensor) and r.grad_fn is not None] if given else []
+        if not roots or any(r.numel() != 1 or not stats.reads_freely(r.device) for r in roots):
+            return  # (a vector-Jacobian product of a whole output is not a loss; a device loss: not read)
+        if all(math.isfinite(r.detach().item()) for r in roots):
+            return
+        self._origin_walks -= 1
+        origin = locate(roots, self._positions)
+        if origin is not None and origin.cause == "weights":
+            self._origin_walks = -1  # every later loss is non-finite from here: never again
+        self._pending_origin = origin
 
     def backward_aborted(self) -> None:
         """The running backward pass raised or was interrupted: not the user's accumulation bug."""
@@ -832,6 +883,7 @@ class Recorder:
             grad_none=cur.grad_none,
             sample_sizes=self.sampler.sample_sizes,
             unclipped=None if host_unclipped is None else (host_unclipped.reshape(()), covered),
+            forward_origin=cur.forward_origin,
         )
         if grad_hist is not None and grad_rows is not None:
             grad_hist = (grad_hist[0], grad_rows)

@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from gradwatch.forward_origin import ForwardOrigin
+
 __all__ = [
     "RAW_COLUMNS",
     "Column",
@@ -155,6 +157,7 @@ class StepRecord:
         "_sample_sizes",
         "_unclipped",
         "_waiting",
+        "forward_origin",
         "step",
     )
 
@@ -174,6 +177,7 @@ class StepRecord:
         grad_none: Sequence[bool] = (),
         sample_sizes: Sequence[int] = (),
         unclipped: tuple[float | torch.Tensor, frozenset[int]] | None = None,
+        forward_origin: ForwardOrigin | None = None,
     ) -> None:
         """Build a record (gradwatch does; users read records from ``Watcher.history``).
 
@@ -194,6 +198,8 @@ class StepRecord:
             unclipped: the total L2 norm the step's clip functions measured before clipping (a number or
                 a scalar tensor being copied to the host) and the positions of the watched parameters
                 they clipped; ``None`` when none ran.
+            forward_origin: where the non-finite loss of one of the step's backward passes was born, when
+                gradwatch located it (:mod:`gradwatch.forward_origin`), else ``None``.
         """
         self.step = step
         self._loss = loss
@@ -210,6 +216,8 @@ class StepRecord:
         self._grad_none = grad_none
         self._sample_sizes = sample_sizes
         self._unclipped = unclipped
+        #: where a non-finite loss of the step was born (:class:`~gradwatch.forward_origin.ForwardOrigin`)
+        self.forward_origin = forward_origin
         self._layer_map: dict[str, str] | None = None
         #: values derived from the record that several detectors read, computed once (dropped with params)
         self._derived: dict[str, Any] = {}

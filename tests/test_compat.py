@@ -372,6 +372,42 @@ def fallback_grad_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
     _check_norms(_loop(*_model()))
 
 
+def fallback_saved_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    # without the nodes' saved tensors an Inf born in the forward pass cannot be placed: the gradients'
+    # backward order names the layer after it, as before the graph walk existed
+    monkeypatch.setattr(compat, "_probe_saved", lambda: False)
+    compat.refresh()
+    assert compat.saved_attributes(type(torch.ones(1, requires_grad=True).exp().grad_fn)) == []
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for step in range(2):
+            opt.zero_grad()
+            h = model[0](torch.ones(3, 6))
+            if step == 1:
+                h = torch.exp(h * 1e3)  # overflows to Inf in the forward pass
+            model[1](h).sum().backward()
+            opt.step()
+    (f,) = w.findings
+    assert f.kind == "nonfinite_grad" and f.step == 1 and f.params == ("1.weight",)
+    assert "layer 1's backward" in f.message  # (the gradients alone: wrong about where, right about which)
+    assert w.history[1].forward_origin is None
+    monkeypatch.undo()
+    compat.refresh()  # with them: the same loop names the layer the exp reads
+    model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for step in range(2):
+            opt.zero_grad()
+            h = model[0](torch.ones(3, 6))
+            if step == 1:
+                h = torch.exp(h * 1e3)
+            model[1](h).sum().backward()
+            opt.step()
+    assert [(f.step, f.params) for f in w.findings] == [(1, ("0.weight", "0.bias"))]
+
+
 #: Feature name (a key of compat.FEATURES) -> the test of its fallback.
 FALLBACK_TESTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "torch._foreach_clone": fallback_foreach_clone,
@@ -393,6 +429,7 @@ FALLBACK_TESTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "torch.compiler.disable": fallback_compiler_disable,
     "torch._dynamo": fallback_dynamo_module,
     "torch.amp.GradScaler": fallback_grad_scaler,
+    "Node._saved_*": fallback_saved_tensors,
 }
 
 

@@ -73,6 +73,24 @@ def test_nonfinite_in_loss_says_so() -> None:
         w.record_loss(loss)
         opt.step()
     (f,) = [f for f in w.findings if f.kind == "nonfinite_grad"]
+    assert f.params == ("2.weight", "2.bias")  # the layer the infinite factor follows
+    assert "a constant that is Inf" in f.message and "MulBackward0" in f.message
+    assert "the loss itself was inf" in f.message
+
+
+def test_nonfinite_loss_with_a_vector_jacobian_product_keeps_the_gradient_rule() -> None:
+    # backward(gradient) of a whole output is not a loss: not read; the gradients' backward order names it
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        opt.zero_grad()
+        out = (model(x) - y).pow(2) * float("inf")
+        out.backward(torch.ones_like(out))
+        w.record_loss(out.sum())
+        opt.step()
+    (f,) = [f for f in w.findings if f.kind == "nonfinite_grad"]
     assert f.params[:2] == ("2.weight", "2.bias")
     assert "first layer the backward pass reached" in f.message and "the loss itself was" in f.message
     assert "finite" not in f.message.split("the loss itself was")[1].split(".")[0]

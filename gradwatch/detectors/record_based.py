@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from gradwatch.detectors.base import Detector
 from gradwatch.findings import Finding
 from gradwatch.findings import short_list as _short
+from gradwatch.forward_origin import ForwardOrigin
 from gradwatch.records import StepRecord
 
 __all__ = [
@@ -24,16 +25,24 @@ __all__ = [
 
 
 class NonfiniteGradDetector(Detector):
-    """NaN or +-Inf in a gradient, with its origin in backward order; or a weight that became non-finite.
+    """NaN or +-Inf in a gradient, named at its origin; or a weight that became non-finite.
 
-        The *origin* is the layer of the parameter nearest the loss, in the order the backward pass reached
-    the parameters (recorded by the post-accumulate hooks), whose gradient holds NaN/Inf. If layers
-    nearer the loss have finite gradients the value was born in the origin layer's backward; parameters
-    further from the loss then only received it by propagation. Reported at the first step where it
-    happens, naming the origin's parameters (those it propagated into are listed in the message). A
-    later step is reported only if none of the parameters named before is still non-finite (else the new
-    ones got it from there, e.g. through weights the first one's update made NaN). Cost: none beyond the
-    step's statistics (the NaN/Inf counts are part of them); no anomaly mode.
+    Born in the *backward* pass, the origin is the layer of the parameter nearest the loss, in the order
+    the backward pass reached the parameters (recorded by the post-accumulate hooks), whose gradient
+    holds NaN/Inf: if layers nearer the loss have finite gradients the value was born in the origin
+    layer's backward, and parameters further from the loss only received it by propagation.
+
+    Born in the *forward* pass, the loss itself is non-finite and every gradient receives the value at
+    once, so the gradients cannot place it. Where the loss can be read for free (on the CPU) the
+    recorder walks its autograd graph before ``backward()`` runs (:mod:`gradwatch.forward_origin`,
+    ``StepRecord.forward_origin``): the origin is then the layer of the parameters nearest the op that
+    produced the value, or the layer the data entered when the batch held it.
+
+    Reported at the first step where it happens, naming the origin's parameters (those it propagated
+    into are listed in the message). A later step is reported only if none of the parameters named
+    before is still non-finite (else the new ones got it from there, e.g. through weights the first
+    one's update made NaN). Cost: none beyond the step's statistics (the NaN/Inf counts are part of
+    them) and, for a non-finite loss only, one walk of its graph; no anomaly mode.
     """
 
     kinds = ("nonfinite_grad",)
@@ -49,8 +58,16 @@ class NonfiniteGradDetector(Detector):
         if bad:
             order = record.backward_order
             ranked = sorted(bad, key=lambda n: order.get(n, math.inf))
-            origin_layer = record.layer_of(ranked[0])
-            origin = [n for n in params if n in bad and record.layer_of(n) == origin_layer]
+            found = record.forward_origin
+            names = list(params)
+            if found is not None and found.cause != "weights" and found.positions:
+                layers = {record.layer_of(names[i]) for i in found.positions}
+                origin_layer = ", ".join(sorted(layer or "<root>" for layer in layers))
+                origin = [n for n in params if record.layer_of(n) in layers]
+            else:
+                found = None
+                origin_layer = record.layer_of(ranked[0]) or "<root>"
+                origin = [n for n in params if n in bad and record.layer_of(n) == record.layer_of(ranked[0])]
             nearer = [n for n in params if order.get(n, math.inf) < order.get(ranked[0], math.inf)]
             nearer_finite = [n for n in nearer if n not in bad]
             new = [n for n in ranked if n not in self.reported]
@@ -58,20 +75,9 @@ class NonfiniteGradDetector(Detector):
             # new names only received it from there, not a new origin
             if new and not any(n in self.reported for n in bad):
                 self.reported.update(new)
+                self.reported.update(origin)
                 propagated = [n for n in params if n in bad and n not in origin]
-                if nearer_finite:
-                    born = (
-                        f"born in layer {origin_layer or '<root>'}'s backward: the layers nearer the loss "
-                        f"({_short(nearer_finite, 3)}) have finite gradients"
-                    )
-                else:
-                    born = (
-                        f"already present in the first layer the backward pass reached "
-                        f"({origin_layer or '<root>'}): born there, in the loss, or in the forward pass "
-                        f"(a softmax over a row masked entirely with -inf, exp of an unbounded log-variance, "
-                        f"cosine_similarity of a zero vector; torch.autograd.detect_anomaly() for one step "
-                        f"names the op)"
-                    )
+                born, fix = _born(found, origin_layer, nearer_finite)
                 loss = record.loss
                 loss_text = (
                     "the loss was not recorded (w.record_loss(loss) tells whether it was finite)"
@@ -80,22 +86,27 @@ class NonfiniteGradDetector(Detector):
                         "the loss itself was finite" if math.isfinite(loss) else f"the loss itself was {loss}"
                     )
                 )
+                if found is not None and loss is None:
+                    loss_text = f"the loss itself was {found.value}"
                 counts = ", ".join(
                     f"{n}: {params[n].nan_count} NaN, {params[n].inf_count} Inf"
                     if params[n].nan_count or params[n].inf_count
-                    else f"{n}: finite entries up to {params[n].grad_max_abs:.3g} whose norm overflows"
+                    else (
+                        f"{n}: finite entries up to {params[n].grad_max_abs:.3g} whose norm overflows"
+                        if n in bad
+                        else f"{n}: finite"
+                    )
                     for n in origin[:4]
                 )
                 message = (
                     f"non-finite gradient at step {record.step} in {_short(origin)} ({counts}); {born}; "
                     f"{loss_text}."
                     + (f" Propagated from there into {_short(propagated)}." if propagated else "")
-                    + " Fix: look for log/sqrt/division/pow of values that can be 0 or negative in the "
-                    "origin layer's forward (add an epsilon: torch.sqrt(x + 1e-8), x.clamp_min(eps)), "
-                    "overflow in fp16 (use bf16 or torch.amp.GradScaler), or a too-high learning rate."
+                    + " Fix: "
+                    + fix
                 )
-                names = tuple(origin)  # (the parameters it propagated into are in the message)
-                findings.append(Finding("nonfinite_grad", record.step, names, message))
+                names_out = tuple(origin)  # (the parameters it propagated into are in the message)
+                findings.append(Finding("nonfinite_grad", record.step, names_out, message))
         else:
             # finite gradients, but the update made a weight non-finite
             broken = [
@@ -187,6 +198,52 @@ def _update_band(record: StepRecord) -> str:
     return (
         f" Update-to-weight ratios this step: median {median:.2g}, {outside} of {len(ratios)} parameters "
         f"outside the healthy band 1e-4..1e-1 (TheDeepChecker)."
+    )
+
+
+def _born(found: ForwardOrigin | None, layer: str, nearer_finite: list[str]) -> tuple[str, str]:
+    """Where a non-finite gradient was born (the message's middle) and how to fix it."""
+    generic = (
+        "look for log/sqrt/division/pow of values that can be 0 or negative in the origin layer's forward "
+        "(add an epsilon: torch.sqrt(x + 1e-8), x.clamp_min(eps)), overflow in fp16 (use bf16 or "
+        "torch.amp.GradScaler), or a too-high learning rate."
+    )
+    if found is None and nearer_finite:
+        return (
+            f"born in layer {layer}'s backward: the layers nearer the loss ({_short(nearer_finite, 3)}) have "
+            f"finite gradients"
+        ), generic
+    if found is None:
+        return (
+            f"already present in the first layer the backward pass reached ({layer}): born there, in the "
+            f"loss, or in the forward pass (a softmax over a row masked entirely with -inf, exp of an "
+            f"unbounded log-variance, cosine_similarity of a zero vector; torch.autograd.detect_anomaly() "
+            f"for one step names the op)"
+        ), generic
+    walked = "found by walking the loss's autograd graph before backward()"
+    if found.cause == "data":
+        return (
+            f"born before the model: the data fed to layer {layer} already held {found.value} ({walked}, "
+            f"at {found.op}), so the loss and every gradient received it"
+        ), (
+            "check the batch (torch.isfinite(x).all()) and the data pipeline: a division by a zero std in "
+            "normalisation, log of 0, a corrupt sample."
+        )
+    if found.cause == "constant":
+        return (
+            f"born in the forward pass: a constant that is {found.value} (a Python number or 0-dim tensor) "
+            f"enters the computation at {found.op}, right after layer {layer} ({walked}), so the loss and "
+            f"every gradient received it"
+        ), "check the constants and scale factors of the loss and the forward pass."
+    op = found.op.removesuffix("Backward0").removesuffix("Backward1")
+    return (
+        f"born in the forward pass: {op} ({found.op}) produced {found.value} from inputs that held none, "
+        f"right after layer {layer} ({walked}), so the loss and every gradient received it"
+    ), (
+        "guard that op: a softmax over a row masked entirely with -inf gives NaN (keep at least one "
+        "unmasked key per query, or zero fully masked rows after it); exp of an unbounded value overflows "
+        "(clamp it first, e.g. log_var.clamp(-20, 20)); add an epsilon to log/sqrt/division "
+        "(torch.sqrt(x + 1e-8), x.clamp_min(eps))."
     )
 
 

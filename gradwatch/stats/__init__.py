@@ -68,6 +68,7 @@ __all__ = [
     "Samples",
     "all_finite",
     "grad_and_param_stats",
+    "reads_freely",
     "grad_stats",
     "histograms",
     "sample_distances",
@@ -124,6 +125,15 @@ def grad_stats(
     fused_blocks, rest = _fused_blocks(grads, step)
     host_blocks, rest = _host_blocks(rest, step, ranges)
     return fused_blocks + host_blocks + _blocks_at(rest, reduce)
+
+
+def reads_freely(device: torch.device) -> bool:
+    """Whether reading a value of a tensor on ``device`` on the host costs no device sync (the CPU).
+
+    False on accelerators, and on the CPU while the tests run the accelerator paths there
+    (``fused.force_on_cpu``).
+    """
+    return _host(device)
 
 
 def grad_and_param_stats(

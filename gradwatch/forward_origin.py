@@ -1,0 +1,200 @@
+"""Where a non-finite loss was born in the forward pass: a walk of its autograd graph before backward.
+
+A NaN or Inf born in the forward pass (a softmax over a row masked entirely with ``-inf``, ``exp`` of
+an unbounded log-variance, NaN in the batch itself) reaches the loss and, in the backward pass, every
+gradient at once: the gradients cannot say where it came from. The autograd graph of the loss can, as
+long as backward has not run yet (running it frees what the graph saved): each node keeps the tensors
+its backward needs (``SoftmaxBackward0`` its result, ``AddmmBackward0`` its input and weight, ...).
+PyTorch exposes them as the node's ``_saved_*`` attributes ("Saved tensors" in its autograd notes),
+read through :func:`gradwatch.compat.saved_attributes`; where they are missing, no origin is found.
+The *origin* is a node that saved a non-finite tensor while no node below it (towards the inputs)
+did; the parameters nearest it upstream (its layer's, in the graph) are the ones to name.
+
+:func:`locate` is that walk. It is host-only Python over the graph (O(nodes), about a millisecond for a
+small model), so the recorder runs it only when the loss handed to ``backward()`` is not finite and can
+be read for free (a CPU scalar), at most a few times per run. Same idea as
+``torch.autograd.detect_anomaly`` (which names the op of a NaN born in the *backward* pass), without
+running the model under anomaly mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from gradwatch import compat
+
+__all__ = ["MAX_NODES", "ForwardOrigin", "locate"]
+
+#: Graphs with more nodes than this are not walked (the walk would cost more than it tells).
+MAX_NODES = 200_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardOrigin:
+    """Where a non-finite value in the loss was born (the result of :func:`locate`).
+
+    Attributes:
+        op: the autograd node that first saved a non-finite tensor, e.g. ``"SoftmaxBackward0"`` (the
+            forward op is its name without ``Backward0``).
+        value: ``"NaN"`` or ``"Inf"``: what was born there.
+        cause: ``"op"`` (the op produced NaN/Inf from inputs that held none), ``"data"`` (a tensor given
+            to the model, not computed from parameters, already held it), ``"constant"`` (a 0-dim one: a
+            Python number such as ``float("inf")`` in the computation) or ``"weights"`` (a parameter
+            already held it: an earlier update made it non-finite).
+        positions: positions of the watched parameters nearest the origin upstream in the graph (the
+            parameters feeding the op; for ``"weights"``, the non-finite parameter itself), in the
+            watcher's order; empty when no watched parameter is upstream of it.
+    """
+
+    op: str
+    value: str
+    cause: str
+    positions: tuple[int, ...]
+
+
+def _saved(node: Any, names: dict[type, list[str]]) -> Iterator[torch.Tensor]:
+    """The floating-point tensors ``node`` saved for its backward (its ``_saved_*`` attributes)."""
+    kind = type(node)
+    attrs = names.get(kind)
+    if attrs is None:
+        attrs = names[kind] = compat.saved_attributes(kind)
+    for attr in attrs:
+        try:
+            value = getattr(node, attr)
+        except Exception:  # freed (after backward), or not a tensor PyTorch can hand out
+            continue
+        for t in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+                yield t
+
+
+def _bad(t: torch.Tensor, value: str) -> bool:
+    if t.layout != torch.strided:
+        return False
+    flags = torch.isnan(t) if value == "NaN" else torch.isinf(t)
+    return bool(flags.any())
+
+
+def locate(
+    roots: Sequence[torch.Tensor], positions: Mapping[int, int], max_nodes: int = MAX_NODES
+) -> ForwardOrigin | None:
+    """The node where the NaN (else the Inf) in ``roots`` was born, before ``backward()`` frees the graph.
+
+    Args:
+        roots: the tensors about to be differentiated (the loss), with a ``grad_fn``; any device.
+        positions: ``id()`` of each watched parameter -> its position.
+        max_nodes: graphs larger than this are not walked.
+
+    Returns:
+        The origin, or None: no node saved a non-finite tensor (the NaN is born in the loss function's
+        own reduction, or in a saved tensor PyTorch does not expose), or the graph is too large. NaN is
+        searched first (a ``-inf`` saved on purpose, as an attention mask, must not hide it); Inf only
+        when no node saved a NaN.
+
+    Host-only Python, O(nodes) plus one ``isnan``/``isinf`` per saved tensor (a device sync each on an
+    accelerator): meant for the rare loss that is already non-finite.
+    """
+    nodes: list[Any] = []
+    seen: set[Any] = set()
+    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        nodes.append(node)
+        if len(nodes) > max_nodes:
+            return None
+        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+    names: dict[type, list[str]] = {}
+    saved = {node: list(_saved(node, names)) for node in nodes}
+    for value in ("NaN", "Inf"):
+        bad = {node: [t for t in saved[node] if _bad(t, value)] for node in nodes}
+        bad = {node: ts for node, ts in bad.items() if ts}
+        if not bad:
+            continue
+        below = _bad_below(nodes, bad)
+        origins = [node for node in nodes if node in bad and not below[node]]
+        if origins:
+            return _describe(origins[0], bad[origins[0]], value, positions)
+    return None
+
+
+def _bad_below(nodes: list[Any], bad: Mapping[Any, Any]) -> dict[Any, bool]:
+    """Per node: whether some node below it (towards the inputs) saved a non-finite tensor."""
+    below: dict[Any, bool] = {}
+    for root in nodes:  # iterative post-order over the DAG, each node once
+        if root in below:
+            continue
+        work = [(root, False)]
+        while work:
+            node, expanded = work.pop()
+            children = [fn for fn, _ in node.next_functions if fn is not None]
+            if expanded:
+                below[node] = any(child in bad or below[child] for child in children)
+                continue
+            if node in below:
+                continue
+            work.append((node, True))
+            work.extend((child, False) for child in children if child not in below)
+    return below
+
+
+def _describe(
+    node: Any, tensors: list[torch.Tensor], value: str, positions: Mapping[int, int]
+) -> ForwardOrigin:
+    """Name the cause and the watched parameters nearest ``node``."""
+    held = tuple(sorted(i for i, p in _watched_below(node, positions) if _bad(p.detach(), value)))
+    if held:  # parameters upstream of the op are themselves non-finite (an earlier update made them so)
+        return ForwardOrigin(node.name(), value, "weights", held)
+    cause = "op"
+    if all(t.grad_fn is None and not t.requires_grad for t in tensors):  # given, not computed
+        cause = "constant" if all(t.dim() == 0 for t in tensors) else "data"
+    return ForwardOrigin(node.name(), value, cause, _nearest(node, positions))
+
+
+def _watched_below(node: Any, positions: Mapping[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
+    """(position, parameter) of every watched parameter upstream of ``node`` in the graph."""
+    seen: set[Any] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        var = getattr(n, "variable", None)
+        if isinstance(var, torch.Tensor) and id(var) in positions:
+            yield positions[id(var)], var
+        stack.extend(fn for fn, _ in n.next_functions if fn is not None)
+
+
+def _nearest(node: Any, positions: Mapping[int, int]) -> tuple[int, ...]:
+    """Positions of the watched parameters nearest ``node`` upstream: those at the smallest depth.
+
+    (Breadth-first over ``next_functions``. A layer's other parameters are a node or two further, as
+    ``TBackward0`` puts a linear layer's weight one node past its bias: the detector names the whole
+    layer of the parameters found here.)
+    """
+    found: list[int] = []
+    first = 0
+    queue = deque([(node, 0)])
+    seen: set[Any] = set()
+    while queue:
+        n, depth = queue.popleft()
+        if n in seen:
+            continue
+        if found and depth > first:
+            break
+        seen.add(n)
+        var = getattr(n, "variable", None)
+        if isinstance(var, torch.Tensor) and id(var) in positions:
+            if not found:
+                first = depth
+            found.append(positions[id(var)])
+        queue.extend((fn, depth + 1) for fn, _ in n.next_functions if fn is not None)
+    return tuple(sorted(set(found)))

@@ -1,0 +1,205 @@
+"""A NaN/Inf born in the forward pass, named at its origin (gradwatch.forward_origin and the recorder's use).
+
+The walk of the loss's autograd graph is checked against models where the origin is known by
+construction, and the recorder's policy (read the loss on the CPU, on an accelerator only after
+non-finite gradients, bounded walks, nothing left wrapped) against counted calls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradwatch as gw
+from gradwatch import recorder, stats
+from gradwatch.forward_origin import locate
+
+
+class Attn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x)
+        a, _ = self.attn(h, h, h, key_padding_mask=pad)
+        return self.head(a.mean(1))
+
+
+def _positions(model: nn.Module) -> tuple[dict[int, int], list[str]]:
+    named = list(model.named_parameters())
+    return {id(p): i for i, (_, p) in enumerate(named)}, [n for n, _ in named]
+
+
+def _batch(empty_row: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 5, 8, generator=g)
+    pad = torch.zeros(4, 5, dtype=torch.bool)
+    pad[:, 3:] = True  # padded keys everywhere: -inf in every row
+    if empty_row:
+        pad[1] = True  # one sequence with no real key: softmax of a row of -inf
+    return x, pad, torch.tensor([0, 1, 2, 0])
+
+
+def test_a_fully_masked_attention_row_is_born_in_the_softmax_next_to_the_attention_weights() -> None:
+    torch.manual_seed(0)
+    model = Attn()
+    positions, names = _positions(model)
+    x, pad, y = _batch(empty_row=True)
+    loss = nn.functional.cross_entropy(model(x, pad), y)
+    assert math.isnan(loss.item())
+    found = locate([loss], positions)
+    assert found is not None and (found.op, found.value, found.cause) == ("SoftmaxBackward0", "NaN", "op")
+    assert {names[i] for i in found.positions} <= {"attn.in_proj_weight", "attn.in_proj_bias"}
+    assert found.positions
+    # rows masked in part hold -inf before the softmax and exact zeros after it: nothing to find
+    x, pad, y = _batch(empty_row=False)
+    assert locate([nn.functional.cross_entropy(model(x, pad), y)], positions) is None
+
+
+def test_an_overflowing_exp_is_an_inf_origin_at_the_layer_it_reads() -> None:
+    torch.manual_seed(0)
+    body, log_var = nn.Linear(4, 8), nn.Linear(8, 1)
+    model = nn.ModuleDict({"body": body, "log_var": log_var})
+    positions, names = _positions(model)
+    with torch.no_grad():
+        log_var.bias.fill_(-200.0)
+    lv = log_var(torch.relu(body(torch.randn(6, 4))))
+    loss = (0.5 * lv + 0.5 * torch.exp(-lv)).mean()
+    assert loss.item() == math.inf
+    found = locate([loss], positions)
+    assert found is not None and (found.op, found.value, found.cause) == ("ExpBackward0", "Inf", "op")
+    assert [names[i] for i in found.positions] == ["log_var.bias"]  # nearest; the detector names the layer
+
+
+def test_nan_in_the_batch_is_data_and_nan_in_a_weight_is_weights() -> None:
+    torch.manual_seed(0)
+    model = Attn()
+    positions, names = _positions(model)
+    x, pad, y = _batch(empty_row=False)
+    x[2, 0, 5] = float("nan")
+    found = locate([nn.functional.cross_entropy(model(x, pad), y)], positions)
+    assert found is not None and found.cause == "data" and found.value == "NaN"
+    assert {names[i] for i in found.positions} <= {"emb.weight", "emb.bias"}
+    x, pad, y = _batch(empty_row=False)
+    with torch.no_grad():
+        model.emb.weight[3, 1] = float("nan")
+    found = locate([nn.functional.cross_entropy(model(x, pad), y)], positions)
+    assert found is not None and found.cause == "weights"
+    assert [names[i] for i in found.positions] == ["emb.weight"]
+
+
+def test_a_graph_too_large_is_not_walked() -> None:
+    torch.manual_seed(0)
+    model = Attn()
+    positions, _ = _positions(model)
+    x, pad, y = _batch(empty_row=True)
+    loss = nn.functional.cross_entropy(model(x, pad), y)
+    assert locate([loss], positions, max_nodes=10) is None
+
+
+def _train(model: Attn, opt: torch.optim.Optimizer, bad_steps: set[int], steps: int, scaler=None) -> None:
+    for k in range(steps):
+        x, pad, y = _batch(empty_row=k in bad_steps, seed=k)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x, pad), y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:  # the scaler skips the update of a non-finite step: the weights stay finite
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+
+def test_on_the_cpu_the_nan_step_names_the_attention_and_walks_are_bounded(monkeypatch) -> None:
+    calls = []
+    real = recorder.locate
+    monkeypatch.setattr(recorder, "locate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(1)
+    model = Attn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    original = torch.autograd.backward
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        assert torch.autograd.backward is not original  # (wrapped while attached)
+        _train(model, opt, bad_steps={3}, steps=12)
+    assert torch.autograd.backward is original  # put back at close
+    (first,) = w.findings
+    assert (first.kind, first.step) == ("nonfinite_grad", 3)
+    assert set(first.params) == {"attn.in_proj_weight", "attn.in_proj_bias"}
+    assert "born in the forward pass" in first.message and "Softmax" in first.message
+    assert "Propagated from there into" in first.message and "head.weight" in first.message
+    assert w.history[3].forward_origin is not None and w.history[2].forward_origin is None
+    # step 3 walked once; its update made the weights NaN, the next walk says so and the walks stop
+    assert len(calls) == 2
+
+
+def test_a_step_the_grad_scaler_skips_is_not_reported() -> None:
+    # an overflow the scaler handles (it skips the update) is AMP working, not a bug: the origin located
+    # before backward goes with a step that is never recorded
+    torch.manual_seed(1)
+    model = Attn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        _train(model, opt, bad_steps={2, 5}, steps=8, scaler=scaler)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # (the skipped updates kept them)
+    assert w.findings == []
+    # the steps that held a skipped pass keep where its loss was born (the record's gradients are finite)
+    carried = [r.forward_origin for r in w.history if r.forward_origin is not None]
+    assert carried and all(o.op == "SoftmaxBackward0" for o in carried)
+
+
+def test_a_loss_on_an_accelerator_is_not_read(monkeypatch) -> None:
+    # the CPU stands in for an accelerator: reading the loss there would wait for the device
+    monkeypatch.setattr(stats, "reads_freely", lambda device: False)
+    reads = []
+    real_item = torch.Tensor.item
+
+    def item(self):
+        reads.append(1)
+        return real_item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    torch.manual_seed(1)
+    model = Attn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        _train(model, opt, bad_steps={2}, steps=4)
+    assert reads == []
+    (first,) = w.findings  # the gradients' own rule: the first layer the backward pass reached
+    assert first.step == 2 and "first layer the backward pass reached" in first.message
+
+
+def test_a_finite_loss_costs_one_read_and_no_walk(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(recorder, "locate", lambda *a, **k: calls.append(1))
+    torch.manual_seed(1)
+    model = Attn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        _train(model, opt, bad_steps=set(), steps=4)
+        x, pad, _ = _batch(empty_row=False)
+        out = model(x, pad)
+        out.backward(torch.ones_like(out))  # a vector-Jacobian product, not a loss: never read
+    assert calls == [] and w.findings == []
+
+
+@pytest.mark.parametrize("order", ["fifo", "lifo"])
+def test_two_watchers_share_one_wrapper_and_put_it_back(order: str) -> None:
+    original = torch.autograd.backward
+    a, b = Attn(), Attn()
+    wa = gw.watch(a, torch.optim.SGD(a.parameters(), lr=0.1), on_finding="ignore")
+    wrapped = torch.autograd.backward
+    wb = gw.watch(b, torch.optim.SGD(b.parameters(), lr=0.1), on_finding="ignore")
+    assert torch.autograd.backward is wrapped  # one wrapper, whatever the number of watchers
+    first, second = (wa, wb) if order == "fifo" else (wb, wa)
+    first.close()
+    assert torch.autograd.backward is wrapped
+    second.close()
+    assert torch.autograd.backward is original
