@@ -174,27 +174,70 @@ def _watched_below(node: Any, positions: Mapping[int, int]) -> Iterator[tuple[in
 
 
 def _nearest(node: Any, positions: Mapping[int, int]) -> tuple[int, ...]:
-    """Positions of the watched parameters nearest ``node`` upstream: those at the smallest depth.
+    """Positions of the watched parameters of the first parameterised ops on every path below ``node``.
 
-    (Breadth-first over ``next_functions``. A layer's other parameters are a node or two further, as
-    ``TBackward0`` puts a linear layer's weight one node past its bias: the detector names the whole
-    layer of the parameters found here.)
+    Breadth-first over ``next_functions`` from ``node`` (included); a node whose inputs include a watched
+    parameter (directly, or through views and casts such as the ``TBackward0`` of a linear layer's
+    weight) is a layer's op: its parameters are collected and the walk goes no further down
+    that path. For ``softmax(q(x) @ k(x).T)`` that is both projections, for ``exp(-log_var(h))`` the
+    log-variance head, not the layers before them.
     """
-    found: list[int] = []
-    first = 0
-    queue = deque([(node, 0)])
+    found: set[int] = set()
     seen: set[Any] = set()
+    queue = deque([node])
     while queue:
-        n, depth = queue.popleft()
+        n = queue.popleft()
         if n in seen:
             continue
-        if found and depth > first:
-            break
         seen.add(n)
-        var = getattr(n, "variable", None)
-        if isinstance(var, torch.Tensor) and id(var) in positions:
-            if not found:
-                first = depth
-            found.append(positions[id(var)])
-        queue.extend((fn, depth + 1) for fn, _ in n.next_functions if fn is not None)
-    return tuple(sorted(set(found)))
+        held = _parameters_of(n, positions)
+        if held:
+            found.update(held)
+            continue
+        queue.extend(fn for fn, _ in n.next_functions if fn is not None)
+    return tuple(sorted(found))
+
+
+#: Autograd nodes of views, reshapes and dtype casts: a layer reads its parameters through a chain of
+#: these (``TBackward0`` for a linear layer's weight, ``SplitBackward0`` for a packed projection's
+#: chunk, ``ToCopyBackward0`` under autocast), never through another layer's op.
+_VIEW_NODES = frozenset(
+    {
+        "AliasBackward",
+        "AsStridedBackward",
+        "CloneBackward",
+        "ExpandBackward",
+        "PermuteBackward",
+        "ReshapeAliasBackward",
+        "SelectBackward",
+        "SliceBackward",
+        "SplitBackward",
+        "SplitWithSizesBackward",
+        "SqueezeBackward",
+        "TBackward",
+        "ToCopyBackward",
+        "TransposeBackward",
+        "UnbindBackward",
+        "UnsafeViewBackward",
+        "UnsqueezeBackward",
+        "ViewBackward",
+    }
+)
+
+
+def _parameters_of(node: Any, positions: Mapping[int, int], hops: int = 3) -> list[int]:
+    """Watched parameters among ``node``'s inputs, directly or through up to ``hops`` view nodes."""
+    out = []
+    for child, _ in node.next_functions:
+        for _ in range(hops + 1):
+            if child is None:
+                break
+            var = getattr(child, "variable", None)
+            if isinstance(var, torch.Tensor):
+                if id(var) in positions:
+                    out.append(positions[id(var)])
+                break
+            below = [fn for fn, _ in child.next_functions if fn is not None]
+            is_view = child.name().rstrip("0123456789") in _VIEW_NODES
+            child = below[0] if is_view and len(below) == 1 else None
+    return out

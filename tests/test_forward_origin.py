@@ -62,6 +62,30 @@ def test_a_fully_masked_attention_row_is_born_in_the_softmax_next_to_the_attenti
     assert locate([nn.functional.cross_entropy(model(x, pad), y)], positions) is None
 
 
+def test_the_parameters_named_are_those_of_the_first_layers_on_every_input_path() -> None:
+    # softmax(q(x) @ k(x).T) with a fully masked row: both projections feed the op (k through a
+    # transpose), the embedding below them does not count
+    class SelfAttn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(30, 16)
+            self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+            h = self.emb(tokens)
+            scores = (self.q(h) @ self.k(h).transpose(1, 2)).masked_fill(~keep[:, None, :], float("-inf"))
+            return (torch.softmax(scores, -1) @ self.v(h)).mean()
+
+    torch.manual_seed(0)
+    model = SelfAttn()
+    positions, names = _positions(model)
+    keep = torch.ones(3, 5, dtype=torch.bool)
+    keep[1] = False
+    found = locate([model(torch.randint(0, 30, (3, 5)), keep)], positions)
+    assert found is not None and found.op == "SoftmaxBackward0"
+    assert {names[i] for i in found.positions} == {"q.weight", "q.bias", "k.weight", "k.bias"}
+
+
 def test_an_overflowing_exp_is_an_inf_origin_at_the_layer_it_reads() -> None:
     torch.manual_seed(0)
     body, log_var = nn.Linear(4, 8), nn.Linear(8, 1)
@@ -74,7 +98,7 @@ def test_an_overflowing_exp_is_an_inf_origin_at_the_layer_it_reads() -> None:
     assert loss.item() == math.inf
     found = locate([loss], positions)
     assert found is not None and (found.op, found.value, found.cause) == ("ExpBackward0", "Inf", "op")
-    assert [names[i] for i in found.positions] == ["log_var.bias"]  # nearest; the detector names the layer
+    assert [names[i] for i in found.positions] == ["log_var.weight", "log_var.bias"]  # not body's
 
 
 def test_nan_in_the_batch_is_data_and_nan_in_a_weight_is_weights() -> None:
