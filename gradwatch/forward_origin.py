@@ -73,8 +73,26 @@ def _saved(node: Any, names: dict[type, list[str]]) -> Iterator[torch.Tensor]:
                 yield t
 
 
+#: Tensor types read: plain tensors only. A subclass may run more than a local op to answer ``isnan``
+#: (a ``DTensor``, FSDP2's sharded parameters, gathers across ranks: on one rank alone that hangs or
+#: crashes the job).
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _readable(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a plain strided tensor whose storage still holds every entry it views.
+
+    FSDP2 frees the storage of the all-gathered parameters after the forward pass (``resize_(0)``) and
+    gathers it again in backward: the graph still holds tensors over the empty storage until then.
+    """
+    if type(t) not in _PLAIN or t.layout != torch.strided or t.is_meta:
+        return False
+    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if n > 0)
+    return (last + 1) * t.element_size() <= t.untyped_storage().nbytes()
+
+
 def _bad(t: torch.Tensor, value: str) -> bool:
-    if t.layout != torch.strided:
+    if not _readable(t):
         return False
     flags = torch.isnan(t) if value == "NaN" else torch.isinf(t)
     return bool(flags.any())

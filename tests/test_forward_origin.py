@@ -227,3 +227,17 @@ def test_two_watchers_share_one_wrapper_and_put_it_back(order: str) -> None:
     assert torch.autograd.backward is wrapped
     second.close()
     assert torch.autograd.backward is original
+
+
+def test_saved_tensors_over_freed_storage_are_skipped_not_read() -> None:
+    # FSDP2 frees the all-gathered parameters' storage after forward (resize_(0)) and gathers it again in
+    # backward: reading such a saved tensor before backward would read freed memory
+    w = torch.randn(3, 3, requires_grad=True)
+    gathered = w * 1.0  # (a non-leaf copy, as FSDP2's unsharded parameter)
+    x = torch.randn(2, 3)
+    x[0, 0] = float("nan")
+    loss = (x @ gathered).sum()
+    gathered.untyped_storage().resize_(0)
+    found = locate([loss], {id(w): 0})
+    assert found is not None and found.cause == "data"  # (x, readable, is still found)
+    assert found.positions == (0,)
