@@ -454,10 +454,8 @@ class Recorder:
     @failsafe
     def _on_incoming_grad(self, index: int, param: torch.Tensor, _grad: torch.Tensor) -> None:
         tracker = self.tracker
-        if (
-            not tracker.in_backward or compat.current_graph_task_id() != tracker.task
-        ):  # else: nothing to do there
-            tracker.incoming()
+        if not tracker.in_backward or compat.current_graph_task_id() != tracker.task:
+            tracker.incoming()  # (else: a pass already running, nothing to do there)
         self.provenance.before_accumulate(index, param)
 
     @failsafe
@@ -812,6 +810,7 @@ class Recorder:
         strides = [self.sampler.strides[i] for i in idx]
         hist_step = self.board.wants_histograms and self.config.histogram_every(step)
         both = None
+        ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         if samples is not None and not hist_step and not self.shards.dtensors:
             both = stats.grad_and_param_stats(grads, strides, samples)  # (a small CPU model: one pass)
         if both is not None:
@@ -819,14 +818,14 @@ class Recorder:
         else:
             # (the norms first: they follow resized parameters)
             param_norms = self.sampler.norms(idx, params, samples)
-            ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if hist_step else None
+            ranges = {} if hist_step else None
             grad_blocks = stats.grad_stats(grads, strides, ranges)
             cur.parts += [([idx[j] for j in pos], Column.GRAD_NORM, t) for pos, t in grad_blocks]
             cur.parts += param_norms
         for i, g in zip(idx, grads):
             if self._keep[i] and g is not None:
                 cur.kept[self.names[i]] = g.detach().to("cpu", copy=True)
-        if both is None and ranges is not None:
+        if ranges is not None:
             sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # sum and sum of squares, known
             for pos, block in grad_blocks if ranges else ():  # (the CPU path; the fused one needs none)
                 for j, (total, square) in zip(pos, torch.stack([block[:, 2], block[:, 0].square()], 1)):

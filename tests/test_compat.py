@@ -372,29 +372,9 @@ def fallback_grad_scaler(monkeypatch: pytest.MonkeyPatch) -> None:
     _check_norms(_loop(*_model()))
 
 
-def fallback_saved_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
-    # without the nodes' saved tensors an Inf born in the forward pass cannot be placed: the gradients'
-    # backward order names the layer after it, as before the graph walk existed
-    monkeypatch.setattr(compat, "_probe_saved", lambda: False)
-    compat.refresh()
-    assert compat.saved_attributes(type(torch.ones(1, requires_grad=True).exp().grad_fn)) == []
+def _exp_overflow_loop() -> gw.Watcher:
+    """Step 1 overflows an exp to Inf in the forward pass, after layer 0."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gw.watch(model, opt, on_finding="ignore") as w:
-        for step in range(2):
-            opt.zero_grad()
-            h = model[0](torch.ones(3, 6))
-            if step == 1:
-                h = torch.exp(h * 1e3)  # overflows to Inf in the forward pass
-            model[1](h).sum().backward()
-            opt.step()
-    (f,) = w.findings
-    assert f.kind == "nonfinite_grad" and f.step == 1 and f.params == ("1.weight",)
-    assert "layer 1's backward" in f.message  # (the gradients alone: wrong about where, right about which)
-    assert w.history[1].forward_origin is None
-    monkeypatch.undo()
-    compat.refresh()  # with them: the same loop names the layer the exp reads
     model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gw.watch(model, opt, on_finding="ignore") as w:
@@ -405,7 +385,23 @@ def fallback_saved_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
                 h = torch.exp(h * 1e3)
             model[1](h).sum().backward()
             opt.step()
-    assert [(f.step, f.params) for f in w.findings] == [(1, ("0.weight", "0.bias"))]
+    return w
+
+
+def fallback_saved_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    # without the nodes' saved tensors an Inf born in the forward pass cannot be placed: the gradients'
+    # backward order names the layer after it, as before the graph walk existed
+    monkeypatch.setattr(compat, "_probe_saved", lambda: False)
+    compat.refresh()
+    assert compat.saved_attributes(type(torch.ones(1, requires_grad=True).exp().grad_fn)) == []
+    w = _exp_overflow_loop()
+    (f,) = w.findings
+    assert f.kind == "nonfinite_grad" and f.step == 1 and f.params == ("1.weight",)
+    assert "layer 1's backward" in f.message  # (the gradients alone: wrong about where, right about which)
+    assert w.history[1].forward_origin is None
+    monkeypatch.undo()
+    compat.refresh()  # with them: the same loop names the layer the exp reads
+    assert [(f.step, f.params) for f in _exp_overflow_loop().findings] == [(1, ("0.weight", "0.bias"))]
 
 
 #: Feature name (a key of compat.FEATURES) -> the test of its fallback.
