@@ -7,7 +7,7 @@ AMP ``GradScaler``'s skipped step from a bug). See ``docs/zero-grad.md`` for the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from gradwatch.detectors.base import Detector
@@ -25,16 +25,24 @@ def _names(names: Sequence[str], idx: Sequence[int], limit: int = 6) -> str:
 
 
 class MissingZeroGradDetector(Detector):
-    """A parameter's owner steps with a gradient that still holds the one it used at its previous step.
+    """A parameter's owner steps with a gradient that still holds one from an earlier step.
 
     The owner is the optimizer whose ``param_groups`` hold the parameter, or, when no optimizer is
-    watched, the step boundary (decorator, ``Watcher.step()``, in-place update). The gradient is then
-    ``stale + fresh``: each update applies every earlier gradient again. Reported once per parameter, at
-    the first step where it happens, grouped by owner.
+    watched, the step boundary (decorator, ``Watcher.step()``, in-place update). Two ways:
+
+    * the gradient still holds the one the owner used at its previous step: it is ``stale + fresh``, and
+      each update applies every earlier gradient again;
+    * (steps marked by the user: ``Watcher.step()`` or ``@w.train_step``) a backward pass ran after the
+      owner's step in a step (another loss's backward through the owner's parameters: a GAN generator's
+      loss through the discriminator), its gradient was carried into the next step and the owner
+      applied it there. Unmarked, each optimizer step is a step of its own, and this looks exactly like
+      a trunk shared by two losses, each with its optimizer (intended): not reported then.
+
+    Reported once per parameter, at the first step where it happens, grouped by owner.
 
     Args:
-        view: the shared gradient provenance, parameter names and sizes, and the recorded gradient
-            norms (the evidence: ``view.norm_at``).
+        view: the shared gradient provenance, parameter names and sizes, the optimizers' parameters,
+            and the recorded gradient norms (the evidence: ``view.norm_at``).
     """
 
     kinds = ("missing_zero_grad",)
@@ -43,8 +51,55 @@ class MissingZeroGradDetector(Detector):
         self.prov = view.provenance
         self.names = view.names
         self.norm_at = view.norm_at
+        self.positions = view.optimizer_positions
         # an empty parameter has nothing to carry over
         self.reported: set[int] = {i for i, n in enumerate(view.numels) if n == 0}
+        #: optimizer name -> (step, last backward pass id) at its last step
+        self.stepped: dict[str, tuple[int, int]] = {}
+        #: optimizer name -> parameter position -> (step, pass id) of a pass that ran after its step
+        self.after_step: dict[str, dict[int, tuple[int, int]]] = {}
+
+    def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
+        self.stepped[name] = (step, self.prov.pass_id)
+        self.after_step.pop(name, None)
+        return []
+
+    def on_backward_end(self, touched: Collection[int], step: int) -> list[Finding]:  # noqa: D102
+        for name, (at, last) in self.stepped.items():
+            if at == step and self.prov.pass_id > last:  # this pass ran after that optimizer's step
+                held = set(self.positions().get(name, ())).intersection(touched)
+                if held:
+                    marks = self.after_step.setdefault(name, {})
+                    for i in held:
+                        marks.setdefault(i, (step, self.prov.pass_id))
+        return []
+
+    def _carried(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
+        """Gradients from a pass run after ``name``'s step in an earlier step, still held at its next step."""
+        marks = self.after_step.pop(name, None)
+        if not marks:
+            return []
+        leaked = [
+            i
+            for i in owned
+            if i in marks
+            and marks[i][0] < step
+            and self.prov.holds_pass(i, marks[i][1])
+            and i not in self.reported
+        ]
+        if not leaked:
+            return []
+        self.reported.update(leaked)
+        at = min(marks[i][0] for i in leaked)
+        message = (
+            f"optimizer {name} at step {step} applies to {_names(self.names, leaked)} a gradient left there "
+            f"at step {at} by a backward pass that ran after {name} had stepped (another loss's backward "
+            f"through these parameters, such as a GAN generator's loss through the discriminator): it was "
+            f"carried into this step and added to this step's own gradient. Fix: zero {name}'s gradients at "
+            f"the start of its step, before its backward() (the generator's gradients are then cleared), or "
+            f"call requires_grad_(False) on these parameters during the other backward pass."
+        )
+        return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in leaked), message)]
 
     def _judge(self, owner: str, idx: Sequence[int], step: int, fix_owner: str) -> list[Finding]:
         stale = [i for i in self.prov.stale(idx) if i not in self.reported]
@@ -77,7 +132,7 @@ class MissingZeroGradDetector(Detector):
         return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in stale), message)]
 
     def on_optimizer_pre(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
-        return self._judge(
+        return self._carried(name, owned, step) + self._judge(
             f"optimizer {name}",
             owned,
             step,
