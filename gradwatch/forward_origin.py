@@ -20,6 +20,7 @@ running the model under anomaly mode.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -41,7 +42,7 @@ class ForwardOrigin:
     Attributes:
         op: the autograd node that first saved a non-finite tensor, e.g. ``"SoftmaxBackward0"`` (the
             forward op is its name without ``Backward0``).
-        value: ``"NaN"`` or ``"Inf"``: what was born there.
+        value: ``"NaN"``, ``"Inf"`` or ``"-Inf"``: what was born there.
         cause: ``"op"`` (the op produced NaN/Inf from inputs that held none), ``"data"`` (a tensor given
             to the model, not computed from parameters, already held it), ``"constant"`` (a 0-dim one: a
             Python number such as ``float("inf")`` in the computation) or ``"weights"`` (a parameter
@@ -94,8 +95,25 @@ def _readable(t: torch.Tensor) -> bool:
 def _bad(t: torch.Tensor, value: str) -> bool:
     if not _readable(t):
         return False
-    flags = torch.isnan(t) if value == "NaN" else torch.isinf(t)
-    return bool(flags.any())
+    if value == "NaN":
+        return bool(torch.isnan(t).any())
+    return bool((t == (math.inf if value == "Inf" else -math.inf)).any())
+
+
+def _search_order(roots: Sequence[torch.Tensor]) -> tuple[str, ...]:
+    """Which non-finite values to look for, first to last, from what the roots hold.
+
+    An Inf is looked for with the root's own sign: a ``-inf`` saved on purpose (an attention mask, a
+    learned temperature dividing masked scores) must not be taken for the ``+inf`` of an overflowing
+    ``exp`` that made the loss infinite. A NaN root is looked for as NaN first (an Inf turned into NaN
+    further on is found by following the NaN down to the op that made it, see :func:`_producer`).
+    """
+    plain = [r.detach() for r in roots if _readable(r)]
+    if any(bool(torch.isnan(r).any()) for r in plain):
+        return ("NaN", "Inf", "-Inf")
+    if any(bool((r == math.inf).any()) for r in plain):
+        return ("Inf", "NaN")
+    return ("-Inf", "NaN")
 
 
 def locate(
@@ -110,9 +128,10 @@ def locate(
 
     Returns:
         The origin, or None: no node saved a non-finite tensor (the NaN is born in the loss function's
-        own reduction, or in a saved tensor PyTorch does not expose), or the graph is too large. NaN is
-        searched first (a ``-inf`` saved on purpose, as an attention mask, must not hide it); Inf only
-        when no node saved a NaN.
+        own reduction, or in a saved tensor PyTorch does not expose), or the graph is too large. The
+        value is looked for as the roots hold it (:func:`_search_order`); the origin is the node below
+        which no node saved it, or, when that node saved it as an *input*, the op that computed it
+        (:func:`_producer`).
 
     Host-only Python, O(nodes) plus one ``isnan``/``isinf`` per saved tensor (a device sync each on an
     accelerator): meant for the rare loss that is already non-finite.
@@ -131,7 +150,7 @@ def locate(
         stack.extend(fn for fn, _ in node.next_functions if fn is not None)
     names: dict[type, list[str]] = {}
     saved = {node: list(_saved(node, names)) for node in nodes}
-    for value in ("NaN", "Inf"):
+    for value in _search_order(roots):
         bad = {node: [t for t in saved[node] if _bad(t, value)] for node in nodes}
         bad = {node: ts for node, ts in bad.items() if ts}
         if not bad:
@@ -139,7 +158,31 @@ def locate(
         below = _bad_below(nodes, bad)
         origins = [node for node in nodes if node in bad and not below[node]]
         if origins:
-            return _describe(origins[0], bad[origins[0]], value, positions)
+            node, tensors = origins[0], bad[origins[0]]
+            producer = _producer(node, tensors)
+            if producer is not None:  # the op that made the value saved nothing: its consumer kept it
+                return _describe(producer, [], value, positions)
+            return _describe(node, tensors, value, positions)
+    return None
+
+
+def _producer(node: Any, tensors: list[torch.Tensor]) -> Any:
+    """The node that computed one of ``tensors`` (saved by ``node`` as an input), past views; or None.
+
+    ``log``, ``div``, ``add`` keep no copy of their result; the op that reads it next saves it as its
+    input, and that tensor's ``grad_fn`` is the op that made it. A saved output's ``grad_fn`` is ``node``
+    itself (``SoftmaxBackward0``'s result): then ``node`` made the value.
+    """
+    for t in tensors:
+        made = t.grad_fn
+        if made is None or made is node:
+            continue
+        while made.name().rstrip("0123456789") in _VIEW_NODES:
+            below = [fn for fn, _ in made.next_functions if fn is not None]
+            if len(below) != 1:
+                break
+            made = below[0]
+        return made
     return None
 
 
@@ -171,7 +214,7 @@ def _describe(
     if held:  # parameters upstream of the op are themselves non-finite (an earlier update made them so)
         return ForwardOrigin(node.name(), value, "weights", held)
     cause = "op"
-    if all(t.grad_fn is None and not t.requires_grad for t in tensors):  # given, not computed
+    if tensors and all(t.grad_fn is None and not t.requires_grad for t in tensors):  # given, not computed
         cause = "constant" if all(t.dim() == 0 for t in tensors) else "data"
     return ForwardOrigin(node.name(), value, cause, _nearest(node, positions))
 

@@ -195,9 +195,12 @@ class Provenance:
         if observe:
             self._observe(i, g)
 
-    def holds_pass(self, i: int, pass_id: int) -> bool:
-        """Whether ``pass_id``'s gradient is still in parameter ``i``'s ``.grad`` (not reset, not used)."""
-        return pass_id in self._passes[i]
+    def passes(self, i: int) -> set[int]:
+        """The backward passes whose gradients make up parameter ``i``'s ``.grad`` since its use or reset.
+
+        Read-only: the set is the tracker's own.
+        """
+        return self._passes[i]
 
     def stale(self, idx: Sequence[int]) -> list[int]:
         """Of ``idx``, the parameters whose gradient the owner already used and is about to use again.

@@ -60,10 +60,10 @@ FROZEN_PROBE_EVERY = 10
 #: Walks of a non-finite loss's autograd graph a watcher may make in a row (:mod:`gradwatch.forward_origin`):
 #: each is host Python over the whole graph, and a run whose weights became NaN, or a GradScaler's
 #: skipped overflow steps, hand ``backward()`` one non-finite loss after another.
-MAX_ORIGIN_WALKS = 3
+MAX_ORIGIN_WALKS = 8
 
 #: One walk is allowed again every this many ``backward()`` calls (up to :data:`MAX_ORIGIN_WALKS`).
-ORIGIN_WALK_REFILL = 1000
+ORIGIN_WALK_REFILL = 200
 
 
 def failsafe(method: Callable[..., R]) -> Callable[..., R | None]:

@@ -241,3 +241,85 @@ def test_saved_tensors_over_freed_storage_are_skipped_not_read() -> None:
     found = locate([loss], {id(w): 0})
     assert found is not None and found.cause == "data"  # (x, readable, is still found)
     assert found.positions == (0,)
+
+
+def _origin_names(model: nn.Module, loss: torch.Tensor) -> tuple[str, set[str]]:
+    positions, names = _positions(model)
+    found = locate([loss], positions)
+    assert found is not None
+    return f"{found.value} at {found.op} ({found.cause})", {names[i] for i in found.positions}
+
+
+def test_an_op_that_keeps_no_copy_of_its_result_is_found_through_the_next_op() -> None:
+    # log(0) = -inf: LogBackward0 saves only its input; AddmmBackward0 of the next layer saves the -inf as
+    # its input, and that tensor's grad_fn is the log: the origin, after layer l1 (not l2)
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"l1": nn.Linear(4, 8), "l2": nn.Linear(8, 1)})
+    h = torch.relu(model["l1"](torch.randn(8, 4)))
+    what, named = _origin_names(model, model["l2"](torch.log(h)).mean())
+    assert what == "-Inf at LogBackward0 (op)" and named == {"l1.weight", "l1.bias"}
+    # a hand-written standardisation of a constant row: 0 / 0 in a division, named after l1
+    h = model["l1"](torch.ones(8, 4)) * 0.0
+    z = (h - h.mean(-1, keepdim=True)) / h.std(-1, keepdim=True)
+    what, named = _origin_names(model, model["l2"](z).mean())
+    assert what == "NaN at DivBackward0 (op)" and named <= {"l1.weight", "l1.bias"} and named
+
+
+def test_an_inf_that_turns_into_nan_further_on_is_named_where_it_overflowed() -> None:
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"a": nn.Linear(4, 8), "b": nn.Linear(8, 8), "c": nn.Linear(8, 1)})
+    with torch.no_grad():
+        model["a"].bias.fill_(1000.0)
+    e = torch.exp(model["a"](torch.randn(6, 4)))
+    loss = model["c"](torch.relu(model["b"](e - e))).mean()  # inf - inf = NaN, read by b
+    what, named = _origin_names(model, loss)
+    assert what == "NaN at SubBackward0 (op)" and named <= {"a.weight", "a.bias"} and named
+    # a hand-written softmax whose exp overflows: inf / inf in the division, q and k feed it, v does not
+    model = nn.ModuleDict({"q": nn.Linear(8, 8), "k": nn.Linear(8, 8), "v": nn.Linear(8, 8)})
+    with torch.no_grad():
+        model["q"].weight.mul_(200.0)
+    x = torch.randn(2, 5, 8)
+    e = (model["q"](x) @ model["k"](x).transpose(1, 2)).exp()
+    loss = ((e / e.sum(-1, keepdim=True)) @ model["v"](x)).mean()
+    what, named = _origin_names(model, loss)
+    assert what == "NaN at DivBackward0 (op)"
+    assert named and {n.split(".")[0] for n in named} <= {"q", "k"}
+
+
+def test_a_minus_inf_mask_does_not_hide_an_overflow_of_the_other_sign() -> None:
+    # scores with a partial -inf mask divided by a learned temperature: the division saves the -inf
+    # (healthy); the loss is +inf because exp(-log_var) overflows in another layer
+    torch.manual_seed(0)
+    model = nn.ModuleDict(
+        {"q": nn.Linear(8, 8), "k": nn.Linear(8, 8), "v": nn.Linear(8, 8), "lv": nn.Linear(8, 1)}
+    )
+    model.register_parameter("tau", nn.Parameter(torch.ones(())))
+    with torch.no_grad():
+        model["lv"].bias.fill_(-200.0)
+    mask = torch.zeros(5, 5)
+    mask[:, 3:] = float("-inf")
+    x = torch.randn(2, 5, 8)
+    scores = (model["q"](x) @ model["k"](x).transpose(1, 2) + mask) / model.tau
+    a = scores.softmax(-1) @ model["v"](x)
+    lv = model["lv"](a)
+    what, named = _origin_names(model, (lv + torch.exp(-lv)).mean())
+    assert what == "Inf at ExpBackward0 (op)" and named <= {"lv.weight", "lv.bias"} and named
+
+
+def test_walks_spent_on_skipped_steps_do_not_hide_a_later_origin() -> None:
+    # three corrupt batches whose updates the loop skips (never recorded, never reported), then the bug
+    torch.manual_seed(1)
+    model = Attn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for k in range(8):
+            x, pad, y = _batch(empty_row=k == 6, seed=k)
+            if k in (1, 2, 3):
+                x[0, 0, 0] = float("nan")
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x, pad), y).backward()
+            if k == 6 or all(torch.isfinite(p.grad).all() for p in model.parameters()):
+                opt.step()
+            w.step()
+    located = [f for f in w.findings if "born in the forward pass" in f.message]
+    assert located and set(located[0].params) == {"attn.in_proj_weight", "attn.in_proj_bias"}

@@ -226,3 +226,29 @@ def test_accumulation_marked_per_micro_batch_is_not_a_leak() -> None:
                 opt.zero_grad()
             w.step()
     assert w.findings == []
+
+
+def _step_first(mode: str) -> gw.Watcher:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gw.watch(model, opt, on_finding="ignore")
+
+    def iteration(k: int) -> None:
+        if k > 0:
+            opt.step()
+            opt.zero_grad()
+        _loss(model, k).backward()
+
+    step = w.train_step(iteration) if mode == "decorated" else iteration
+    for k in range(5):
+        step(k)
+        if mode == "marked":
+            w.step()
+    w.close()
+    return w
+
+
+def test_a_loop_that_steps_first_then_computes_the_next_gradient_is_not_a_leak() -> None:
+    # step() + zero_grad() at the top of the iteration applies the previous iteration's gradient, once
+    assert _step_first("marked").findings == []
+    assert _step_first("decorated").findings == []

@@ -237,8 +237,8 @@ def _born(found: ForwardOrigin | None, layer: str, nearer_finite: list[str]) -> 
         ), "check the constants and scale factors of the loss and the forward pass."
     op = found.op.removesuffix("Backward0").removesuffix("Backward1")
     return (
-        f"born in the forward pass: {op} ({found.op}) produced {found.value} from inputs that held none, "
-        f"right after layer {layer} ({walked}), so the loss and every gradient received it"
+        f"born in the forward pass: the {found.value} first appears at {op} ({found.op}), right after "
+        f"layer {layer} ({walked}), so the loss and every gradient received it"
     ), (
         "guard that op: a softmax over a row masked entirely with -inf gives NaN (keep at least one "
         "unmasked key per query, or zero fully masked rows after it); exp of an unbounded value overflows "

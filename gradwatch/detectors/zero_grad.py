@@ -34,9 +34,11 @@ class MissingZeroGradDetector(Detector):
       each update applies every earlier gradient again;
     * (steps marked by the user: ``Watcher.step()`` or ``@w.train_step``) a backward pass ran after the
       owner's step in a step (another loss's backward through the owner's parameters: a GAN generator's
-      loss through the discriminator), its gradient was carried into the next step and the owner
-      applied it there. Unmarked, each optimizer step is a step of its own, and this looks exactly like
-      a trunk shared by two losses, each with its optimizer (intended): not reported then.
+      loss through the discriminator), its gradient was carried into a later step and the owner applied
+      it there *together with* that step's own gradient. A loop that steps first and then computes the
+      gradient for its next step applies the carried gradient alone, once: not reported. Unmarked, each
+      optimizer step is a step of its own, and the leak looks exactly like a trunk shared by two
+      losses, each with its optimizer (intended): not reported then.
 
     Reported once per parameter, at the first step where it happens, grouped by owner.
 
@@ -58,6 +60,8 @@ class MissingZeroGradDetector(Detector):
         self.stepped: dict[str, tuple[int, int]] = {}
         #: optimizer name -> parameter position -> (step, pass id) of a pass that ran after its step
         self.after_step: dict[str, dict[int, tuple[int, int]]] = {}
+        #: backward pass id -> the step it ran in (for the passes after an optimizer's step only)
+        self.pass_step: dict[int, int] = {}
 
     def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
         self.stepped[name] = (step, self.prov.pass_id)
@@ -65,6 +69,11 @@ class MissingZeroGradDetector(Detector):
         return []
 
     def on_backward_end(self, touched: Collection[int], step: int) -> list[Finding]:  # noqa: D102
+        if self.after_step:  # (a leak is judged on the step of every pass since: bounded to those)
+            self.pass_step[self.prov.pass_id] = step
+            if len(self.pass_step) > 256:
+                for p in sorted(self.pass_step)[:128]:
+                    del self.pass_step[p]
         for name, (at, last) in self.stepped.items():
             if at == step and self.prov.pass_id > last:  # this pass ran after that optimizer's step
                 held = set(self.positions().get(name, ())).intersection(touched)
@@ -84,8 +93,9 @@ class MissingZeroGradDetector(Detector):
             for i in owned
             if i in marks
             and marks[i][0] < step
-            and self.prov.holds_pass(i, marks[i][1])
             and i not in self.reported
+            and marks[i][1] in (held := self.prov.passes(i))
+            and any(self.pass_step.get(p) == step for p in held)  # with this step's own gradient
         ]
         if not leaked:
             return []
