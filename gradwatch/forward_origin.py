@@ -29,7 +29,7 @@ import torch
 
 from gradwatch import compat
 
-__all__ = ["MAX_NODES", "ForwardOrigin", "locate"]
+__all__ = ["MAX_NODES", "ForwardOrigin", "graph_leaves", "locate"]
 
 #: Graphs with more nodes than this are not walked (the walk would cost more than it tells).
 MAX_NODES = 200_000
@@ -177,13 +177,20 @@ def _producer(node: Any, tensors: list[torch.Tensor]) -> Any:
         made = t.grad_fn
         if made is None or made is node:
             continue
-        while made.name().rstrip("0123456789") in _VIEW_NODES:
-            below = [fn for fn, _ in made.next_functions if fn is not None]
-            if len(below) != 1:
-                break
-            made = below[0]
-        return made
+        return _past_views(made)
     return None
+
+
+def _past_views(node: Any, hops: int = 1 << 30) -> Any:
+    """Follow ``node`` down through at most ``hops`` view/cast nodes (:data:`_VIEW_NODES`) of one input."""
+    for _ in range(hops):
+        if node.name().rstrip("0123456789") not in _VIEW_NODES:
+            break
+        below = [fn for fn, _ in node.next_functions if fn is not None]
+        if len(below) != 1:
+            break
+        node = below[0]
+    return node
 
 
 def _bad_below(nodes: list[Any], bad: Mapping[Any, Any]) -> dict[Any, bool]:
@@ -219,19 +226,27 @@ def _describe(
     return ForwardOrigin(node.name(), value, cause, _nearest(node, positions))
 
 
-def _watched_below(node: Any, positions: Mapping[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
-    """(position, parameter) of every watched parameter upstream of ``node`` in the graph."""
+def graph_leaves(nodes: Sequence[Any]) -> Iterator[torch.Tensor]:
+    """The leaf tensors (``AccumulateGrad`` nodes' ``variable``) below ``nodes`` in a graph, each node once.
+
+    Host-only, O(graph size); ``None`` entries of ``nodes`` are skipped.
+    """
     seen: set[Any] = set()
-    stack = [node]
+    stack = [n for n in nodes if n is not None]
     while stack:
         n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
         var = getattr(n, "variable", None)
-        if isinstance(var, torch.Tensor) and id(var) in positions:
-            yield positions[id(var)], var
+        if isinstance(var, torch.Tensor):
+            yield var
         stack.extend(fn for fn, _ in n.next_functions if fn is not None)
+
+
+def _watched_below(node: Any, positions: Mapping[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
+    """(position, parameter) of every watched parameter upstream of ``node`` in the graph."""
+    return ((positions[id(v)], v) for v in graph_leaves([node]) if id(v) in positions)
 
 
 def _nearest(node: Any, positions: Mapping[int, int]) -> tuple[int, ...]:
@@ -290,15 +305,9 @@ def _parameters_of(node: Any, positions: Mapping[int, int], hops: int = 3) -> li
     """Watched parameters among ``node``'s inputs, directly or through up to ``hops`` view nodes."""
     out = []
     for child, _ in node.next_functions:
-        for _ in range(hops + 1):
-            if child is None:
-                break
-            var = getattr(child, "variable", None)
-            if isinstance(var, torch.Tensor):
-                if id(var) in positions:
-                    out.append(positions[id(var)])
-                break
-            below = [fn for fn, _ in child.next_functions if fn is not None]
-            is_view = child.name().rstrip("0123456789") in _VIEW_NODES
-            child = below[0] if is_view and len(below) == 1 else None
+        if child is None:
+            continue
+        var = getattr(_past_views(child, hops), "variable", None)
+        if isinstance(var, torch.Tensor) and id(var) in positions:
+            out.append(positions[id(var)])
     return out

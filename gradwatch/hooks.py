@@ -104,10 +104,7 @@ class HandleGroup:
         _unscale_calls[handle.id] = (before, after)
         self._handles.append(handle)
         for cls in compat.grad_scaler_classes():
-            if cls not in _unscale_originals:
-                original = cls.__dict__["unscale_"]
-                _unscale_originals[cls] = original
-                cls.unscale_ = _unscale_spy(original)  # type: ignore[attr-defined]
+            _wrap(cls, "unscale_", _unscale_spy, _unscale_originals)
 
     def around_clip(
         self,
@@ -127,11 +124,7 @@ class HandleGroup:
 
         for module in (torch.nn.utils, clip_module):
             for name in _CLIP_FUNCTIONS:
-                current = getattr(module, name, None)
-                if current is None or (module, name) in _clip_originals:
-                    continue
-                _clip_originals[(module, name)] = current
-                setattr(module, name, _clip_spy(name, current))
+                _wrap(module, name, functools.partial(_clip_spy, name), _clip_originals)
 
     def before_backward(self, before: Callable[[Any], None]) -> None:
         """Call ``before(tensors)`` at each ``torch.autograd.backward`` (``Tensor.backward``), before it runs.
@@ -143,11 +136,7 @@ class HandleGroup:
         self._handles.append(handle)
         import torch.autograd as autograd_module
 
-        if _backward_original:
-            return
-        current = autograd_module.backward
-        _backward_original.append(current)
-        autograd_module.backward = _backward_spy(current)  # type: ignore[assignment]
+        _wrap(autograd_module, "backward", _backward_spy, _backward_originals)
 
     def optimizer_step(
         self,
@@ -174,28 +163,45 @@ class HandleGroup:
                     compat.reset_hook_dict(tensor, kind)
         self._handles.clear()
         self._held.clear()
-        if not _unscale_calls:  # no watcher asks any more: every scaler class as it was
-            for cls, original in _unscale_originals.items():
-                if getattr(cls.__dict__.get("unscale_"), "__wrapped__", None) is original:
-                    cls.unscale_ = original  # type: ignore[attr-defined]
-            _unscale_originals.clear()
-        if not _backward_calls and _backward_original:
-            import torch.autograd as autograd_module
+        # no watcher asks any more: every wrapped function as it was
+        for calls, originals in (
+            (_unscale_calls, _unscale_originals),
+            (_clip_calls, _clip_originals),
+            (_backward_calls, _backward_originals),
+        ):
+            if not calls:
+                _unwrap(originals)
 
-            original = _backward_original.pop()
-            if getattr(autograd_module.backward, "__wrapped__", None) is original:
-                autograd_module.backward = original  # type: ignore[assignment]
-        if not _clip_calls:
-            for (module, name), original in _clip_originals.items():
-                if getattr(getattr(module, name, None), "__wrapped__", None) is original:
-                    setattr(module, name, original)
-            _clip_originals.clear()
+
+_Originals = dict[tuple[Any, str], Callable[..., Any]]
+
+
+def _own(owner: Any, name: str) -> Any:
+    """``owner.name``; for a class, only its own attribute (not one it inherits)."""
+    return owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+
+
+def _wrap(owner: Any, name: str, spy: Callable[[Any], Any], originals: _Originals) -> None:
+    """Replace ``owner.name`` by ``spy(original)`` unless already done (or absent); keep the original."""
+    current = _own(owner, name)
+    if current is None or (owner, name) in originals:
+        return
+    originals[(owner, name)] = current
+    setattr(owner, name, spy(current))
+
+
+def _unwrap(originals: _Originals) -> None:
+    """Put each original back where the wrapper is still in place (not where someone re-wrapped it)."""
+    for (owner, name), original in originals.items():
+        if getattr(_own(owner, name), "__wrapped__", None) is original:
+            setattr(owner, name, original)
+    originals.clear()
 
 
 #: handle id -> (before, after) callbacks of every watcher that asked for ``GradScaler.unscale_``
 _unscale_calls: OrderedDict[int, tuple[Callable[..., None], Callable[..., None]]] = OrderedDict()
-#: scaler class -> its own ``unscale_``, while wrapped
-_unscale_originals: dict[type, Callable[..., None]] = {}
+#: (scaler class, "unscale_") -> the class's own ``unscale_``, while wrapped
+_unscale_originals: dict[tuple[Any, str], Callable[..., Any]] = {}
 
 
 #: handle id -> callback of every watcher that asked for the clip functions
@@ -209,8 +215,8 @@ _CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_
 
 #: handle id -> callback of every watcher that asked for ``torch.autograd.backward``
 _backward_calls: OrderedDict[int, Callable[[Any], None]] = OrderedDict()
-#: the original ``torch.autograd.backward``, while wrapped (empty otherwise)
-_backward_original: list[Callable[..., Any]] = []
+#: (torch.autograd, "backward") -> the original ``torch.autograd.backward``, while wrapped
+_backward_originals: dict[tuple[Any, str], Callable[..., Any]] = {}
 
 
 def _backward_spy(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from gradwatch.detectors.base import Detector
 from gradwatch.findings import Finding
 from gradwatch.findings import short_list as _short
+from gradwatch.forward_origin import graph_leaves
 from gradwatch.records import StepRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,20 +31,11 @@ def loss_graph_leaves(loss: torch.Tensor, watched: set[int]) -> tuple[set[int], 
     """
     reached: set[int] = set()
     foreign: dict[int, torch.Tensor] = {}
-    seen: set[Any] = set()
-    stack = [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        var = getattr(node, "variable", None)
-        if isinstance(var, torch.Tensor):
-            if id(var) in watched:
-                reached.add(id(var))
-            elif var.requires_grad:
-                foreign[id(var)] = var
-        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+    for var in graph_leaves([loss.grad_fn]):
+        if id(var) in watched:
+            reached.add(id(var))
+        elif var.requires_grad:
+            foreign[id(var)] = var
     return reached, list(foreign.values())
 
 
