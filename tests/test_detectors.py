@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -345,3 +347,51 @@ def test_freezing_a_layer_during_training_is_not_no_grad() -> None:
             ((model(x) - y) ** 2).mean().backward()
             opt.step()
     assert w.findings == []
+
+
+# ----------------------------------------------------------------------------- when record findings arrive
+def _nan_from(step_bad: int, steps: int, on_finding: str) -> tuple[list[tuple[int, int]], BaseException | None]:
+    """Train with a NaN loss scale from ``step_bad`` on; (loop step, finding step) of each warning."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    seen: list[tuple[int, int]] = []
+    w = gw.watch(model, opt, on_finding=on_finding)
+    raised = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            for k in range(steps):
+                opt.zero_grad()
+                scale = float("nan") if k >= step_bad else 1.0
+                (nn.functional.mse_loss(model(x), y) * scale).backward()
+                opt.step()
+                w.step()
+                for c in caught:
+                    if isinstance(c.message, gw.GradWatchWarning) and "[nonfinite_grad]" in str(c.message):
+                        seen.append((k, int(str(c.message).split("step ")[1].split(":")[0])))
+                caught.clear()
+        except gw.GradientError as err:
+            raised = err
+            seen.append((k, -1))
+        finally:
+            w.close()
+    return seen, raised
+
+
+def test_record_findings_arrive_within_the_judge_batch_and_name_their_own_step():
+    from gradwatch.detectors.suite import JUDGE_BATCH
+
+    seen, raised = _nan_from(step_bad=2, steps=12, on_finding="warn")
+    assert raised is None
+    assert len(seen) == 1, seen
+    loop_step, named = seen[0]
+    assert named == 2  # the step where the NaN appeared, whenever it is judged
+    assert 2 <= loop_step <= 2 + JUDGE_BATCH - 1
+
+
+def test_with_on_finding_raise_each_record_is_judged_at_its_own_step():
+    seen, raised = _nan_from(step_bad=2, steps=12, on_finding="raise")
+    assert isinstance(raised, gw.GradientError) and "step 2" in str(raised)
+    assert seen == [(2, -1)]  # raised at the boundary of step 2 itself

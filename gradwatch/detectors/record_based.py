@@ -139,6 +139,8 @@ class _Persistent(Detector):
         self.reported: set[str] = set()
 
     def _update(self, hits: set[str], universe: Sequence[str]) -> list[str]:
+        if not hits and not any(self.run.values()):
+            return []  # (the common case: nothing holds and nothing was running)
         ready = []
         for n in universe:
             if n in hits:
@@ -169,8 +171,10 @@ class AllZeroGradDetector(_Persistent):
         zero = {
             n
             for n, s in record.params.items()
-            if s.has_grad and not s.grad_is_none and s.zero_fraction == 1.0 and s.grad_norm == 0
+            if s.grad_norm == 0 and s.zero_fraction == 1.0 and s.has_grad and not s.grad_is_none
         }
+        if not zero and not any(self.run.values()):
+            return []
         live_layers = {record.layer_of(n) for n in record.params if n not in zero}
         hits = {n for n in zero if record.layer_of(n) not in live_layers}
         ready = self._update(hits, list(record.params))
@@ -258,12 +262,14 @@ def _layer_norms_in_backward_order(record: StepRecord) -> list[tuple[str, float]
 
 
 def _layer_order(record: StepRecord) -> list[tuple[str, float]]:
-    order = record.backward_order
-    first: dict[str, float] = {}
-    for n, s in record.params.items():
-        if s.has_grad and n in order:
-            layer = record.layer_of(n)
-            first[layer] = min(first.get(layer, math.inf), order[n])
+    # one loop over the parameters (this runs at every recorded step): each layer's first rank in the
+    # backward order, among its parameters that got a gradient
+    first: dict[str, int] = {}
+    for layer, k, s in zip(record._layer_of, record._order, record.params.values()):
+        if k >= 0 and s.has_grad:
+            held = first.get(layer)
+            if held is None or k < held:
+                first[layer] = k
     layers = record.layers
     return [(layer, layers[layer]) for layer in sorted(first, key=first.__getitem__)]
 
