@@ -10,7 +10,8 @@ left behind: the peer's every-100-steps variant, which writes nothing on the tim
 median over rounds of (variant time / unwatched time in the same round), which cancels the machine's
 slow drifts, with its 95 % bootstrap interval (how far that median could move on the machine's noise: a
 target is met with confidence only when the whole interval is below it); the time that ratio adds to
-the unwatched median; and the plain ratio of medians.
+the unwatched median; the plain ratio of medians; and the ratio of mean step times, which also counts
+work done every few steps (gradwatch judges four records at a time) that a median can hide.
 
 Variants:
   unwatched         the loop alone (baseline)

@@ -349,8 +349,10 @@ def test_freezing_a_layer_during_training_is_not_no_grad() -> None:
     assert w.findings == []
 
 
-# ----------------------------------------------------------------------------- when record findings arrive
-def _nan_from(step_bad: int, steps: int, on_finding: str) -> tuple[list[tuple[int, int]], BaseException | None]:
+# ------------------------------------------------------------------------ when record findings arrive
+def _nan_from(
+    step_bad: int, steps: int, on_finding: str
+) -> tuple[list[tuple[int, int]], BaseException | None]:
     """Train with a NaN loss scale from ``step_bad`` on; (loop step, finding step) of each warning."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))

@@ -46,10 +46,11 @@ MAX_UNJUDGED = 4
 
 #: Records judged together: the record detectors run once this many sealed records are queued (and on
 #: every read of ``findings`` or ``history``, and at close). Measured on the CPU digits MLP (6 tensors,
-#: 0.75 ms steps): judging 4 records back to back instead of one per step took the watched step's
-#: mean from 1.73x to 1.67x the unwatched one (the detectors' code and state stay in the CPU caches for
-#: the 3 later records). The latency this adds to record findings is documented in docs/detectors.md.
-#: With ``on_finding="raise"`` each record is judged at its own step (the user asked to stop there).
+#: 0.75 ms steps, ``benchmarks/overhead.py``): judging 4 records back to back instead of one per step
+#: took the watched step's mean from 1.72-1.79x to 1.67-1.68x the unwatched one (the detectors' code and
+#: state stay in the CPU caches for the 3 later records). The latency this adds to record findings is
+#: documented in docs/detectors.md. With ``on_finding="raise"`` each record is judged at its own step
+#: (the user asked to stop there).
 JUDGE_BATCH = 4
 
 
