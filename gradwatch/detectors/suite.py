@@ -197,11 +197,10 @@ class DetectorSuite:
         """Run the record detectors on queued records whose host copy has arrived, oldest first.
 
         Only once :data:`JUDGE_BATCH` records are queued (one with ``on_finding="raise"``), unless
-        ``final``. On the CPU every queued record
-        is then judged. On CUDA a record waits until its asynchronous copy is
-        done (``Event.query()``, which does not block), usually one step later; only when more than
-        :data:`MAX_UNJUDGED` records wait (the device runs that far behind) does the oldest one wait for
-        its copy. ``final`` judges everything (close, reads of ``findings``).
+        ``final``. On the CPU every queued record is then judged. On CUDA a record waits until its
+        asynchronous copy is done (``Event.query()``, which does not block), usually one step later; only
+        when more than :data:`MAX_UNJUDGED` records wait (the device runs that far behind) does the
+        oldest one wait for its copy. ``final`` judges everything (close, reads of ``findings``).
         """
         findings: list[Finding] = []
         if not final and len(self._unjudged) < self._batch:
