@@ -60,28 +60,13 @@ def test_nonfinite_origin_is_the_layer_where_nan_is_born() -> None:
     assert "the loss itself was finite" in f.message
     assert "inp.weight" not in f.params  # propagated further from the loss: named in the message only
     assert "Propagated from there into inp.weight" in f.message
-    assert "Propagated from there into inp.weight" in f.message
 
 
-def test_nonfinite_in_loss_says_so() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(8, 3), torch.randn(8, 1)
-    with gw.watch(model, opt, on_finding="ignore") as w:
-        opt.zero_grad()
-        loss = (model(x) - y).pow(2).mean() * float("inf")
-        loss.backward()
-        w.record_loss(loss)
-        opt.step()
-    (f,) = [f for f in w.findings if f.kind == "nonfinite_grad"]
-    assert f.params == ("2.weight", "2.bias")  # the layer the infinite factor follows
-    assert "a constant that is Inf" in f.message and "MulBackward0" in f.message
-    assert "the loss itself was inf" in f.message
+def _one_infinite_step(vector_jacobian: bool) -> gw.Finding:
+    """One step whose squared errors are multiplied by Inf after the last layer; its nonfinite finding.
 
-
-def test_nonfinite_loss_with_a_vector_jacobian_product_keeps_the_gradient_rule() -> None:
-    # backward(gradient) of a whole output is not a loss: not read; the gradients' backward order names it
+    ``vector_jacobian``: ``backward(ones)`` of the whole output instead of ``backward()`` of the mean.
+    """
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -89,10 +74,28 @@ def test_nonfinite_loss_with_a_vector_jacobian_product_keeps_the_gradient_rule()
     with gw.watch(model, opt, on_finding="ignore") as w:
         opt.zero_grad()
         out = (model(x) - y).pow(2) * float("inf")
-        out.backward(torch.ones_like(out))
-        w.record_loss(out.sum())
+        if vector_jacobian:
+            out.backward(torch.ones_like(out))
+            w.record_loss(out.sum())
+        else:
+            loss = out.mean()
+            loss.backward()
+            w.record_loss(loss)
         opt.step()
     (f,) = [f for f in w.findings if f.kind == "nonfinite_grad"]
+    return f
+
+
+def test_nonfinite_in_loss_says_so() -> None:
+    f = _one_infinite_step(vector_jacobian=False)
+    assert f.params == ("2.weight", "2.bias")  # the layer the infinite factor follows
+    assert "a constant that is Inf" in f.message and "MulBackward0" in f.message
+    assert "the loss itself was inf" in f.message
+
+
+def test_nonfinite_loss_with_a_vector_jacobian_product_keeps_the_gradient_rule() -> None:
+    # backward(gradient) of a whole output is not a loss: not read; the gradients' backward order names it
+    f = _one_infinite_step(vector_jacobian=True)
     assert f.params[:2] == ("2.weight", "2.bias")
     assert "first layer the backward pass reached" in f.message and "the loss itself was" in f.message
     assert "finite" not in f.message.split("the loss itself was")[1].split(".")[0]

@@ -6,6 +6,8 @@ healthy variant is silent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -174,6 +176,21 @@ def test_nan_named_at_its_origin_and_not_again_downstream() -> None:
     assert "1.weight" in w.findings[0].message  # the finite layer nearer the loss, cited as evidence
 
 
+def _run(w: gw.Watcher, iteration: Callable[[int], None], mode: str, n: int) -> gw.Watcher:
+    """Run ``iteration(k)`` ``n`` times under ``w``, then close it.
+
+    ``mode``: ``"decorated"`` (with ``w.train_step``), ``"marked"`` (``w.step()`` after each iteration) or
+    ``"unmarked"``.
+    """
+    step = w.train_step(iteration) if mode == "decorated" else iteration
+    for k in range(n):
+        step(k)
+        if mode == "marked":
+            w.step()
+    w.close()
+    return w
+
+
 def _gan_leak(mode: str) -> gw.Watcher:
     """D first, zeroed right after its step; G's backward then refills D, carried into the next D step."""
     torch.manual_seed(3)
@@ -193,13 +210,7 @@ def _gan_leak(mode: str) -> gw.Watcher:
         bce(D(fake), torch.ones(16, 1)).backward()  # also fills D's gradients
         opt_g.step()
 
-    step = w.train_step(iteration) if mode == "decorated" else iteration
-    for k in range(6):
-        step(k)
-        if mode == "marked":
-            w.step()
-    w.close()
-    return w
+    return _run(w, iteration, mode, 6)
 
 
 def test_generator_gradients_left_in_the_discriminator_are_found_when_iterations_are_marked() -> None:
@@ -239,13 +250,7 @@ def _step_first(mode: str) -> gw.Watcher:
             opt.zero_grad()
         _loss(model, k).backward()
 
-    step = w.train_step(iteration) if mode == "decorated" else iteration
-    for k in range(5):
-        step(k)
-        if mode == "marked":
-            w.step()
-    w.close()
-    return w
+    return _run(w, iteration, mode, 5)
 
 
 def test_a_loop_that_steps_first_then_computes_the_next_gradient_is_not_a_leak() -> None:
