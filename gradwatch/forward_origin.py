@@ -50,12 +50,15 @@ class ForwardOrigin:
         positions: positions of the watched parameters nearest the origin upstream in the graph (the
             parameters feeding the op; for ``"weights"``, the non-finite parameter itself), in the
             watcher's order; empty when no watched parameter is upstream of it.
+        loss: the non-finite loss value read before ``backward()`` (NaN, ``inf`` or ``-inf``), when the
+            recorder read it (it may differ from ``value``: an Inf turned into NaN further on).
     """
 
     op: str
     value: str
     cause: str
     positions: tuple[int, ...]
+    loss: float | None = None
 
 
 def _saved(node: Any, names: dict[type, list[str]]) -> Iterator[torch.Tensor]:
@@ -86,8 +89,8 @@ def _readable(t: torch.Tensor) -> bool:
     FSDP2 frees the storage of the all-gathered parameters after the forward pass (``resize_(0)``) and
     gathers it again in backward: the graph still holds tensors over the empty storage until then.
     """
-    if type(t) not in _PLAIN or t.layout != torch.strided or t.is_meta:
-        return False
+    if type(t) not in _PLAIN or t.is_nested or t.layout != torch.strided or t.is_meta:
+        return False  # (a nested tensor reports the strided layout but has no strides to check)
     last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if n > 0)
     return (last + 1) * t.element_size() <= t.untyped_storage().nbytes()
 
@@ -137,17 +140,10 @@ def locate(
     accelerator): meant for the rare loss that is already non-finite.
     """
     nodes: list[Any] = []
-    seen: set[Any] = set()
-    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
+    for node in _graph_nodes([r.grad_fn for r in roots]):
         nodes.append(node)
         if len(nodes) > max_nodes:
             return None
-        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
     names: dict[type, list[str]] = {}
     saved = {node: list(_saved(node, names)) for node in nodes}
     for value in _search_order(roots):
@@ -226,8 +222,8 @@ def _describe(
     return ForwardOrigin(node.name(), value, cause, _nearest(node, positions))
 
 
-def graph_leaves(nodes: Sequence[Any]) -> Iterator[torch.Tensor]:
-    """The leaf tensors (``AccumulateGrad`` nodes' ``variable``) below ``nodes`` in a graph, each node once.
+def _graph_nodes(nodes: Sequence[Any]) -> Iterator[Any]:
+    """Every autograd node reachable from ``nodes`` through ``next_functions``, each once (depth-first).
 
     Host-only, O(graph size); ``None`` entries of ``nodes`` are skipped.
     """
@@ -238,10 +234,19 @@ def graph_leaves(nodes: Sequence[Any]) -> Iterator[torch.Tensor]:
         if n in seen:
             continue
         seen.add(n)
+        yield n
+        stack.extend(fn for fn, _ in n.next_functions if fn is not None)
+
+
+def graph_leaves(nodes: Sequence[Any]) -> Iterator[torch.Tensor]:
+    """The leaf tensors (``AccumulateGrad`` nodes' ``variable``) below ``nodes`` in a graph, each node once.
+
+    Host-only, O(graph size); ``None`` entries of ``nodes`` are skipped.
+    """
+    for n in _graph_nodes(nodes):
         var = getattr(n, "variable", None)
         if isinstance(var, torch.Tensor):
             yield var
-        stack.extend(fn for fn, _ in n.next_functions if fn is not None)
 
 
 def _watched_below(node: Any, positions: Mapping[int, int]) -> Iterator[tuple[int, torch.Tensor]]:

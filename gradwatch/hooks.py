@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -223,6 +223,8 @@ def _backward_spy(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)  # (sets __wrapped__ = original)
     def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
         if _backward_calls:
+            if isinstance(tensors, Iterator):  # (a generator: read once, here, for the watchers and torch)
+                tensors = tuple(tensors)
             for before in list(_backward_calls.values()):
                 before(tensors)
         return original(tensors, *args, **kwargs)

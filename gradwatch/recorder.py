@@ -19,6 +19,7 @@ recording; the user's training goes on untouched. Not part of the public API.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -640,10 +641,17 @@ class Recorder:
         roots = [r for r in given if isinstance(r, torch.Tensor) and r.grad_fn is not None] if given else []
         if not roots or any(r.numel() != 1 or not stats.reads_freely(r.device) for r in roots):
             return  # (a vector-Jacobian product of a whole output is not a loss; a device loss: not read)
-        if all(math.isfinite(r.detach().item()) for r in roots):
+        loss = next((v for r in roots if not math.isfinite(v := r.detach().item())), None)
+        if loss is None:
             return
         self._origin_walks -= 1
-        origin = locate(roots, self._positions)
+        try:
+            origin = locate(roots, self._positions)
+        except Exception:  # a best-effort diagnosis: a graph it cannot read leaves the gradient rule to it
+            log.debug("gradwatch: the forward-origin walk failed; the finding falls back", exc_info=True)
+            origin = None
+        if origin is not None:
+            origin = dataclasses.replace(origin, loss=loss)
         if origin is not None and origin.cause == "weights":
             self._origin_walks = -1  # every later loss is non-finite from here: never again
         self._pending_origin = origin

@@ -323,3 +323,58 @@ def test_walks_spent_on_skipped_steps_do_not_hide_a_later_origin() -> None:
             w.step()
     located = [f for f in w.findings if "born in the forward pass" in f.message]
     assert located and set(located[0].params) == {"attn.in_proj_weight", "attn.in_proj_bias"}
+
+
+def test_losses_given_as_a_generator_are_read_once_and_still_differentiated() -> None:
+    # torch.autograd.backward takes any iterable: the wrapper must not use up a generator before torch
+    def grads(watched: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = nn.Linear(3, 1)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        loss = net(torch.randn(4, 3)).pow(2).mean()
+        if watched:
+            with gw.watch(net, opt, on_finding="ignore"):
+                torch.autograd.backward(x for x in [loss])
+        else:
+            torch.autograd.backward(x for x in [loss])
+        return [p.grad.clone() for p in net.parameters()]
+
+    for got, want in zip(grads(True), grads(False)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_nested_tensor_in_the_graph_does_not_stop_recording() -> None:
+    # a nested tensor reports the strided layout but has no strides: the walk skips it, and whatever a
+    # walk cannot read never ends the recording
+    torch.manual_seed(0)
+    net = nn.Linear(3, 3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with gw.watch(net, opt, on_finding="ignore") as w:
+        for step in range(3):
+            nested = torch.nested.as_nested_tensor([net(torch.randn(2, 3)), net(torch.randn(3, 3))]) * 2.0
+            loss = sum(part.sum() for part in nested.unbind()) * (math.nan if step == 1 else 1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert not w._recorder.failed
+    assert len(w.history) == 3
+    assert [(f.kind, f.step) for f in w.findings] == [("nonfinite_grad", 1)]
+
+
+def test_the_message_gives_the_loss_as_read_not_the_value_found() -> None:
+    # exp overflows to Inf; inf - inf makes the loss NaN: the origin is the Inf, the loss was NaN
+    def overflow(net: nn.Linear) -> torch.Tensor:
+        e = torch.exp(net(torch.randn(8, 4)) * 100)
+        return (e - e).mean()
+
+    torch.manual_seed(0)
+    net = nn.Linear(4, 4)
+    positions, _ = _positions(net)
+    found = locate([overflow(net)], positions)
+    assert found is not None and found.value == "Inf"
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with gw.watch(net, opt, on_finding="ignore") as w:
+        overflow(net).backward()
+        opt.step()
+    (f,) = w.findings
+    assert "the loss itself was nan" in f.message and "the loss itself was Inf" not in f.message

@@ -87,7 +87,7 @@ class NonfiniteGradDetector(Detector):
                     )
                 )
                 if found is not None and loss is None:
-                    loss_text = f"the loss itself was {found.value}"
+                    loss_text = f"the loss itself was {found.value if found.loss is None else found.loss}"
                 counts = ", ".join(
                     f"{n}: {params[n].nan_count} NaN, {params[n].inf_count} Inf"
                     if params[n].nan_count or params[n].inf_count
