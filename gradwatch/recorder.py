@@ -342,8 +342,11 @@ class Recorder:
 
     @failsafe
     def _emit_closing(self) -> None:
-        step = self.tracker.step  # (after the final seal: one past the last step, if any was sealed)
-        self.emit(self.suite.closing(step - 1 if step > self.config.start_step else step))
+        tracker = self.tracker
+        step = tracker.step  # (after the final seal: one past the last step, if any was sealed)
+        if not tracker.backward_seen and step > self.config.start_step:
+            step -= 1  # the last sealed step (a backward pass left unsealed belongs to the step in progress)
+        self.emit(self.suite.closing(step))
 
     @failsafe
     def _emit_judged(self) -> None:

@@ -176,6 +176,23 @@ def test_nan_named_at_its_origin_and_not_again_downstream() -> None:
     assert "1.weight" in w.findings[0].message  # the finite layer nearer the loss, cited as evidence
 
 
+def test_a_head_added_in_a_last_iteration_that_never_steps_is_reported_at_that_step() -> None:
+    # the last backward pass is never sealed (no optimizer step ends it): the findings made at close
+    # belong to the step in progress, not to the last sealed one
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for k in range(4):
+            if k == 3:
+                model.add_module("aux", nn.Linear(1, 1))
+            opt.zero_grad()
+            out = model(torch.randn(4, 6))
+            (out.pow(2).mean() + (model.aux(out).pow(2).mean() if k == 3 else 0)).backward()
+            if k < 3:
+                opt.step()
+    assert [(f.kind, f.step, f.params) for f in w.findings] == [("new_param", 3, ("aux.weight", "aux.bias"))]
+
+
 def _run(w: gw.Watcher, iteration: Callable[[int], None], mode: str, n: int) -> gw.Watcher:
     """Run ``iteration(k)`` ``n`` times under ``w``, then close it.
 
