@@ -156,6 +156,7 @@ class StepRecord:
         "_parts",
         "_sample_sizes",
         "_unclipped",
+        "_unclipped_total",
         "_waiting",
         "forward_origin",
         "step",
@@ -216,6 +217,7 @@ class StepRecord:
         self._grad_none = grad_none
         self._sample_sizes = sample_sizes
         self._unclipped = unclipped
+        self._unclipped_total: float | None = None  # (computed on first read: a sink and a detector read it)
         #: where a non-finite loss of the step was born (:class:`~gradwatch.forward_origin.ForwardOrigin`)
         self.forward_origin = forward_origin
         self._layer_map: dict[str, str] | None = None
@@ -386,6 +388,8 @@ class StepRecord:
         """
         if self._unclipped is None:
             return None
+        if self._unclipped_total is not None:
+            return self._unclipped_total
         measured, covered = self._unclipped
         if not isinstance(measured, float):
             if self._event is not None and not self._event.query():
@@ -393,7 +397,8 @@ class StepRecord:
             measured = float(measured)
         # the parameters no clip function was given kept their gradients: their recorded norms count as is
         rest = sum(s.grad_norm**2 for k, s in enumerate(self.params.values()) if k not in covered)
-        return math.sqrt(measured * measured + rest)
+        self._unclipped_total = math.sqrt(measured * measured + rest)
+        return self._unclipped_total
 
     def __repr__(self) -> str:
         loss = "None" if self.loss is None else f"{self.loss:.6g}"
