@@ -182,7 +182,7 @@ def gather(tensors: Sequence[torch.Tensor], out: np.ndarray | None = None, keep:
 
 
 def _scratch(total: int) -> np.ndarray:
-    """A reused ``[2, total]`` float64 buffer (per thread): the entries and their squares."""
+    """A reused ``[2, total]`` float64 buffer (per thread): entries and their squares, or two differences."""
     held = getattr(_local, "held", None)
     if held is None or held.shape[1] < total:
         held = _local.held = np.empty((2, total), dtype=np.float64)
@@ -218,7 +218,7 @@ def grad_stats(
         the sum). NaN/Inf propagate into the norm, max |g| and the sum, and are counted; their centred
         norm is NaN.
     """
-    numels = tuple([t.numel() * 2 if t.is_complex() else t.numel() for t in tensors])
+    numels = tuple([_size(t) for t in tensors])
     wide = torch.float64 in {t.dtype for t in tensors}
     plan = _plan(numels, tuple(strides), wide)
     n = len(numels)
@@ -385,10 +385,7 @@ def update_and_change(
         of float64 copies of float32 (or smaller) values are exact; NaN or Inf entries give NaN or Inf.
         The same values as :func:`distances` computes for each column on its own.
     """
-    held = getattr(_local, "diffs", None)
-    if held is None or held.shape[1] < len(before):
-        held = _local.diffs = np.empty((2, len(before)), dtype=np.float64)
-    d = held[:, : len(before)]
+    d = _scratch(len(before))
     gather(now, d[0], keep=True)
     np.subtract(d[0], before, out=d[0])
     np.subtract(before, prev, out=d[1])
