@@ -7,6 +7,7 @@ AMP ``GradScaler``'s skipped step from a bug). See ``docs/zero-grad.md`` for the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
@@ -53,34 +54,32 @@ class MissingZeroGradDetector(Detector):
         self.prov = view.provenance
         self.names = view.names
         self.norm_at = view.norm_at
-        self.positions = view.optimizer_positions
         # an empty parameter has nothing to carry over
         self.reported: set[int] = {i for i, n in enumerate(view.numels) if n == 0}
-        #: optimizer name -> (step, last backward pass id) at its last step
-        self.stepped: dict[str, tuple[int, int]] = {}
+        #: optimizer name -> (step, last backward pass id, positions it holds) at its last step
+        self.stepped: dict[str, tuple[int, int, frozenset[int]]] = {}
         #: optimizer name -> parameter position -> (step, pass id) of a pass that ran after its step
         self.after_step: dict[str, dict[int, tuple[int, int]]] = {}
-        #: backward pass id -> the step it ran in (for the passes after an optimizer's step only)
-        self.pass_step: dict[int, int] = {}
+        #: (step, id of its first backward pass that reached a watched parameter); pass ids only grow, so
+        #: a pass ran in that step exactly when its id is at least that one
+        self.first_pass: tuple[int, int] = (-1, 0)
 
     def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
-        self.stepped[name] = (step, self.prov.pass_id)
+        self.stepped[name] = (step, self.prov.pass_id, frozenset(owned))
         self.after_step.pop(name, None)
         return []
 
     def on_backward_end(self, touched: Collection[int], step: int) -> list[Finding]:  # noqa: D102
-        if self.after_step:  # (a leak is judged on the step of every pass since: bounded to those)
-            self.pass_step[self.prov.pass_id] = step
-            if len(self.pass_step) > 256:
-                for p in sorted(self.pass_step)[:128]:
-                    del self.pass_step[p]
-        for name, (at, last) in self.stepped.items():
-            if at == step and self.prov.pass_id > last:  # this pass ran after that optimizer's step
-                held = set(self.positions().get(name, ())).intersection(touched)
+        pass_id = self.prov.pass_id
+        if self.first_pass[0] != step:
+            self.first_pass = (step, pass_id)
+        for name, (at, last, owned) in self.stepped.items():
+            if at == step and pass_id > last:  # this pass ran after that optimizer's step
+                held = owned.intersection(touched)
                 if held:
                     marks = self.after_step.setdefault(name, {})
                     for i in held:
-                        marks.setdefault(i, (step, self.prov.pass_id))
+                        marks.setdefault(i, (step, pass_id))
         return []
 
     def _carried(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
@@ -88,6 +87,7 @@ class MissingZeroGradDetector(Detector):
         marks = self.after_step.pop(name, None)
         if not marks:
             return []
+        first = self.first_pass[1] if self.first_pass[0] == step else math.inf  # (no pass in this step yet)
         leaked = [
             i
             for i in owned
@@ -95,7 +95,7 @@ class MissingZeroGradDetector(Detector):
             and marks[i][0] < step
             and i not in self.reported
             and marks[i][1] in (held := self.prov.passes(i))
-            and any(self.pass_step.get(p) == step for p in held)  # with this step's own gradient
+            and any(p >= first for p in held)  # with this step's own gradient
         ]
         if not leaked:
             return []
