@@ -65,6 +65,8 @@ class Provenance:
         self.skipped = 0
         #: backward pass -> parameters it accumulated into
         self.touched: dict[int, set[int]] = {}
+        #: backward pass -> the first parameter it accumulated into (the watched one nearest its loss)
+        self.first_touch: dict[int, int] = {}
         self._touching: set[int] | None = None  # touched[pass_id], while it is in the table
         #: backward pass -> flags (``stats.all_finite``), all true if every gradient it touched was finite
         self.pass_finite: dict[int, list[Any]] = {}
@@ -154,6 +156,8 @@ class Provenance:
         touching = self._touching
         if touching is None or self.touched.get(self.pass_id) is not touching:  # forgotten (horizon)
             touching = self._touching = self.touched.setdefault(self.pass_id, set())
+        if not touching:
+            self.first_touch.setdefault(self.pass_id, i)
         touching.add(i)
         self.fresh[i] = True
         self._param_ver[i] = compat.version_counter(param)
@@ -247,7 +251,14 @@ class Provenance:
             self.co_reset.pop(p, None)
             self.moved_reset.pop(p, None)
         horizon = self.pass_id - HORIZON  # bounded memory: very old passes can no longer be judged
-        for table in (self.touched, self.pass_finite, self.reset_unused, self.co_reset, self.moved_reset):
+        for table in (
+            self.touched,
+            self.first_touch,
+            self.pass_finite,
+            self.reset_unused,
+            self.co_reset,
+            self.moved_reset,
+        ):
             for p in [p for p in table if p < horizon]:
                 del table[p]
         self._skip_groups = {p for p in self._skip_groups if p >= horizon}

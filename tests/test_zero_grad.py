@@ -328,6 +328,38 @@ def test_silent_on_gan_generator_loss_into_discriminator(order: str) -> None:
     assert w.findings == []
 
 
+@pytest.mark.parametrize("marked", [False, True])
+def test_generator_first_gan_zeroed_after_each_step_leaks_into_the_discriminator(marked: bool) -> None:
+    # Lightning-AI/pytorch-lightning#557: for each optimizer in turn, backward, step(), zero_grad(). G's
+    # loss fills D's .grad; D's own backward adds to it and D's step applies both
+    torch.manual_seed(1)
+    gan = nn.ModuleDict(
+        {
+            "G": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
+            "D": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)),
+        }
+    )
+    opt_g = torch.optim.Adam(gan["G"].parameters(), 1e-3)
+    opt_d = torch.optim.SGD(gan["D"].parameters(), 1e-2)
+    real = torch.randn(8, 2)
+    with gw.watch(gan, [opt_g, opt_d], on_finding="ignore") as w:
+        for _ in range(STEPS):
+            fake = gan["G"](torch.randn(8, 2))
+            (-gan["D"](fake).mean()).backward()
+            opt_g.step()
+            opt_g.zero_grad()
+            (gan["D"](fake.detach()).mean() - gan["D"](real).mean()).backward()
+            opt_d.step()
+            opt_d.zero_grad()
+            if marked:
+                w.step()
+    d = ("D.0.weight", "D.0.bias", "D.2.weight", "D.2.bias")
+    # the very first D step already applies G's gradient: step 1 (G stepped at 0; marked from the first
+    # w.step() on, so the first iteration is numbered as unmarked)
+    assert [(f.kind, f.step, f.params) for f in w.findings] == [("missing_zero_grad", 1, d)]
+    assert "SGD#1" in w.findings[0].message and "Adam#0 already stepped with" in w.findings[0].message
+
+
 def test_silent_on_lbfgs_closure() -> None:
     model, (x, y) = _mlp(), _xy()
     with gw.watch(model, None) as w0:

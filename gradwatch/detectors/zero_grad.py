@@ -29,17 +29,22 @@ class MissingZeroGradDetector(Detector):
     """A parameter's owner steps with a gradient that still holds one from an earlier step.
 
     The owner is the optimizer whose ``param_groups`` hold the parameter, or, when no optimizer is
-    watched, the step boundary (decorator, ``Watcher.step()``, in-place update). Two ways:
+    watched, the step boundary (decorator, ``Watcher.step()``, in-place update). Three ways:
 
     * the gradient still holds the one the owner used at its previous step: it is ``stale + fresh``, and
       each update applies every earlier gradient again;
+    * (marked or not) its gradient holds a backward pass another optimizer already stepped with, which
+      reached the owner's parameters before any other watched parameter (they lie between that loss and
+      the other optimizer's parameters: a GAN generator's loss through the discriminator, an actor's
+      loss through the critic), mixed with a pass no other optimizer used (the owner's own);
     * (steps marked by the user: ``Watcher.step()`` or ``@w.train_step``) a backward pass ran after the
-      owner's step in a step (another loss's backward through the owner's parameters: a GAN generator's
-      loss through the discriminator), its gradient was carried into a later step and the owner applied
-      it there *together with* that step's own gradient. A loop that steps first and then computes the
-      gradient for its next step applies the carried gradient alone, once: not reported. Unmarked, each
-      optimizer step is a step of its own, and the leak looks exactly like a trunk shared by two
-      losses, each with its optimizer (intended): not reported then.
+      owner's step in a step, its gradient was carried into a later step and the owner applied it there
+      *together with* that step's own gradient. A loop that steps first and then computes the gradient
+      for its next step applies the carried gradient alone, once: not reported.
+
+    A trunk shared on purpose by two losses with their own optimizers (actor-critic) is reached after
+    the other optimizer's head, and a part shared by two other optimizers' losses holds no pass of its
+    own owner: neither is reported (``docs/zero-grad.md``).
 
     Reported once per parameter, at the first step where it happens, grouped by owner.
 
@@ -111,6 +116,43 @@ class MissingZeroGradDetector(Detector):
         )
         return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in leaked), message)]
 
+    def _foreign(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
+        """Another optimizer's backward pass, entered through ``name``'s parameters, mixed into its own.
+
+        Marked or not: a parameter's gradient holds a pass another optimizer already stepped with, whose
+        gradient reached ``name``'s parameters *first* (they lie between that loss and the other
+        optimizer's parameters: a generator's loss through the discriminator), together with a pass
+        no other optimizer used (``name``'s own). A trunk two losses share on purpose is reached after
+        the other optimizer's head, and a part shared by two other optimizers' losses has no own pass:
+        neither is reported.
+        """
+        if not self.stepped.keys() - {name}:  # (another optimizer must have stepped)
+            return []
+        used, first = self.prov.used_passes, self.prov.first_touch
+        mine: frozenset[int] | None = None
+        leaked = []
+        for i in owned:
+            held = self.prov.passes(i)
+            if len(held) < 2 or i in self.reported:
+                continue
+            if mine is None:
+                mine = frozenset(owned)
+            if any(p in used and first.get(p) in mine for p in held) and any(p not in used for p in held):
+                leaked.append(i)
+        if not leaked:
+            return []
+        self.reported.update(leaked)
+        since = self.stepped[name][1] if name in self.stepped else -1
+        by = " or ".join(sorted(q for q, (_, last, _) in self.stepped.items() if q != name and last > since))
+        message = (
+            f"optimizer {name} at step {step} applies to {_names(self.names, leaked)} a gradient left "
+            f"there by another loss's backward pass, which went through these parameters first and which "
+            f"{by} already stepped with (such as a GAN generator's loss through the discriminator), added to "
+            f"{name}'s own gradient. Fix: zero {name}'s gradients at the start of its step, before its "
+            f"backward(), or call requires_grad_(False) on these parameters during the other backward pass."
+        )
+        return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in leaked), message)]
+
     def _judge(self, owner: str, idx: Sequence[int], step: int, fix_owner: str) -> list[Finding]:
         stale = [i for i in self.prov.stale(idx) if i not in self.reported]
         if not stale:
@@ -142,12 +184,16 @@ class MissingZeroGradDetector(Detector):
         return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in stale), message)]
 
     def on_optimizer_pre(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
-        return self._carried(name, owned, step) + self._judge(
-            f"optimizer {name}",
-            owned,
-            step,
-            "call optimizer.zero_grad() once per step, before backward() or after step(); if you "
-            "accumulate gradients on purpose, call step() and zero_grad() once per N backward() calls.",
+        return (
+            self._carried(name, owned, step)
+            + self._foreign(name, owned, step)
+            + self._judge(
+                f"optimizer {name}",
+                owned,
+                step,
+                "call optimizer.zero_grad() once per step, before backward() or after step(); if you "
+                "accumulate gradients on purpose, call step() and zero_grad() once per N backward() calls.",
+            )
         )
 
     def on_boundary(self, unowned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
