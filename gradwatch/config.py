@@ -210,6 +210,11 @@ class Config:
         vanishing_norm: first-layer gradient norm below which gradients vanish (1e-4, AutoTrainer).
         exploding_ratio: first/last layer gradient-norm ratio above which gradients explode, > 1 (70,
             AutoTrainer); also the growth factor of TheDeepChecker's sustained-growth rule.
+        read_loss: whether to read the value of a one-element loss handed to ``backward()``, to find where
+            a non-finite loss was born in the forward pass (a walk of its autograd graph, run only when
+            it is NaN or Inf; ``docs/detectors.md``, ``nonfinite_grad``). ``None`` (default): only where
+            reading costs nothing, a loss on the CPU. ``True``: on an accelerator too, which waits for
+            the device at every ``backward()`` call (for a run that hunts a NaN). ``False``: never.
 
     Raises:
         TypeError: an option of the wrong type, or a ``writer`` without the ``SummaryWriter`` methods.
@@ -236,6 +241,7 @@ class Config:
     vanishing_ratio: float = 1e-3
     vanishing_norm: float = 1e-4
     exploding_ratio: float = 70.0
+    read_loss: bool | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -315,6 +321,11 @@ class Config:
         for name in ("update_ratio", "rank_zero_only"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.read_loss is not None and not isinstance(self.read_loss, bool):
+            raise TypeError(
+                f"read_loss must be None (read a CPU loss only), True (on accelerators too) or False, "
+                f"got {self.read_loss!r}"
+            )
         keep: Any = self.keep_grads
         if isinstance(keep, str):
             put("keep_grads", frozenset([keep]))

@@ -627,14 +627,18 @@ class Recorder:
     def _before_backward(self, tensors: Any) -> None:
         """``backward()`` is about to run on ``tensors``: if the loss is not finite, find where it was born.
 
-        Only where reading the loss costs nothing (a scalar on the CPU): on an accelerator it would wait
-        for the device at every step. The graph is walked (:func:`gradwatch.forward_origin.locate`) at
-        most :data:`MAX_ORIGIN_WALKS` times in a row, one more every :data:`ORIGIN_WALK_REFILL` calls,
-        and not again once the weights themselves are non-finite. What it finds goes with the step this
+        By default only where reading the loss costs nothing (a scalar on the CPU): on an accelerator it
+        waits for the device at every step, so only with the option ``read_loss=True``. The graph is
+        walked (:func:`gradwatch.forward_origin.locate`) at most :data:`MAX_ORIGIN_WALKS` times in a
+        row, one more every :data:`ORIGIN_WALK_REFILL` calls, and not again once the weights themselves
+        are non-finite. What it finds goes with the step this
         pass belongs to (``StepRecord.forward_origin``); a step a GradScaler skips is never recorded, so
         an overflow it handles is not reported.
         """
         self._pending_origin = None
+        read = self.config.read_loss
+        if read is False:
+            return
         self._backward_calls += 1
         if self._backward_calls % ORIGIN_WALK_REFILL == 0 and 0 <= self._origin_walks < MAX_ORIGIN_WALKS:
             self._origin_walks += 1
@@ -642,7 +646,7 @@ class Recorder:
             return
         given = [tensors] if isinstance(tensors, torch.Tensor) else tensors
         roots = [r for r in given if isinstance(r, torch.Tensor) and r.grad_fn is not None] if given else []
-        if not roots or any(r.numel() != 1 or not stats.reads_freely(r.device) for r in roots):
+        if not roots or any(r.numel() != 1 or not (read or stats.reads_freely(r.device)) for r in roots):
             return  # (a vector-Jacobian product of a whole output is not a loss; a device loss: not read)
         loss = next((v for r in roots if not math.isfinite(v := r.detach().item())), None)
         if loss is None:

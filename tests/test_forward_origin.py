@@ -1,8 +1,8 @@
 """A NaN/Inf born in the forward pass, named at its origin (gradwatch.forward_origin and the recorder's use).
 
 The walk of the loss's autograd graph is checked against models where the origin is known by
-construction, and the recorder's policy (read the loss on the CPU, on an accelerator only after
-non-finite gradients, bounded walks, nothing left wrapped) against counted calls.
+construction, and the recorder's policy (read the loss on the CPU, on an accelerator only with
+``read_loss=True``, bounded walks, nothing left wrapped) against counted calls.
 """
 
 from __future__ import annotations
@@ -198,6 +198,38 @@ def test_a_loss_on_an_accelerator_is_not_read(monkeypatch) -> None:
     assert reads == []
     (first,) = w.findings  # the gradients' own rule: the first layer the backward pass reached
     assert first.step == 2 and "first layer the backward pass reached" in first.message
+    assert "read_loss=True" in first.message  # (how to have the op named)
+
+
+def test_read_loss_true_reads_a_loss_on_an_accelerator_and_names_the_origin(monkeypatch) -> None:
+    monkeypatch.setattr(stats, "reads_freely", lambda device: False)  # (the CPU stands in for one)
+    torch.manual_seed(1)
+    model = Attn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore", read_loss=True) as w:
+        _train(model, opt, bad_steps={2}, steps=4)
+    first = w.findings[0]
+    assert (first.kind, first.step) == ("nonfinite_grad", 2)
+    assert set(first.params) == {"attn.in_proj_weight", "attn.in_proj_bias"}
+    assert "Softmax" in first.message and "the loss itself was nan" in first.message
+
+
+def test_read_loss_false_never_reads_the_loss(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(recorder, "locate", lambda *a, **k: calls.append(1))
+    torch.manual_seed(1)
+    model = Attn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore", read_loss=False) as w:
+        _train(model, opt, bad_steps={2}, steps=4)
+    assert calls == []
+    assert w.findings[0].step == 2 and "first layer the backward pass reached" in w.findings[0].message
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0.0])
+def test_read_loss_takes_none_true_or_false(bad) -> None:
+    with pytest.raises(TypeError, match="read_loss must be None"):
+        gw.Watcher(nn.Linear(2, 2), read_loss=bad)
 
 
 def test_a_finite_loss_costs_one_read_and_no_walk(monkeypatch) -> None:
