@@ -136,6 +136,21 @@ def reads_freely(device: torch.device) -> bool:
     return _host(device)
 
 
+def _host_total(tensors: Sequence[torch.Tensor | None]) -> int:
+    """Entries of ``tensors`` together when :mod:`.host` reads every one of them, else -1.
+
+    (:func:`host.eligible`, inlined into one loop: this runs at every backward pass and recorded step.)
+    """
+    if not host.ENABLED or fused.force_on_cpu:
+        return -1
+    total, most, strided = 0, host.MAX_TENSOR, torch.strided
+    for t in tensors:
+        if t is None or not t.is_cpu or t.layout != strided or not 0 < (n := t.numel()) <= most:
+            return -1
+        total += n
+    return total
+
+
 def grad_and_param_stats(
     grads: Sequence[torch.Tensor | None], strides: Sequence[int], samples: Samples
 ) -> torch.Tensor | None:
@@ -148,14 +163,10 @@ def grad_and_param_stats(
     strided one, more than ``host.MAX_GROUP`` entries together, or samples not all on the host): then
     :func:`grad_stats` and :func:`sample_norms` measure them.
     """
-    if not host.ENABLED or fused.force_on_cpu or not samples.layout.host_only or samples.host is None:
+    if not samples.layout.host_only or samples.host is None or len(grads) != len(samples.layout.host):
         return None
-    total, most, strided = 0, host.MAX_TENSOR, torch.strided
-    for g in grads:  # (host.eligible, inlined: this runs at every recorded step)
-        if g is None or not g.is_cpu or g.layout != strided or not 0 < (n := g.numel()) <= most:
-            return None
-        total += n
-    if total > host.MAX_GROUP // 2 or len(grads) != len(samples.layout.host):
+    total = _host_total(grads)
+    if not 0 < total <= host.MAX_GROUP // 2:
         return None
     raw, _ = host.grad_stats(grads, strides, norms_of=(samples.host, samples.layout.host_starts))  # type: ignore[arg-type]
     return raw
@@ -244,6 +255,10 @@ def _fused_blocks(
     return blocks, rest
 
 
+#: Passes touching at most this many tensors try the one-flag path of :func:`all_finite` first.
+_FEW_FLAGS = 64
+
+
 def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[Any]:
     """Flags, one per device and dtype chunk, true where every entry of those tensors is finite.
 
@@ -255,6 +270,8 @@ def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[Any]:
     3e38). Elsewhere one batched L2 norm per chunk (one kernel launch; its sum of squares overflows only
     past about 1e19 per entry in float32).
     """
+    if len(tensors) <= _FEW_FLAGS and 0 < _host_total(tensors) <= host.MAX_GROUP // 2:
+        return [host.DeferredFinite(tensors)]  # type: ignore[arg-type]  # (a small CPU model: one flag)
     chunks, rest = _host_chunks(tensors)
     flags: list[Any] = [
         host.DeferredFinite([t for i in idx if (t := tensors[i]) is not None]) for idx in chunks

@@ -247,7 +247,8 @@ def grad_stats(
     picked = x if plan.sampled is None else x[plan.sampled]
     raw[3] = np.add.reduceat(picked != 0, plan.sampled_starts, dtype=np.int64)
     raw[6] = -1.0
-    if math.isfinite(sums[1].sum()):  # (a NaN or Inf entry makes the sum of squares NaN or Inf)
+    # (a NaN or Inf entry makes the sum of squares NaN or Inf; a few host numbers: no numpy call)
+    if all(map(math.isfinite, sums[1].tolist())):
         raw[4:6] = 0.0
         bad = None
     else:
