@@ -108,6 +108,27 @@ def test_all_finite_and_the_deferred_flag() -> None:
     assert not bool(late)  # and kept
 
 
+@pytest.mark.parametrize("case", ["few small", "with a None", "one too large", "many"])
+def test_stats_all_finite_flags_agree_with_torch_isfinite(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host, "MAX_TENSOR", 1000)
+    g = torch.Generator().manual_seed(5)
+    count = 70 if case == "many" else 4  # (more than a few tensors: the chunked path)
+    tensors: list[torch.Tensor | None] = [torch.randn(30, generator=g) for _ in range(count)]
+    if case == "with a None":
+        tensors[1] = None
+    if case == "one too large":
+        tensors[2] = torch.randn(2000, generator=g)  # not a host tensor: a 0-dim flag of its own
+    few = case == "few small"
+    for bad in (None, math.nan, math.inf):
+        ts = [t.clone() if t is not None else None for t in tensors]
+        if bad is not None:
+            ts[-1][3] = bad  # type: ignore[index]
+        flags = stats.all_finite(ts)
+        assert (len(flags) == 1) if few else (len(flags) >= 1)
+        expected = all(bool(torch.isfinite(t).all()) for t in ts if t is not None)
+        assert all(bool(f) for f in flags) == expected
+
+
 def test_stats_dispatch_sends_only_small_cpu_tensors_to_the_host_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
