@@ -101,7 +101,7 @@ class StepTracker:
         gradient finds in ``.grad`` is judged against the right step. Also runs for
         ``torch.autograd.grad`` calls, which is harmless: such a boundary was already seen.
         """
-        if self.in_backward and compat.current_graph_task_id() == self.task:
+        if self.in_backward and compat.outer_graph_task_id() == self.task:
             return
         if self.closed or (
             self.backward_seen
@@ -114,7 +114,7 @@ class StepTracker:
 
     def grad(self) -> None:
         """A gradient was accumulated into a watched ``.grad`` (post-accumulate hook)."""
-        task = compat.current_graph_task_id()
+        task = compat.outer_graph_task_id()
         if self.in_backward and task != self.task:
             if self.end_queued:
                 self.owner.backward_aborted()  # the previous pass died before its end callback

@@ -44,6 +44,7 @@ from __future__ import annotations
 import functools
 import operator
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,8 @@ __all__ = [
     "compiler_disable",
     "dynamo_imported",
     "current_graph_task_id",
+    "enter_backward_call",
+    "exit_backward_call",
     "foreach_abs",
     "foreach_clamp_max_",
     "foreach_clamp_min",
@@ -69,6 +72,7 @@ __all__ = [
     "foreach_sub_",
     "global_rank",
     "hook_dict",
+    "outer_graph_task_id",
     "queue_end_of_backward",
     "refresh",
     "reset_hook_dict",
@@ -225,7 +229,7 @@ foreach_clamp_max_: Callable[[Tensors, float], None]
 #: ``torch._foreach_mul_(tensors, scalar)``.
 foreach_mul_: Callable[[Tensors, float], None]
 #: ``torch._C._current_graph_task_id()``: id of the backward pass running in this thread, else -1.
-current_graph_task_id: Callable[[], int]
+current_graph_task_id: Callable[[], int] = _task_fallback  # (set by refresh())
 
 
 def foreach_norm(tensors: Tensors, ord: float = 2.0, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
@@ -261,8 +265,54 @@ def queue_end_of_backward(callback: Callable[[], None], *, at_end: bool = False)
     _fallback_task_state[0] = 0
     if queue is None:
         return False
+    if getattr(_reentrant, "depth", 0):  # inside a reentrant backward call: held for the outer pass
+        _reentrant.pending.append(callback)
+        return True
     queue(callback)
     return True
+
+
+_reentrant = threading.local()
+
+
+def enter_backward_call() -> bool:
+    """A ``torch.autograd.backward`` call starts; True when it runs *inside* a backward pass.
+
+    That is a reentrant backward: ``torch.utils.checkpoint(..., use_reentrant=True)`` recomputes its
+    block during the outer pass and differentiates it with a backward call of its own, a separate graph
+    task. Until the matching :func:`exit_backward_call`, :func:`outer_graph_task_id` gives the outer
+    pass's id (the gradients that call accumulates are the outer pass's), and
+    :func:`queue_end_of_backward` holds its callbacks until the call returns, then queues them on the
+    outer pass (queued inside, they would run at the end of the inner one). Needs
+    ``torch._C._current_graph_task_id`` (its fallback cannot tell): False without it.
+    """
+    if not _available["torch._C._current_graph_task_id"]:
+        return False
+    task = current_graph_task_id()
+    if task == -1:
+        return False
+    depth = getattr(_reentrant, "depth", 0)
+    if depth == 0:
+        _reentrant.outer, _reentrant.pending = task, []
+    _reentrant.depth = depth + 1
+    return True
+
+
+def exit_backward_call() -> None:
+    """The reentrant backward call :func:`enter_backward_call` saw (it returned True) has returned.
+
+    Back in the outer pass: the callbacks held meanwhile are queued on it.
+    """
+    _reentrant.depth -= 1
+    if _reentrant.depth == 0:
+        pending, _reentrant.pending = _reentrant.pending, []
+        for callback in pending:
+            queue_end_of_backward(callback)
+
+
+def outer_graph_task_id() -> int:
+    """:func:`current_graph_task_id`, or inside a reentrant backward call the outer pass's id."""
+    return _reentrant.outer if getattr(_reentrant, "depth", 0) else current_graph_task_id()
 
 
 def backward_seen_ended() -> None:

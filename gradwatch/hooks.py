@@ -227,7 +227,12 @@ def _backward_spy(original: Callable[..., Any]) -> Callable[..., Any]:
                 tensors = tuple(tensors)
             for before in list(_backward_calls.values()):
                 before(tensors)
-        return original(tensors, *args, **kwargs)
+        if not compat.enter_backward_call():
+            return original(tensors, *args, **kwargs)
+        try:  # (a reentrant backward inside a running pass: its gradients are that pass's)
+            return original(tensors, *args, **kwargs)
+        finally:
+            compat.exit_backward_call()
 
     return backward
 

@@ -65,8 +65,10 @@ class Provenance:
         self.skipped = 0
         #: backward pass -> parameters it accumulated into
         self.touched: dict[int, set[int]] = {}
-        #: backward pass -> the first parameter it accumulated into (the watched one nearest its loss)
-        self.first_touch: dict[int, int] = {}
+        #: backward pass -> the last parameter it accumulated into (the watched one furthest from its loss;
+        #: the running pass's is ``_last``): see :meth:`last_touch`
+        self._last_touch: dict[int, int] = {}
+        self._last = -1
         self._touching: set[int] | None = None  # touched[pass_id], while it is in the table
         #: backward pass -> flags (``stats.all_finite``), all true if every gradient it touched was finite
         self.pass_finite: dict[int, list[Any]] = {}
@@ -79,6 +81,9 @@ class Provenance:
 
     def new_pass(self, inside_optimizer: bool) -> None:
         """A backward pass starts; one run inside ``optimizer.step()`` (a closure) counts as used."""
+        if self._last >= 0:
+            self._last_touch[self.pass_id] = self._last
+            self._last = -1
         self.pass_id += 1
         self._touching = self.touched[self.pass_id] = set()
         if inside_optimizer:
@@ -156,9 +161,8 @@ class Provenance:
         touching = self._touching
         if touching is None or self.touched.get(self.pass_id) is not touching:  # forgotten (horizon)
             touching = self._touching = self.touched.setdefault(self.pass_id, set())
-        if not touching:
-            self.first_touch.setdefault(self.pass_id, i)
         touching.add(i)
+        self._last = i
         self.fresh[i] = True
         self._param_ver[i] = compat.version_counter(param)
         g = param.grad  # (_observe, inlined: this runs for every parameter of every backward pass)
@@ -198,6 +202,16 @@ class Provenance:
         self.fresh[i] = False
         if observe:
             self._observe(i, g)
+
+    def last_touch(self, pass_id: int) -> int:
+        """The last parameter backward pass ``pass_id`` accumulated into, or -1 (none, or forgotten).
+
+        Autograd runs a gradient accumulation as soon as its gradient is complete, before the rest of
+        the graph, and a parameter's gradient completes only after those of the layers between it and the
+        loss: the last one lies behind the others on its path from the loss (the generator's first layer,
+        for a generator loss through a discriminator).
+        """
+        return self._last if pass_id == self.pass_id else self._last_touch.get(pass_id, -1)
 
     def passes(self, i: int) -> set[int]:
         """The backward passes whose gradients make up parameter ``i``'s ``.grad`` since its use or reset.
@@ -253,7 +267,7 @@ class Provenance:
         horizon = self.pass_id - HORIZON  # bounded memory: very old passes can no longer be judged
         for table in (
             self.touched,
-            self.first_touch,
+            self._last_touch,
             self.pass_finite,
             self.reset_unused,
             self.co_reset,

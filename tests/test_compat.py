@@ -86,6 +86,28 @@ def _check_norms(w: gw.Watcher) -> None:
             assert record.params[name].grad_norm == pytest.approx(want, rel=1e-6), name
 
 
+class _Checkpointed(nn.Module):
+    """``_model()``'s layers with the middle one under reentrant activation checkpointing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(6, 5), nn.Sequential(nn.Tanh(), nn.Linear(5, 3)), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return self.c(checkpoint(self.b, self.a(x), use_reentrant=True))
+
+
+def _check_reentrant_checkpoint() -> None:
+    """A backward call inside the pass (reentrant checkpoint): recorded right, nothing reported."""
+    model = _Checkpointed()
+    w = _loop(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    _check_norms(w)
+    assert w.findings == []
+
+
 def _some_tensors() -> list[torch.Tensor]:
     torch.manual_seed(3)
     return [torch.randn(7), torch.randn(3, 4) * 1e-3, torch.tensor([0.0, -2.5, 1.0]), torch.randn(1)]
@@ -242,6 +264,21 @@ def fallback_graph_task_id(monkeypatch: pytest.MonkeyPatch) -> None:
     _check_norms(_loop(*_model()))
     w = _loop(*_model(), zero=False)  # the forgotten zero_grad is still found
     assert "missing_zero_grad" in {f.kind for f in w.findings}
+    assert not compat.enter_backward_call()  # (reentrant calls are not told apart: not needed either)
+    _check_reentrant_checkpoint()
+
+
+def test_a_reentrant_checkpoint_is_one_backward_pass() -> None:
+    _check_reentrant_checkpoint()
+    model = _Checkpointed()
+    with gw.watch(model, on_finding="ignore") as w:
+        for _ in range(3):
+            model(torch.randn(4, 6)).sum().backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+                    p.grad = None
+    assert w._recorder.provenance.pass_id == 3 and len(w.history) == 3 and w.findings == []
 
 
 def fallback_queue_callback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,6 +296,7 @@ def fallback_queue_callback(monkeypatch: pytest.MonkeyPatch) -> None:
     _check_norms(_loop(*_model()))
     w = _loop(*_model(), zero=False)
     assert "missing_zero_grad" in {f.kind for f in w.findings}
+    _check_reentrant_checkpoint()
     # without an optimizer: plain gradient descent, steps marked by the user (the pass's end is seen at
     # the mark, so the gradients are read there: before they are reset)
     torch.manual_seed(0)

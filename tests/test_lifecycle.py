@@ -169,6 +169,7 @@ def test_watcher_does_not_keep_model_alive(detach: bool) -> None:
     assert ref_model() is None
     assert ref_opt() is None
     assert len(w.history) == 1  # what was recorded stays readable
+    w.close()  # (still attached: the global wrappers it installed stay until then, for later tests too)
 
 
 def test_disable_env_registers_no_hooks(monkeypatch: pytest.MonkeyPatch) -> None:

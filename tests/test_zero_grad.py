@@ -357,7 +357,62 @@ def test_generator_first_gan_zeroed_after_each_step_leaks_into_the_discriminator
     # the very first D step already applies G's gradient: step 1 (G stepped at 0; marked from the first
     # w.step() on, so the first iteration is numbered as unmarked)
     assert [(f.kind, f.step, f.params) for f in w.findings] == [("missing_zero_grad", 1, d)]
-    assert "SGD#1" in w.findings[0].message and "Adam#0 already stepped with" in w.findings[0].message
+    assert (
+        "SGD#1" in w.findings[0].message
+        and "to Adam#0's and which Adam#0 already stepped" in w.findings[0].message
+    )
+
+
+class _CheckpointedD(nn.Module):
+    """A discriminator whose middle block runs under reentrant activation checkpointing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.mid, self.out = (
+            nn.Linear(2, 16),
+            nn.Sequential(nn.Tanh(), nn.Linear(16, 16)),
+            nn.Linear(16, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return self.out(checkpoint(self.mid, self.inp(x), use_reentrant=True))
+
+
+@pytest.mark.parametrize("leak", [False, True])
+def test_a_reentrant_checkpoint_inside_the_backward_pass_is_part_of_that_pass(leak: bool) -> None:
+    # checkpoint(use_reentrant=True) differentiates its block with a backward call of its own during the
+    # outer pass: one pass, not three (else the generator's pass into D.mid looked discarded when D was
+    # zeroed, and a leak through D named only D's first layer)
+    torch.manual_seed(2)
+    gan = nn.ModuleDict(
+        {"G": nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)), "D": _CheckpointedD()}
+    )
+    opt_g = torch.optim.Adam(gan["G"].parameters(), 1e-3)
+    opt_d = torch.optim.Adam(gan["D"].parameters(), 1e-3)
+    passes = []
+    with gw.watch(gan, [opt_g, opt_d], on_finding="ignore") as w:
+        prov = w._recorder.provenance
+        for _ in range(STEPS):
+            fake, real = gan["G"](torch.randn(8, 3)), torch.randn(8, 2) + 1.0
+            if not leak:
+                opt_d.zero_grad()
+            before = prov.pass_id
+            (gan["D"](fake.detach()).mean() - gan["D"](real).mean()).backward()
+            opt_d.step()
+            if leak:
+                opt_d.zero_grad()  # (zeroed after its step: G's backward then fills D's .grad)
+            opt_g.zero_grad()
+            (-gan["D"](fake).mean()).backward()
+            opt_g.step()
+            passes.append(prov.pass_id - before)
+    assert passes == [2] * STEPS
+    if leak:
+        d = ("D.inp.weight", "D.inp.bias", "D.mid.1.weight", "D.mid.1.bias", "D.out.weight", "D.out.bias")
+        assert [(f.kind, set(f.params)) for f in w.findings] == [("missing_zero_grad", set(d))]
+    else:
+        assert w.findings == []
 
 
 def test_silent_on_lbfgs_closure() -> None:

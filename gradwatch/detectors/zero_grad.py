@@ -7,12 +7,14 @@ AMP ``GradScaler``'s skipped step from a bug). See ``docs/zero-grad.md`` for the
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from gradwatch.detectors.base import Detector
 from gradwatch.findings import Finding
+from gradwatch.provenance import HORIZON
 
 if TYPE_CHECKING:  # pragma: no cover
     from gradwatch.detectors.base import WatchView
@@ -68,9 +70,18 @@ class MissingZeroGradDetector(Detector):
         #: (step, id of its first backward pass that reached a watched parameter); pass ids only grow, so
         #: a pass ran in that step exactly when its id is at least that one
         self.first_pass: tuple[int, int] = (-1, 0)
+        self.view = view
+        #: backward pass -> the parameters it accumulated into, for the last HORIZON passes (only with
+        #: several optimizers: what tells another optimizer's pass from an optimizer's own)
+        self.touched: dict[int, Collection[int]] = {}
+        self.several = len(view.optimizer_names()) > 1
+        #: (id of the last backward pass before it, optimizer name) of the recent optimizer steps
+        self.step_log: collections.deque[tuple[int, str]] = collections.deque(maxlen=4 * HORIZON)
 
     def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
         self.stepped[name] = (step, self.prov.pass_id, frozenset(owned))
+        if self.several:
+            self.step_log.append((self.prov.pass_id, name))
         self.after_step.pop(name, None)
         return []
 
@@ -78,8 +89,14 @@ class MissingZeroGradDetector(Detector):
         pass_id = self.prov.pass_id
         if self.first_pass[0] != step:
             self.first_pass = (step, pass_id)
+        if self.several:
+            self.touched[pass_id] = touched
+            if len(self.touched) > 2 * HORIZON:  # (bounded: older passes can no longer be judged)
+                self.touched = {p: t for p, t in self.touched.items() if p > pass_id - HORIZON}
+        through = self.prov.last_touch(pass_id)
         for name, (at, last, owned) in self.stepped.items():
-            if at == step and pass_id > last:  # this pass ran after that optimizer's step
+            # this pass ran after that optimizer's step, and went through its parameters to others
+            if at == step and pass_id > last and through not in owned:
                 held = owned.intersection(touched)
                 if held:
                     marks = self.after_step.setdefault(name, {})
@@ -117,39 +134,57 @@ class MissingZeroGradDetector(Detector):
         return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in leaked), message)]
 
     def _foreign(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
-        """Another optimizer's backward pass, entered through ``name``'s parameters, mixed into its own.
+        """Another optimizer's backward pass, through ``name``'s parameters, mixed into its own.
 
-        Marked or not: a parameter's gradient holds a pass another optimizer already stepped with, whose
-        gradient reached ``name``'s parameters *first* (they lie between that loss and the other
-        optimizer's parameters: a generator's loss through the discriminator), together with a pass
-        no other optimizer used (``name``'s own). A trunk two losses share on purpose is reached after
-        the other optimizer's head, and a part shared by two other optimizers' losses has no own pass:
-        neither is reported.
+        Marked or not: a parameter's gradient holds a pass that went *through* ``name``'s parameters to
+        others (its last accumulation is not into ``name``'s: they lie between that loss and the other
+        parameters, as a discriminator between a generator's loss and the generator) and that another
+        optimizer holding some of those others stepped with *before* ``name``'s own pass ran, together
+        with that own pass (one that reached no parameter another optimizer holds). A trunk two losses
+        share on purpose is the end of the other loss's path, and a part several optimizers' losses
+        reach (a shared head, a loss weight) gets no pass of its own: neither is reported.
         """
         if not self.stepped.keys() - {name}:  # (another optimizer must have stepped)
             return []
-        used, first = self.prov.used_passes, self.prov.first_touch
+        prov, touched = self.prov, self.touched
+        used = prov.used_passes
         mine: frozenset[int] | None = None
-        leaked = []
+        others: set[int] = set()
+        holds: dict[str, frozenset[int]] = {}
+        leaked, users = [], set()
         for i in owned:
-            held = self.prov.passes(i)
+            held = prov.passes(i)
             if len(held) < 2 or i in self.reported:
                 continue
             if mine is None:
                 mine = frozenset(owned)
-            if any(p in used and first.get(p) in mine for p in held) and any(p not in used for p in held):
+                holds = {q: frozenset(pos) for q, pos in self.view.optimizer_positions().items() if q != name}
+                others = set().union(*holds.values())
+            own = [p for p in held if p not in used and p in touched and others.isdisjoint(touched[p])]
+            if not own:
+                continue
+            first_own = min(own)
+            by = {  # optimizers that stepped between a pass through these parameters and the own pass
+                q
+                for p in held
+                if p in used and p < first_own and p in touched and prov.last_touch(p) not in mine
+                for at, q in self.step_log
+                if p <= at < first_own and q in holds and not holds[q].isdisjoint(touched[p])
+            }
+            if by:
                 leaked.append(i)
+                users |= by
         if not leaked:
             return []
         self.reported.update(leaked)
-        since = self.stepped[name][1] if name in self.stepped else -1
-        by = " or ".join(sorted(q for q, (_, last, _) in self.stepped.items() if q != name and last > since))
+        who = " or ".join(sorted(users))
         message = (
             f"optimizer {name} at step {step} applies to {_names(self.names, leaked)} a gradient left "
-            f"there by another loss's backward pass, which went through these parameters first and which "
-            f"{by} already stepped with (such as a GAN generator's loss through the discriminator), added to "
-            f"{name}'s own gradient. Fix: zero {name}'s gradients at the start of its step, before its "
-            f"backward(), or call requires_grad_(False) on these parameters during the other backward pass."
+            f"there by another loss's backward pass, which went through these parameters to {who}'s and "
+            f"which {who} already stepped with (such as a GAN generator's loss through the discriminator), "
+            f"added to {name}'s own gradient. Fix: zero {name}'s gradients at the start of its step, "
+            f"before its backward(), or call requires_grad_(False) on these parameters during the other "
+            f"backward pass."
         )
         return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in leaked), message)]
 
