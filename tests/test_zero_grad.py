@@ -31,6 +31,26 @@ def _loss(model, x, y):
 ALL = ("0.weight", "0.bias", "2.weight", "2.bias")
 
 
+def _gan(
+    seed: int, d_opt: str = "Adam"
+) -> tuple[nn.ModuleDict, torch.optim.Optimizer, torch.optim.Optimizer, torch.Tensor]:
+    """A tiny GAN (``G``, ``D``), Adam for G, ``d_opt`` for D, and a batch of real data."""
+    torch.manual_seed(seed)
+    gan = nn.ModuleDict(
+        {
+            "G": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
+            "D": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)),
+        }
+    )
+    opt_g = torch.optim.Adam(gan["G"].parameters(), 1e-3)
+    opt_d = (
+        torch.optim.Adam(gan["D"].parameters(), 1e-3)
+        if d_opt == "Adam"
+        else torch.optim.SGD(gan["D"].parameters(), 1e-2)
+    )
+    return gan, opt_g, opt_d, torch.randn(8, 2)
+
+
 def kinds(w) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for f in w.findings:
@@ -69,16 +89,7 @@ def test_zero_grad_once_per_epoch() -> None:
 
 
 def test_gan_only_the_unzeroed_network_is_named() -> None:
-    torch.manual_seed(0)
-    gan = nn.ModuleDict(
-        {
-            "G": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
-            "D": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)),
-        }
-    )
-    opt_g = torch.optim.Adam(gan["G"].parameters(), 1e-3)
-    opt_d = torch.optim.Adam(gan["D"].parameters(), 1e-3)
-    real = torch.randn(8, 2)
+    gan, opt_g, opt_d, real = _gan(seed=0)
     with gw.watch(gan, [opt_g, opt_d], on_finding="ignore") as w:
         for _ in range(STEPS):
             fake = gan["G"](torch.randn(8, 2))
@@ -295,16 +306,7 @@ def test_silent_on_accumulation_with_one_step_per_k() -> None:
 
 @pytest.mark.parametrize("order", ["g-first", "d-first"])
 def test_silent_on_gan_generator_loss_into_discriminator(order: str) -> None:
-    torch.manual_seed(0)
-    gan = nn.ModuleDict(
-        {
-            "G": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
-            "D": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)),
-        }
-    )
-    opt_g = torch.optim.Adam(gan["G"].parameters(), 1e-3)
-    opt_d = torch.optim.Adam(gan["D"].parameters(), 1e-3)
-    real = torch.randn(8, 2)
+    gan, opt_g, opt_d, real = _gan(seed=0)
 
     def d_step(fake):
         opt_d.zero_grad()
@@ -332,16 +334,7 @@ def test_silent_on_gan_generator_loss_into_discriminator(order: str) -> None:
 def test_generator_first_gan_zeroed_after_each_step_leaks_into_the_discriminator(marked: bool) -> None:
     # Lightning-AI/pytorch-lightning#557: for each optimizer in turn, backward, step(), zero_grad(). G's
     # loss fills D's .grad; D's own backward adds to it and D's step applies both
-    torch.manual_seed(1)
-    gan = nn.ModuleDict(
-        {
-            "G": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)),
-            "D": nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1)),
-        }
-    )
-    opt_g = torch.optim.Adam(gan["G"].parameters(), 1e-3)
-    opt_d = torch.optim.SGD(gan["D"].parameters(), 1e-2)
-    real = torch.randn(8, 2)
+    gan, opt_g, opt_d, real = _gan(seed=1, d_opt="SGD")
     with gw.watch(gan, [opt_g, opt_d], on_finding="ignore") as w:
         for _ in range(STEPS):
             fake = gan["G"](torch.randn(8, 2))
