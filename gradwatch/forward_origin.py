@@ -29,7 +29,7 @@ import torch
 
 from gradwatch import compat
 
-__all__ = ["MAX_NODES", "ForwardOrigin", "graph_leaves", "locate"]
+__all__ = ["MAX_NODES", "ForwardOrigin", "graph_leaves", "locate", "params_behind"]
 
 #: Graphs with more nodes than this are not walked (the walk would cost more than it tells).
 MAX_NODES = 200_000
@@ -316,3 +316,55 @@ def _parameters_of(node: Any, positions: Mapping[int, int], hops: int = 3) -> li
         if isinstance(var, torch.Tensor) and id(var) in positions:
             out.append(positions[id(var)])
     return out
+
+
+def params_behind(
+    roots: Sequence[Any], positions: Mapping[int, int], owner_of: Mapping[int, str]
+) -> dict[str, frozenset[int]] | None:
+    """For each owner, the watched parameters *behind* one of its layers in the graph below ``roots``.
+
+    A parameter is behind owner ``o`` when some path from a root down to it passes through the input
+    (not the parameter) side of an op that reads one of ``o``'s parameters (directly, or through view
+    and cast nodes): a generator's weights are behind the discriminator's layers in the graph of the
+    generator's loss; a trunk is not behind the heads above it, and two parallel branches are not behind
+    each other. Host-only: each node is visited once per owner set it is reached with, so
+    O(graph size x owners). Used by the ``missing_zero_grad`` leak rule (``docs/zero-grad.md``).
+
+    Args:
+        roots: autograd nodes (``loss.grad_fn``) of one backward call.
+        positions: ``id()`` of each watched parameter -> its position.
+        owner_of: position -> owner name (an optimizer's); positions not in it own nothing.
+
+    Returns:
+        owner -> positions behind its layers (owners with none are left out), or ``None`` when the graph
+        has more than :data:`MAX_NODES` nodes.
+    """
+    masks: dict[Any, frozenset[str]] = {}
+    behind: dict[str, set[int]] = {}
+    stack: list[tuple[Any, frozenset[str]]] = [(r, frozenset()) for r in roots if r is not None]
+    visits = 0
+    while stack:
+        node, mask = stack.pop()
+        seen = masks.get(node)
+        if seen is not None:
+            if mask <= seen:
+                continue
+            mask = mask | seen
+        masks[node] = mask
+        visits += 1
+        if visits > MAX_NODES:
+            return None
+        var = getattr(node, "variable", None)
+        if isinstance(var, torch.Tensor):  # a leaf: behind every owner in its mask
+            pos = positions.get(id(var))
+            if pos is not None:
+                for owner in mask:
+                    behind.setdefault(owner, set()).add(pos)
+            continue
+        read = frozenset(owner_of[p] for p in _parameters_of(node, positions) if p in owner_of)
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            param_side = isinstance(getattr(_past_views(child, 3), "variable", None), torch.Tensor)
+            stack.append((child, mask if param_side else mask | read))
+    return {owner: frozenset(found) for owner, found in behind.items()}

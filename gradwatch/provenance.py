@@ -65,10 +65,6 @@ class Provenance:
         self.skipped = 0
         #: backward pass -> parameters it accumulated into
         self.touched: dict[int, set[int]] = {}
-        #: backward pass -> the last parameter it accumulated into (the watched one furthest from its loss;
-        #: the running pass's is ``_last``): see :meth:`last_touch`
-        self._last_touch: dict[int, int] = {}
-        self._last = -1
         self._touching: set[int] | None = None  # touched[pass_id], while it is in the table
         #: backward pass -> flags (``stats.all_finite``), all true if every gradient it touched was finite
         self.pass_finite: dict[int, list[Any]] = {}
@@ -81,9 +77,6 @@ class Provenance:
 
     def new_pass(self, inside_optimizer: bool) -> None:
         """A backward pass starts; one run inside ``optimizer.step()`` (a closure) counts as used."""
-        if self._last >= 0:
-            self._last_touch[self.pass_id] = self._last
-            self._last = -1
         self.pass_id += 1
         self._touching = self.touched[self.pass_id] = set()
         if inside_optimizer:
@@ -162,7 +155,6 @@ class Provenance:
         if touching is None or self.touched.get(self.pass_id) is not touching:  # forgotten (horizon)
             touching = self._touching = self.touched.setdefault(self.pass_id, set())
         touching.add(i)
-        self._last = i
         self.fresh[i] = True
         self._param_ver[i] = compat.version_counter(param)
         g = param.grad  # (_observe, inlined: this runs for every parameter of every backward pass)
@@ -176,15 +168,21 @@ class Provenance:
 
         Between a backward pass and the optimizer step, in-place writes to ``.grad`` are expected
         (``clip_grad_norm_``, ``GradScaler.unscale_``), so only a replaced or removed ``.grad`` counts as
-        a reset here; the new version becomes the base for the next observation.
+        a reset here; the new version becomes the base for the next observation. A ``.grad`` assigned by
+        hand (``p.grad = g``, e.g. from ``torch.autograd.grad``) is a new gradient: ``fresh``.
         """
         g = param.grad
         ref = self._ref[i]
         self.restep[i] = False
         if ref is None:
+            if g is not None:  # assigned by hand since the last observation (no accumulation ran)
+                self.fresh[i] = True
+                self._observe(i, g)
             return
         if g is None or id(g) != ref:
             self._reset(i, param)
+            if g is not None:  # replaced by hand: a new gradient
+                self.fresh[i] = True
         elif self.holds_used[i] and not self.fresh[i] and compat.version_counter(g) == self._ver[i]:
             # untouched since the owner used it, no new gradient: the owner is about to step again on
             # exactly the gradient it already applied
@@ -202,16 +200,6 @@ class Provenance:
         self.fresh[i] = False
         if observe:
             self._observe(i, g)
-
-    def last_touch(self, pass_id: int) -> int:
-        """The last parameter backward pass ``pass_id`` accumulated into, or -1 (none, or forgotten).
-
-        Autograd runs a gradient accumulation as soon as its gradient is complete, before the rest of
-        the graph, and a parameter's gradient completes only after those of the layers between it and the
-        loss: the last one lies behind the others on its path from the loss (the generator's first layer,
-        for a generator loss through a discriminator).
-        """
-        return self._last if pass_id == self.pass_id else self._last_touch.get(pass_id, -1)
 
     def passes(self, i: int) -> set[int]:
         """The backward passes whose gradients make up parameter ``i``'s ``.grad`` since its use or reset.
@@ -265,14 +253,7 @@ class Provenance:
             self.co_reset.pop(p, None)
             self.moved_reset.pop(p, None)
         horizon = self.pass_id - HORIZON  # bounded memory: very old passes can no longer be judged
-        for table in (
-            self.touched,
-            self._last_touch,
-            self.pass_finite,
-            self.reset_unused,
-            self.co_reset,
-            self.moved_reset,
-        ):
+        for table in (self.touched, self.pass_finite, self.reset_unused, self.co_reset, self.moved_reset):
             for p in [p for p in table if p < horizon]:
                 del table[p]
         self._skip_groups = {p for p in self._skip_groups if p >= horizon}

@@ -25,7 +25,7 @@ import logging
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -175,6 +175,8 @@ class Recorder:
         self._origin_walks = MAX_ORIGIN_WALKS  # walks left (refilled, see ORIGIN_WALK_REFILL)
         self._backward_calls = 0
         self._pending_origin: ForwardOrigin | None = None  # found before the pass that will carry it
+        #: autograd roots of the running backward call (several optimizers only), until the pass ends
+        self._roots: list[Any] = []
         self.failed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -437,6 +439,18 @@ class Recorder:
         """Parameter ``i``'s shape (the whole tensor's, for a sharded parameter)."""
         return self.sampler.shapes[i]
 
+    def backward_roots(self) -> Sequence[Any]:
+        """The ``grad_fn`` of each tensor given to the backward call whose pass is ending.
+
+        Kept only while several optimizers are watched, from the call to the pass's end (the graph's
+        structure, without the tensors it saved for backward); empty otherwise.
+        """
+        return self._roots
+
+    def positions_by_id(self) -> Mapping[int, int]:
+        """``id()`` of each watched parameter tensor -> its position."""
+        return self._positions
+
     def optimizer_positions(self) -> dict[str, Sequence[int]]:
         """Optimizer name -> positions of the watched parameters it holds."""
         return dict(self.optimizers.positions())
@@ -636,6 +650,10 @@ class Recorder:
         an overflow it handles is not reported.
         """
         self._pending_origin = None
+        if len(self.optimizers) > 1 and compat.current_graph_task_id() == -1:  # (not a reentrant call)
+            # the graph's structure outlives its saved tensors: the leak rule reads it at the pass's end
+            given = [tensors] if isinstance(tensors, torch.Tensor) else tensors
+            self._roots = [r.grad_fn for r in given or () if isinstance(r, torch.Tensor)]
         read = self.config.read_loss
         if read is False:
             return
@@ -646,8 +664,11 @@ class Recorder:
             return
         given = [tensors] if isinstance(tensors, torch.Tensor) else tensors
         roots = [r for r in given if isinstance(r, torch.Tensor) and r.grad_fn is not None] if given else []
-        if not roots or any(r.numel() != 1 or not (read or stats.reads_freely(r.device)) for r in roots):
-            return  # (a vector-Jacobian product of a whole output is not a loss; a device loss: not read)
+        if not roots or any(
+            r.numel() != 1 or r.is_complex() or not (read or stats.reads_freely(r.device)) for r in roots
+        ):
+            return  # (a vector-Jacobian product of a whole output, or a complex one, is not a loss; a
+            # device loss: not read)
         loss = next((v for r in roots if not math.isfinite(v := r.detach().item())), None)
         if loss is None:
             return
@@ -692,6 +713,7 @@ class Recorder:
                 self._note_grad_versions()
         if touched:
             self.emit(self.suite.backward_end(touched, step))
+        self._roots = []
         unowned = self.optimizers.unowned
         if unowned and self.config.every(step):
             before = self.sampler.before(unowned, params) if self.config.update_ratio else None

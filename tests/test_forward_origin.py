@@ -15,7 +15,7 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch import recorder, stats
-from gradwatch.forward_origin import locate
+from gradwatch.forward_origin import locate, params_behind
 
 
 class Attn(nn.Module):
@@ -410,3 +410,55 @@ def test_the_message_gives_the_loss_as_read_not_the_value_found() -> None:
         opt.step()
     (f,) = w.findings
     assert "the loss itself was nan" in f.message and "the loss itself was Inf" not in f.message
+
+
+def test_params_behind_follows_the_input_side_of_each_owners_layers() -> None:
+    # a GAN: G's weights are behind D's layers in the graph of G's loss; D's are behind no G layer. An
+    # actor-critic trunk is behind the heads, not the heads behind the trunk; two parallel experts are not
+    # behind each other, whichever is written first; co-parameters of one op are not behind each other
+    torch.manual_seed(0)
+    g, d = (
+        nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)),
+        nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 1)),
+    )
+    model = nn.ModuleDict({"g": g, "d": d})
+    positions, names = _positions(model)
+    owner_of = {i: ("G" if n.startswith("g.") else "D") for i, n in enumerate(names)}
+    found = params_behind([d(g(torch.randn(5, 3))).mean().grad_fn], positions, owner_of)
+    assert found is not None
+    assert {names[i] for i in found["D"]} == {n for n in names if n.startswith("g.")} | {
+        "d.0.weight",
+        "d.0.bias",
+    }
+    assert {names[i] for i in found["G"]} == {"g.0.weight", "g.0.bias"}  # (g.0 is behind g.2's layer)
+    trunk, actor, critic = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 1)
+    model = nn.ModuleDict({"trunk": trunk, "actor": actor, "critic": critic})
+    positions, names = _positions(model)
+    owner_of = {i: n.split(".")[0] for i, n in enumerate(names)}
+    h = trunk(torch.randn(5, 3))
+    found = params_behind([(actor(h).sum() + critic(h).sum()).grad_fn], positions, owner_of)
+    assert found is not None and set(found) == {"actor", "critic"}
+    assert all({names[i] for i in found[o]} == {"trunk.weight", "trunk.bias"} for o in found)
+    for first in ("a", "b"):
+        a, b = nn.Linear(3, 1), nn.Linear(3, 1)
+        model = nn.ModuleDict({"a": a, "b": b})
+        positions, names = _positions(model)
+        x = torch.randn(5, 3)
+        out = a(x) + b(x) if first == "a" else b(x) + a(x)
+        owner_of = {i: n.split(".")[0] for i, n in enumerate(names)}
+        assert params_behind([out.sum().grad_fn], positions, owner_of) == {}
+
+
+@pytest.mark.parametrize("read_loss", [None, True])
+def test_a_complex_one_element_root_is_not_read_as_a_loss(read_loss) -> None:
+    # backward(gradient) on a complex scalar: no real loss to check; recording goes on
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).to(torch.cfloat)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, opt, on_finding="ignore", read_loss=read_loss) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            err = model(torch.randn(1, 3, dtype=torch.cfloat)).sum().reshape(1)
+            (err.conj() * err).backward(torch.ones(1, dtype=torch.cfloat))
+            opt.step()
+    assert len(w.history) == 3 and not w._recorder.failed

@@ -145,14 +145,6 @@ def test_a_pass_whose_parameters_were_all_moved_by_hand_was_used() -> None:
     assert first in loop.prov.used_passes
 
 
-def test_each_pass_remembers_the_last_parameter_it_reached() -> None:
-    loop = Loop(3)
-    first = loop.backward(which=[2, 0, 1])
-    second = loop.backward(which=[1, 2])
-    assert (loop.prov.last_touch(first), loop.prov.last_touch(second)) == (1, 2)
-    assert loop.prov.last_touch(second + 1) == -1  # (no such pass)
-
-
 def test_memory_is_bounded_by_the_horizon() -> None:
     from gradwatch.provenance import HORIZON
 
@@ -165,5 +157,4 @@ def test_memory_is_bounded_by_the_horizon() -> None:
     prov = loop.prov
     for table in (prov.touched, prov.pass_finite, prov.reset_unused, prov.co_reset, prov.moved_reset):
         assert len(table) <= HORIZON
-    assert len(prov._last_touch) <= HORIZON + 1  # (kept after use: passes pass_id - HORIZON ... pass_id)
     assert len(prov.used_passes) <= 2 * HORIZON + 1

@@ -8,8 +8,8 @@ read in a rare case.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -65,6 +65,12 @@ class WatchView(Protocol):
 
     def optimizer_positions(self) -> dict[str, Sequence[int]]:
         """Optimizer name -> positions of the watched parameters it holds."""
+
+    def backward_roots(self) -> Sequence[Any]:
+        """Autograd roots of the backward call whose pass is ending (several optimizers only, else empty)."""
+
+    def positions_by_id(self) -> Mapping[int, int]:
+        """``id()`` of each watched parameter tensor -> its position."""
 
     def optimizer_holding(self, t: object) -> str | None:
         """Name of the watched optimizer that holds the tensor ``t`` (by identity), or ``None``."""

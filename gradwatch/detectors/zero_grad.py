@@ -10,10 +10,11 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gradwatch.detectors.base import Detector
 from gradwatch.findings import Finding
+from gradwatch.forward_origin import params_behind
 from gradwatch.provenance import HORIZON
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,14 +75,21 @@ class MissingZeroGradDetector(Detector):
         #: backward pass -> the parameters it accumulated into, for the last HORIZON passes (only with
         #: several optimizers: what tells another optimizer's pass from an optimizer's own)
         self.touched: dict[int, Collection[int]] = {}
+        #: backward pass -> optimizer -> positions behind its layers in that pass's graph
+        #: (:func:`~gradwatch.forward_origin.params_behind`), for passes that reached several optimizers
+        self.behind: dict[int, dict[str, frozenset[int]]] = {}
+        self._graphs: dict[tuple[Any, ...], dict[str, frozenset[int]]] = {}  # the same graph, read once
         self.several = len(view.optimizer_names()) > 1
+        self._holds: dict[str, frozenset[int]] | None = None  # optimizer -> positions it holds
         #: (id of the last backward pass before it, optimizer name) of the recent optimizer steps
         self.step_log: collections.deque[tuple[int, str]] = collections.deque(maxlen=4 * HORIZON)
 
     def on_optimizer_post(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:  # noqa: D102
-        self.stepped[name] = (step, self.prov.pass_id, frozenset(owned))
+        self.stepped[name] = held = (step, self.prov.pass_id, frozenset(owned))
         if self.several:
             self.step_log.append((self.prov.pass_id, name))
+            if self._holds is not None and self._holds.get(name) != held[2]:
+                self._holds = None  # (param groups changed)
         self.after_step.pop(name, None)
         return []
 
@@ -89,20 +97,55 @@ class MissingZeroGradDetector(Detector):
         pass_id = self.prov.pass_id
         if self.first_pass[0] != step:
             self.first_pass = (step, pass_id)
+        behind = None
         if self.several:
             self.touched[pass_id] = touched
+            behind = self._behind(touched)
+            if behind is not None:
+                self.behind[pass_id] = behind
             if len(self.touched) > 2 * HORIZON:  # (bounded: older passes can no longer be judged)
                 self.touched = {p: t for p, t in self.touched.items() if p > pass_id - HORIZON}
-        through = self.prov.last_touch(pass_id)
+                self.behind = {p: b for p, b in self.behind.items() if p > pass_id - HORIZON}
         for name, (at, last, owned) in self.stepped.items():
-            # this pass ran after that optimizer's step, and went through its parameters to others
-            if at == step and pass_id > last and through not in owned:
+            # this pass ran after that optimizer's step (and, if it reached other optimizers' parameters,
+            # went through this one's to theirs)
+            if at == step and pass_id > last and (behind is None or behind.get(name, owned) - owned):
                 held = owned.intersection(touched)
                 if held:
                     marks = self.after_step.setdefault(name, {})
                     for i in held:
                         marks.setdefault(i, (step, pass_id))
         return []
+
+    def holds(self) -> dict[str, frozenset[int]]:
+        """Optimizer name -> positions it holds (cached until an optimizer steps with others)."""
+        if self._holds is None:
+            self._holds = {q: frozenset(pos) for q, pos in self.view.optimizer_positions().items()}
+            self._graphs.clear()  # (read against the previous holdings)
+        return self._holds
+
+    def _behind(self, touched: Collection[int]) -> dict[str, frozenset[int]] | None:
+        """Per optimizer, the positions behind its layers in the graph of the pass that just ended.
+
+        ``None`` for a pass that reached the parameters of one optimizer only, or whose graph is unknown
+        (not given to ``torch.autograd.backward``). A graph with the same roots' types over the same
+        parameters is read once (a loop's passes repeat).
+        """
+        holds = self.holds()
+        if sum(1 for pos in holds.values() if not pos.isdisjoint(touched)) < 2:
+            return None
+        roots = self.view.backward_roots()
+        if not roots:
+            return None
+        key = (frozenset(touched), tuple(type(r) for r in roots))
+        found = self._graphs.get(key)
+        if found is None:
+            owner_of = {i: q for q, pos in holds.items() for i in pos}
+            found = params_behind(roots, self.view.positions_by_id(), owner_of) or {}
+            if len(self._graphs) >= 64:
+                self._graphs.clear()
+            self._graphs[key] = found
+        return found
 
     def _carried(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
         """Gradients from a pass run after ``name``'s step in an earlier step, still held at its next step."""
@@ -148,17 +191,15 @@ class MissingZeroGradDetector(Detector):
             return []
         prov, touched = self.prov, self.touched
         used = prov.used_passes
-        mine: frozenset[int] | None = None
+        holds: dict[str, frozenset[int]] | None = None
         others: set[int] = set()
-        holds: dict[str, frozenset[int]] = {}
         leaked, users = [], set()
         for i in owned:
             held = prov.passes(i)
             if len(held) < 2 or i in self.reported:
                 continue
-            if mine is None:
-                mine = frozenset(owned)
-                holds = {q: frozenset(pos) for q, pos in self.view.optimizer_positions().items() if q != name}
+            if holds is None:
+                holds = {q: pos for q, pos in self.holds().items() if q != name}
                 others = set().union(*holds.values())
             own = [p for p in held if p not in used and p in touched and others.isdisjoint(touched[p])]
             if not own:
@@ -167,9 +208,9 @@ class MissingZeroGradDetector(Detector):
             by = {  # optimizers that stepped between a pass through these parameters and the own pass
                 q
                 for p in held
-                if p in used and p < first_own and p in touched and prov.last_touch(p) not in mine
+                if p in used and p < first_own and (through := self.behind.get(p, {}).get(name))
                 for at, q in self.step_log
-                if p <= at < first_own and q in holds and not holds[q].isdisjoint(touched[p])
+                if p <= at < first_own and q in holds and not holds[q].isdisjoint(through)
             }
             if by:
                 leaked.append(i)
