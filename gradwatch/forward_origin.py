@@ -324,8 +324,9 @@ def params_behind(
     """For each owner, the watched parameters *behind* one of its layers in the graph below ``roots``.
 
     A parameter is behind owner ``o`` when some path from a root down to it passes through the input
-    (not the parameter) side of an op that reads one of ``o``'s parameters (directly, or through view
-    and cast nodes): a generator's weights are behind the discriminator's layers in the graph of the
+    (not the parameter) side of an op that reads one of ``o``'s parameters (directly, through view and
+    cast nodes, or through a small computation on that parameter alone: ``_one_parameter``): a
+    generator's weights are behind the discriminator's layers in the graph of the
     generator's loss; a trunk is not behind the heads above it, and two parallel branches are not behind
     each other. Host-only: each node is visited once per owner set it is reached with, so
     O(graph size x owners). Used by the ``missing_zero_grad`` leak rule (``docs/zero-grad.md``).
@@ -340,6 +341,7 @@ def params_behind(
         has more than :data:`MAX_NODES` nodes.
     """
     masks: dict[Any, frozenset[str]] = {}
+    sided: dict[Any, int | None] = {}  # (memo of _one_parameter)
     behind: dict[str, set[int]] = {}
     stack: list[tuple[Any, frozenset[str]]] = [(r, frozenset()) for r in roots if r is not None]
     visits = 0
@@ -361,10 +363,62 @@ def params_behind(
                 for owner in mask:
                     behind.setdefault(owner, set()).add(pos)
             continue
-        read = frozenset(owner_of[p] for p in _parameters_of(node, positions) if p in owner_of)
-        for child, _ in node.next_functions:
-            if child is None:
-                continue
-            param_side = isinstance(getattr(_past_views(child, 3), "variable", None), torch.Tensor)
-            stack.append((child, mask if param_side else mask | read))
+        sides = [
+            (child, _one_parameter(child, positions, sided)) for child, _ in node.next_functions if child
+        ]
+        read = frozenset(owner_of[p] for _, p in sides if p is not None and p in owner_of)
+        for child, p in sides:
+            stack.append((child, mask if p is not None else mask | read))
     return {owner: frozenset(found) for owner, found in behind.items()}
+
+
+#: Reductions: a term computed from one parameter through one of these is a penalty added to the loss
+#: (``p.pow(2).sum()``, ``p.norm()``), not the weight a layer reads.
+_REDUCTIONS = (
+    "SumBackward",
+    "MeanBackward",
+    "NormBackward",
+    "LinalgVectorNormBackward",
+    "LinalgNormBackward",
+)
+
+
+def _one_parameter(
+    node: Any, positions: Mapping[int, int], memo: dict[Any, int | None], budget: int = 16
+) -> int | None:
+    """The watched parameter ``node`` computes from alone, or None: an op's parameter side.
+
+    A layer reads its weight directly, through views and casts (``TBackward0``), or through a small
+    computation on that one tensor (``weight * scale`` of an equalized-learning-rate layer, the
+    ``weight / sigma`` of spectral normalisation): the subgraph below ``node`` (at most ``budget``
+    nodes, no reduction to a penalty: :data:`_REDUCTIONS`) reaches exactly one leaf, a watched
+    parameter. An activation reaches the layers below it.
+    """
+    if node in memo:
+        return memo[node]
+    leaves: set[int] = set()
+    seen: set[Any] = set()
+    stack = [node]
+    found: int | None = None
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if len(seen) > budget:
+            leaves.add(-1)
+            break
+        var = getattr(n, "variable", None)
+        if isinstance(var, torch.Tensor):
+            leaves.add(positions.get(id(var), -1))
+            if len(leaves) > 1:
+                break
+            continue
+        if n.name().startswith(_REDUCTIONS):  # a penalty on the parameter (weight decay in the loss)
+            leaves.add(-1)
+            break
+        stack.extend(fn for fn, _ in n.next_functions if fn is not None)
+    if len(leaves) == 1 and -1 not in leaves:
+        found = next(iter(leaves))
+    memo[node] = found
+    return found

@@ -169,7 +169,8 @@ class Provenance:
         Between a backward pass and the optimizer step, in-place writes to ``.grad`` are expected
         (``clip_grad_norm_``, ``GradScaler.unscale_``), so only a replaced or removed ``.grad`` counts as
         a reset here; the new version becomes the base for the next observation. A ``.grad`` assigned by
-        hand (``p.grad = g``, e.g. from ``torch.autograd.grad``) is a new gradient: ``fresh``.
+        hand (``p.grad = g``, e.g. from ``torch.autograd.grad``) is a new gradient: ``fresh``; the passes
+        the replaced one held count as used (it may well be computed from them), not discarded.
         """
         g = param.grad
         ref = self._ref[i]
@@ -180,8 +181,10 @@ class Provenance:
                 self._observe(i, g)
             return
         if g is None or id(g) != ref:
+            if g is not None:  # replaced by hand (p.grad = p.grad + noise, a projection, an all-reduce):
+                self.used_passes.update(self._passes[i])  # made from what it held, not discarded
             self._reset(i, param)
-            if g is not None:  # replaced by hand: a new gradient
+            if g is not None:  # and a new gradient
                 self.fresh[i] = True
         elif self.holds_used[i] and not self.fresh[i] and compat.version_counter(g) == self._ver[i]:
             # untouched since the owner used it, no new gradient: the owner is about to step again on

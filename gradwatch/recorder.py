@@ -480,6 +480,8 @@ class Recorder:
     def _on_grad(self, sharded: bool, index: int, param: torch.Tensor) -> None:
         # (``sharded``: FSDP2 ran this hook after writing the gradient, and no hook ran before: the
         # tracker ends a closed step here, before the provenance reads what the new gradient found)
+        if not param.requires_grad:  # frozen after the forward pass: autograd accumulated nothing
+            return
         tracker = self.tracker
         if not tracker.in_backward or tracker.opt_depth or compat.current_graph_task_id() != tracker.task:
             tracker.grad()  # else: a pass already running, outside any optimizer step: nothing to do

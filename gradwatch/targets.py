@@ -10,8 +10,9 @@ Accepted targets:
 * any other iterable of leaf tensors (e.g. ``[w, b]`` or ``model.parameters()``): named ``"0"``, ``"1"``...
 
 Parameters of a module with ``requires_grad=False`` (frozen) are listed in ``Targets.frozen`` and not
-watched. Everything is checked here, at the API boundary, with a message that says what was passed and
-what to pass instead.
+watched; nor are parameters on the ``meta`` device (shapes without data, such as the template module a
+``torch.func`` ensemble keeps), which never get a gradient. Everything is checked here, at the API
+boundary, with a message that says what was passed and what to pass instead.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def resolve_target(target: Any) -> Targets:
         for name, p in target.named_parameters():
             if not p.requires_grad:
                 frozen.append(name)
+                continue
+            if p.is_meta:  # a shape without data (a torch.func template kept as a submodule): no gradient
                 continue
             names.append(name)
             params.append(p)

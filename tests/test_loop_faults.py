@@ -242,7 +242,7 @@ def test_generator_gradients_left_in_the_discriminator_are_found_marked_or_not()
     unmarked = _gan_leak("unmarked")
     assert [(f.kind, f.step, f.params) for f in unmarked.findings] == [("missing_zero_grad", 2, d)]
     message = unmarked.findings[0].message
-    assert "went through these parameters to Adam#0's and which Adam#0 already stepped with" in message
+    assert "went through these parameters to the parameters of Adam#0 and which Adam#0 already" in message
 
 
 def test_accumulation_marked_per_micro_batch_is_not_a_leak() -> None:

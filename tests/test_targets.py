@@ -190,3 +190,16 @@ def test_optimizer_wrappers_that_step_an_inner_optimizer_are_unwrapped() -> None
             model(torch.ones(3, 2)).sum().backward()
             Wrapper(inner).step()
     assert [r.step for r in w.history] == [0, 1]
+
+
+def test_parameters_on_the_meta_device_are_not_watched() -> None:
+    # a torch.func ensemble keeps its template module on the meta device: shapes without data
+    model = nn.ModuleDict({"net": nn.Linear(3, 2), "template": nn.Linear(3, 2).to("meta")})
+    opt = torch.optim.SGD(model["net"].parameters(), lr=0.1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for _ in range(3):
+            opt.zero_grad()
+            model["net"](torch.randn(4, 3)).sum().backward()
+            opt.step()
+    assert list(w.history[0].params) == ["net.weight", "net.bias"]
+    assert len(w.history) == 3 and w.findings == [] and not w._recorder.failed

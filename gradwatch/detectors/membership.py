@@ -138,8 +138,8 @@ class NewParamDetector(Detector):
         orphans: list[str] = []
         held: dict[str, list[str]] = {}
         for name, p in model.named_parameters():
-            if name in self.known or name in self.reported or not p.requires_grad:
-                continue
+            if name in self.known or name in self.reported or not p.requires_grad or p.is_meta:
+                continue  # (a meta-device parameter has no data: never watched)
             self.reported.add(name)
             holder = self.view.optimizer_holding(p)
             if holder is None:

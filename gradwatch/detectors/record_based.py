@@ -222,8 +222,9 @@ def _born(found: ForwardOrigin | None, layer: str, nearer_finite: list[str]) -> 
             f"already present in the first layer the backward pass reached ({layer}): born there, in the "
             f"loss, or in the forward pass (a softmax over a row masked entirely with -inf, exp of an "
             f"unbounded log-variance, cosine_similarity of a zero vector). gradwatch names the forward op "
-            f"when it reads the loss handed to backward(): by default only on the CPU; on an accelerator, "
-            f"watch with read_loss=True (it waits for the device at every backward() call)"
+            f"when it can read the loss handed to backward() (on the CPU by default; on an accelerator "
+            f"with read_loss=True, which waits for the device at every backward() call) and the op kept "
+            f"what it computed"
         ), generic
     walked = "found by walking the loss's autograd graph before backward()"
     if found.cause == "data":

@@ -75,10 +75,10 @@ class MissingZeroGradDetector(Detector):
         #: backward pass -> the parameters it accumulated into, for the last HORIZON passes (only with
         #: several optimizers: what tells another optimizer's pass from an optimizer's own)
         self.touched: dict[int, Collection[int]] = {}
-        #: backward pass -> optimizer -> positions behind its layers in that pass's graph
-        #: (:func:`~gradwatch.forward_origin.params_behind`), for passes that reached several optimizers
-        self.behind: dict[int, dict[str, frozenset[int]]] = {}
-        self._graphs: dict[tuple[Any, ...], dict[str, frozenset[int]]] = {}  # the same graph, read once
+        #: backward pass -> optimizer -> the other optimizers with parameters behind its layers in that
+        #: pass's graph (:func:`~gradwatch.forward_origin.params_behind`), for passes reaching several
+        self.behind: dict[int, dict[str, frozenset[str]]] = {}
+        self._graphs: dict[tuple[Any, ...], dict[str, frozenset[str]]] = {}  # the same graph, read once
         self.several = len(view.optimizer_names()) > 1
         self._holds: dict[str, frozenset[int]] | None = None  # optimizer -> positions it holds
         #: (id of the last backward pass before it, optimizer name) of the recent optimizer steps
@@ -109,7 +109,7 @@ class MissingZeroGradDetector(Detector):
         for name, (at, last, owned) in self.stepped.items():
             # this pass ran after that optimizer's step (and, if it reached other optimizers' parameters,
             # went through this one's to theirs)
-            if at == step and pass_id > last and (behind is None or behind.get(name, owned) - owned):
+            if at == step and pass_id > last and (behind is None or behind.get(name)):
                 held = owned.intersection(touched)
                 if held:
                     marks = self.after_step.setdefault(name, {})
@@ -124,24 +124,26 @@ class MissingZeroGradDetector(Detector):
             self._graphs.clear()  # (read against the previous holdings)
         return self._holds
 
-    def _behind(self, touched: Collection[int]) -> dict[str, frozenset[int]] | None:
-        """Per optimizer, the positions behind its layers in the graph of the pass that just ended.
+    def _behind(self, touched: Collection[int]) -> dict[str, frozenset[str]] | None:
+        """Per optimizer, the other optimizers with parameters behind its layers in the pass just ended.
 
         ``None`` for a pass that reached the parameters of one optimizer only, or whose graph is unknown
-        (not given to ``torch.autograd.backward``). A graph with the same roots' types over the same
-        parameters is read once (a loop's passes repeat).
+        (not given to ``torch.autograd.backward``). A pass reaching the same optimizers from the same
+        kinds of roots is read once (a loop's passes repeat; a layer dropped now and then does not change
+        which optimizer's parameters lie behind which one's layers).
         """
         holds = self.holds()
         if sum(1 for pos in holds.values() if not pos.isdisjoint(touched)) < 2:
-            return None
+            return None  # (the owners this pass reached: the graph is read once per set of them)
         roots = self.view.backward_roots()
         if not roots:
             return None
-        key = (frozenset(touched), tuple(type(r) for r in roots))
+        key = (frozenset(q for q, pos in holds.items() if not pos.isdisjoint(touched)), *map(type, roots))
         found = self._graphs.get(key)
         if found is None:
             owner_of = {i: q for q, pos in holds.items() for i in pos}
-            found = params_behind(roots, self.view.positions_by_id(), owner_of) or {}
+            behind = params_behind(roots, self.view.positions_by_id(), owner_of) or {}
+            found = {o: frozenset(owner_of[i] for i in pos) - {o} for o, pos in behind.items()}
             if len(self._graphs) >= 64:
                 self._graphs.clear()
             self._graphs[key] = found
@@ -187,7 +189,9 @@ class MissingZeroGradDetector(Detector):
         share on purpose is the end of the other loss's path, and a part several optimizers' losses
         reach (a shared head, a loss weight) gets no pass of its own: neither is reported.
         """
-        if not self.stepped.keys() - {name}:  # (another optimizer must have stepped)
+        if name not in self.stepped or not self.stepped.keys() - {name}:
+            # (another optimizer must have stepped; and not at this one's first step: before it, a
+            # gradient zeroed through .data, the old idiom, cannot be told from one left there)
             return []
         prov, touched = self.prov, self.touched
         used = prov.used_passes
@@ -210,7 +214,7 @@ class MissingZeroGradDetector(Detector):
                 for p in held
                 if p in used and p < first_own and (through := self.behind.get(p, {}).get(name))
                 for at, q in self.step_log
-                if p <= at < first_own and q in holds and not holds[q].isdisjoint(through)
+                if p <= at < first_own and q in through
             }
             if by:
                 leaked.append(i)
@@ -221,11 +225,11 @@ class MissingZeroGradDetector(Detector):
         who = " or ".join(sorted(users))
         message = (
             f"optimizer {name} at step {step} applies to {_names(self.names, leaked)} a gradient left "
-            f"there by another loss's backward pass, which went through these parameters to {who}'s and "
-            f"which {who} already stepped with (such as a GAN generator's loss through the discriminator), "
-            f"added to {name}'s own gradient. Fix: zero {name}'s gradients at the start of its step, "
-            f"before its backward(), or call requires_grad_(False) on these parameters during the other "
-            f"backward pass."
+            f"there by another loss's backward pass, which went through these parameters to the "
+            f"parameters of {who} and which {who} already stepped with (such as a GAN generator's loss "
+            f"through the discriminator), added to {name}'s own gradient. Fix: zero {name}'s gradients at "
+            f"the start of its step, before its backward(), or freeze these parameters "
+            f"(requires_grad_(False)) from before the other loss's forward pass until after its backward."
         )
         return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in leaked), message)]
 
