@@ -410,6 +410,23 @@ def test_a_reentrant_checkpoint_inside_the_backward_pass_is_part_of_that_pass(le
         assert w.findings == []
 
 
+def test_a_leak_through_a_generator_with_a_parameter_no_optimizer_holds() -> None:
+    # G's input scale is in no optimizer (not_updated says so); it lies behind D's layers too
+    gan, opt_g, opt_d, real = _gan(seed=5)
+    gan["G"].register_parameter("scale", nn.Parameter(torch.ones(2)))
+    with gw.watch(gan, [opt_g, opt_d], on_finding="ignore") as w:
+        for _ in range(STEPS):
+            fake = gan["G"](torch.randn(8, 2) * gan["G"].scale)
+            (gan["D"](fake.detach()).mean() - gan["D"](real).mean()).backward()
+            opt_d.step()
+            opt_d.zero_grad()
+            (-gan["D"](fake).mean()).backward()
+            opt_g.step()
+            opt_g.zero_grad()
+    assert not w._recorder.failed
+    assert kinds(w)["missing_zero_grad"] == {"D.0.weight", "D.0.bias", "D.2.weight", "D.2.bias"}
+
+
 @pytest.mark.parametrize("frozen_for", ["backward", "forward and backward"])
 def test_silent_when_the_discriminator_is_frozen_for_the_generators_backward(frozen_for: str) -> None:
     # the fix the leak finding suggests; frozen after the forward pass, autograd still runs the

@@ -36,17 +36,18 @@ class MissingZeroGradDetector(Detector):
 
     * the gradient still holds the one the owner used at its previous step: it is ``stale + fresh``, and
       each update applies every earlier gradient again;
-    * (marked or not) its gradient holds a backward pass another optimizer already stepped with, which
-      reached the owner's parameters before any other watched parameter (they lie between that loss and
-      the other optimizer's parameters: a GAN generator's loss through the discriminator, an actor's
-      loss through the critic), mixed with a pass no other optimizer used (the owner's own);
+    * (marked or not) its gradient holds a backward pass that went through the owner's layers to another
+      optimizer's parameters (they lie behind the owner's layers in that pass's autograd graph: a GAN
+      generator's loss through the discriminator, an actor's loss through the critic) and that this
+      other optimizer stepped with before the owner's own pass ran, mixed with that own pass (one that
+      reached no other optimizer's parameters); not judged at the owner's first step;
     * (steps marked by the user: ``Watcher.step()`` or ``@w.train_step``) a backward pass ran after the
       owner's step in a step, its gradient was carried into a later step and the owner applied it there
       *together with* that step's own gradient. A loop that steps first and then computes the gradient
       for its next step applies the carried gradient alone, once: not reported.
 
-    A trunk shared on purpose by two losses with their own optimizers (actor-critic) is reached after
-    the other optimizer's head, and a part shared by two other optimizers' losses holds no pass of its
+    A trunk shared on purpose by two losses with their own optimizers (actor-critic) has no other
+    optimizer's parameters behind it, and a part several optimizers' losses reach holds no pass of its
     own owner: neither is reported (``docs/zero-grad.md``).
 
     Reported once per parameter, at the first step where it happens, grouped by owner.
@@ -118,7 +119,7 @@ class MissingZeroGradDetector(Detector):
         return []
 
     def holds(self) -> dict[str, frozenset[int]]:
-        """Optimizer name -> positions it holds (cached until an optimizer steps with others)."""
+        """Optimizer name -> positions it holds (cached; rebuilt when an optimizer steps holding others)."""
         if self._holds is None:
             self._holds = {q: frozenset(pos) for q, pos in self.view.optimizer_positions().items()}
             self._graphs.clear()  # (read against the previous holdings)
@@ -143,7 +144,9 @@ class MissingZeroGradDetector(Detector):
         if found is None:
             owner_of = {i: q for q, pos in holds.items() for i in pos}
             behind = params_behind(roots, self.view.positions_by_id(), owner_of) or {}
-            found = {o: frozenset(owner_of[i] for i in pos) - {o} for o, pos in behind.items()}
+            found = {
+                o: frozenset(owner_of[i] for i in pos if i in owner_of) - {o} for o, pos in behind.items()
+            }
             if len(self._graphs) >= 64:
                 self._graphs.clear()
             self._graphs[key] = found
@@ -181,13 +184,13 @@ class MissingZeroGradDetector(Detector):
     def _foreign(self, name: str, owned: Sequence[int], step: int) -> list[Finding]:
         """Another optimizer's backward pass, through ``name``'s parameters, mixed into its own.
 
-        Marked or not: a parameter's gradient holds a pass that went *through* ``name``'s parameters to
-        others (its last accumulation is not into ``name``'s: they lie between that loss and the other
-        parameters, as a discriminator between a generator's loss and the generator) and that another
-        optimizer holding some of those others stepped with *before* ``name``'s own pass ran, together
-        with that own pass (one that reached no parameter another optimizer holds). A trunk two losses
-        share on purpose is the end of the other loss's path, and a part several optimizers' losses
-        reach (a shared head, a loss weight) gets no pass of its own: neither is reported.
+        Marked or not: a parameter's gradient holds a pass that went *through* ``name``'s layers to
+        another optimizer's parameters (behind them in the pass's graph: :meth:`_behind`, as a
+        discriminator between a generator's loss and the generator) and that this other optimizer stepped
+        with *before* ``name``'s own pass ran, together with that own pass (one that reached no parameter
+        another optimizer holds). A trunk two losses share on purpose has no other optimizer's
+        parameters behind it, and a part several optimizers' losses reach (a shared head, a loss weight)
+        gets no pass of its own: neither is reported.
         """
         if name not in self.stepped or not self.stepped.keys() - {name}:
             # (another optimizer must have stepped; and not at this one's first step: before it, a
