@@ -110,7 +110,9 @@ class ParamStats(NamedTuple):
             those at the previous recorded boundary (``None`` when there is no earlier sample to
             compare with, or the update ratio is not measured).
         grad_is_none: ``.grad`` was ``None`` when the statistics were read (e.g. set to ``None`` between
-            the backward pass and the optimizer step), so they are those of an all-zero gradient.
+            the backward pass and the optimizer step), so they are those of an all-zero gradient; also
+            True when they were not read in this step (several optimizers, unmarked steps: a parameter
+            held by an optimizer that did not step in it).
     """
 
     grad_norm: float
