@@ -647,14 +647,15 @@ class Recorder:
         waits for the device at every step, so only with the option ``read_loss=True``. The graph is
         walked (:func:`gradwatch.forward_origin.locate`) at most :data:`MAX_ORIGIN_WALKS` times in a
         row, one more every :data:`ORIGIN_WALK_REFILL` calls, and not again once the weights themselves
-        are non-finite. What it finds goes with the step this
-        pass belongs to (``StepRecord.forward_origin``); a step a GradScaler skips is never recorded, so
-        an overflow it handles is not reported.
+        are non-finite. What it finds goes with the step this pass belongs to
+        (``StepRecord.forward_origin``); a step a GradScaler skips is never recorded, so an overflow it
+        handles is not reported. With several optimizers, the call's roots are also kept until the pass
+        ends (:meth:`backward_roots`).
         """
         self._pending_origin = None
+        given = [tensors] if isinstance(tensors, torch.Tensor) else tensors
         if len(self.optimizers) > 1 and compat.current_graph_task_id() == -1:  # (not a reentrant call)
             # the graph's structure outlives its saved tensors: the leak rule reads it at the pass's end
-            given = [tensors] if isinstance(tensors, torch.Tensor) else tensors
             self._roots = [r.grad_fn for r in given or () if isinstance(r, torch.Tensor)]
         read = self.config.read_loss
         if read is False:
@@ -664,7 +665,6 @@ class Recorder:
             self._origin_walks += 1
         if self._origin_walks <= 0:
             return
-        given = [tensors] if isinstance(tensors, torch.Tensor) else tensors
         roots = [r for r in given if isinstance(r, torch.Tensor) and r.grad_fn is not None] if given else []
         if not roots or any(
             r.numel() != 1 or r.is_complex() or not (read or stats.reads_freely(r.device)) for r in roots

@@ -28,6 +28,15 @@ def _names(names: Sequence[str], idx: Sequence[int], limit: int = 6) -> str:
     return shown + (f" and {len(idx) - limit} more" if len(idx) > limit else "")
 
 
+def _leak_fix(name: str) -> str:
+    """The fix of another loss's gradient left in optimizer ``name``'s parameters."""
+    return (
+        f"Fix: zero {name}'s gradients at the start of its step, before its backward() (what the other "
+        f"loss left there is then cleared), or freeze these parameters (requires_grad_(False)) around the "
+        f"other loss's backward()."
+    )
+
+
 class MissingZeroGradDetector(Detector):
     """A parameter's owner steps with a gradient that still holds one from an earlier step.
 
@@ -134,12 +143,11 @@ class MissingZeroGradDetector(Detector):
         which optimizer's parameters lie behind which one's layers).
         """
         holds = self.holds()
-        if sum(1 for pos in holds.values() if not pos.isdisjoint(touched)) < 2:
-            return None  # (the owners this pass reached: the graph is read once per set of them)
+        reached = frozenset(q for q, pos in holds.items() if not pos.isdisjoint(touched))
         roots = self.view.backward_roots()
-        if not roots:
+        if len(reached) < 2 or not roots:
             return None
-        key = (frozenset(q for q, pos in holds.items() if not pos.isdisjoint(touched)), *map(type, roots))
+        key = (reached, *map(type, roots))  # (the graph is read once per set of optimizers it reached)
         found = self._graphs.get(key)
         if found is None:
             owner_of = {i: q for q, pos in holds.items() for i in pos}
@@ -175,9 +183,7 @@ class MissingZeroGradDetector(Detector):
             f"optimizer {name} at step {step} applies to {_names(self.names, leaked)} a gradient left there "
             f"at step {at} by a backward pass that ran after {name} had stepped (another loss's backward "
             f"through these parameters, such as a GAN generator's loss through the discriminator): it was "
-            f"carried into this step and added to this step's own gradient. Fix: zero {name}'s gradients at "
-            f"the start of its step, before its backward() (the generator's gradients are then cleared), or "
-            f"call requires_grad_(False) on these parameters during the other backward pass."
+            f"carried into this step and added to this step's own gradient. {_leak_fix(name)}"
         )
         return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in leaked), message)]
 
@@ -196,11 +202,11 @@ class MissingZeroGradDetector(Detector):
             # (another optimizer must have stepped; and not at this one's first step: before it, a
             # gradient zeroed through .data, the old idiom, cannot be told from one left there)
             return []
-        prov, touched = self.prov, self.touched
-        used = prov.used_passes
+        prov = self.prov
         holds: dict[str, frozenset[int]] | None = None
         others: set[int] = set()
         leaked, users = [], set()
+        judged: dict[frozenset[int], set[str]] = {}  # (the parameters of a network share their passes)
         for i in owned:
             held = prov.passes(i)
             if len(held) < 2 or i in self.reported:
@@ -208,17 +214,10 @@ class MissingZeroGradDetector(Detector):
             if holds is None:
                 holds = {q: pos for q, pos in self.holds().items() if q != name}
                 others = set().union(*holds.values())
-            own = [p for p in held if p not in used and p in touched and others.isdisjoint(touched[p])]
-            if not own:
-                continue
-            first_own = min(own)
-            by = {  # optimizers that stepped between a pass through these parameters and the own pass
-                q
-                for p in held
-                if p in used and p < first_own and (through := self.behind.get(p, {}).get(name))
-                for at, q in self.step_log
-                if p <= at < first_own and q in through
-            }
+            passes = frozenset(held)
+            by = judged.get(passes)
+            if by is None:
+                by = judged[passes] = self._leaked_by(name, passes, others)
             if by:
                 leaked.append(i)
                 users |= by
@@ -230,11 +229,28 @@ class MissingZeroGradDetector(Detector):
             f"optimizer {name} at step {step} applies to {_names(self.names, leaked)} a gradient left "
             f"there by another loss's backward pass, which went through these parameters to the "
             f"parameters of {who} and which {who} already stepped with (such as a GAN generator's loss "
-            f"through the discriminator), added to {name}'s own gradient. Fix: zero {name}'s gradients at "
-            f"the start of its step, before its backward(), or freeze these parameters "
-            f"(requires_grad_(False)) from before the other loss's forward pass until after its backward."
+            f"through the discriminator), added to {name}'s own gradient. {_leak_fix(name)}"
         )
         return [Finding("missing_zero_grad", step, tuple(self.names[i] for i in leaked), message)]
+
+    def _leaked_by(self, name: str, held: frozenset[int], others: set[int]) -> set[str]:
+        """The optimizers that stepped with a pass in ``held`` through ``name``'s layers before its own.
+
+        ``held``: the backward passes in one ``.grad``; ``others``: positions other optimizers hold.
+        Empty when ``held`` has no own pass of ``name`` (one that reached none of ``others``).
+        """
+        used, touched = self.prov.used_passes, self.touched
+        own = [p for p in held if p not in used and p in touched and others.isdisjoint(touched[p])]
+        if not own:
+            return set()
+        first_own = min(own)
+        return {  # optimizers that stepped between a pass through these parameters and the own pass
+            q
+            for p in held
+            if p in used and p < first_own and (through := self.behind.get(p, {}).get(name))
+            for at, q in self.step_log
+            if p <= at < first_own and q in through
+        }
 
     def _judge(self, owner: str, idx: Sequence[int], step: int, fix_owner: str) -> list[Finding]:
         stale = [i for i in self.prov.stale(idx) if i not in self.reported]
