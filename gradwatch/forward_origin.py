@@ -326,10 +326,11 @@ def params_behind(
     A parameter is behind owner ``o`` when some path from a root down to it passes through the input
     (not the parameter) side of an op that reads one of ``o``'s parameters (directly, through view and
     cast nodes, or through a small computation on that parameter alone: ``_one_parameter``): a
-    generator's weights are behind the discriminator's layers in the graph of the
-    generator's loss; a trunk is not behind the heads above it, and two parallel branches are not behind
-    each other. Host-only: each node is visited once per owner set it is reached with, so
-    O(graph size x owners). Used by the ``missing_zero_grad`` leak rule (``docs/zero-grad.md``).
+    generator's weights are behind the discriminator's layers in the graph of the generator's loss; a
+    trunk is not behind the heads above it, and two parallel branches are not behind each other.
+    Host-only: each node is visited once per owner set it is reached with, so O(graph size x owners),
+    plus a walk of at most 16 nodes below each input to tell a parameter side from an activation.
+    Used by the ``missing_zero_grad`` leak rule (``docs/zero-grad.md``).
 
     Args:
         roots: autograd nodes (``loss.grad_fn``) of one backward call.
