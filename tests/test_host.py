@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,6 +13,18 @@ from torch import nn
 import gradwatch as gw
 from gradwatch import compat, stats
 from gradwatch.stats import host, reference
+
+#: Whether the compiled pass was built (setup.py builds it where a C compiler exists).
+BUILT = host._native is not None
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def host_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both CPU paths: the compiled pass and the numpy calls."""
+    if request.param == "native" and not BUILT:
+        pytest.skip("gradwatch.stats._native was not built (no C compiler at install)")
+    monkeypatch.setattr(host, "NATIVE", request.param == "native")
+    return str(request.param)
 
 
 def check(raw: torch.Tensor, tensors: list[torch.Tensor], strides: list[int], rel: float) -> None:
@@ -168,3 +181,70 @@ def test_watcher_records_match_between_host_and_torch_paths(monkeypatch: pytest.
                 x, y = getattr(s, field), getattr(t, field)
                 assert x == pytest.approx(y, rel=2e-5, abs=1e-9), (a.step, name, field)
             assert (s.zero_fraction, s.nan_count, s.inf_count) == (t.zero_fraction, t.nan_count, t.inf_count)
+
+
+@pytest.mark.parametrize("host_path", ["numpy"], indirect=True)
+def test_the_compiled_pass_is_built_where_a_compiler_exists(host_path: str) -> None:
+    """``optional=True`` in setup.py hides a failed build: where a C compiler exists, it must be built."""
+    import shutil
+    import sys
+
+    if sys.platform == "win32" or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the numpy path is the one in use")
+    assert BUILT, "gradwatch.stats._native is missing: rebuild with `pip install -e .` (see setup.py)"
+
+
+@pytest.mark.parametrize("host_path", ["native"], indirect=True)  # (it switches between the two itself)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+def test_both_paths_give_the_same_columns_and_extremes(dtype: torch.dtype, host_path: str) -> None:
+    """The compiled pass against the numpy calls entry for entry, on what a training run hands them."""
+    g = torch.Generator().manual_seed(7)
+    tensors = [
+        torch.randn(300, 40, generator=g).to(dtype),  # 12000 entries: sampled nonzero count
+        torch.randn(40, generator=g).to(dtype) + 100,  # the mean dominates: centred norm measured
+        torch.zeros(33, dtype=dtype),
+        torch.randn(6, 7, generator=g).to(dtype).t(),  # not contiguous: memory order
+        torch.randn(64, generator=g).to(dtype)[::3],  # a strided 1-D view
+        torch.tensor(2.5, dtype=dtype),  # 0-dim
+    ]
+    tensors[0][5, :7] = 0
+    strides = [stats.sample_stride(t.shape) for t in tensors]
+    values = torch.randn(sum(t.numel() for t in tensors), generator=g, dtype=torch.float64).numpy()
+    value_starts = host.starts(tensors)
+    out = {}
+    for native in (True, False):
+        host.NATIVE = native
+        out[native] = host.grad_stats(tensors, strides, extremes=True, norms_of=(values, value_starts))
+    host.NATIVE = True
+    (a, ea), (b, eb) = out[True], out[False]
+    assert a.shape == b.shape == (len(tensors), 8)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(ea, eb, rtol=0.0, atol=0.0)
+    before = host.gather(tensors)
+    prev = before + np.random.default_rng(0).standard_normal(before.shape)
+    now = [t * 2 for t in tensors]
+    u_native = host.update_and_change(now, before, prev, value_starts)
+    host.NATIVE = False
+    u_numpy = host.update_and_change(now, before, prev, value_starts)
+    host.NATIVE = True
+    np.testing.assert_allclose(u_native, u_numpy, rtol=1e-12, atol=0.0)
+    np.testing.assert_array_equal(
+        host.gather(tensors), np.concatenate([host._flat(t).double().numpy() for t in tensors])
+    )
+
+
+@pytest.mark.parametrize("host_path", ["native"], indirect=True)
+def test_the_compiled_pass_rejects_what_it_cannot_read(host_path: str) -> None:
+    """Bad buffers are refused with a clear error (the Python side never sends them: a safety net)."""
+    native = host._native
+    raw = np.empty((7, 1))
+    with pytest.raises(TypeError, match="float32/float64/float16"):
+        native.grad_stats([np.arange(4)], [1], raw, None, None, None)  # integers
+    with pytest.raises(ValueError, match="shape"):
+        native.grad_stats([np.ones(4)], [1], np.empty((6, 1)), None, None, None)
+    with pytest.raises(ValueError, match="stride"):
+        native.grad_stats([np.ones(4)], [0], raw, None, None, None)
+    with pytest.raises(ValueError, match="one stride per array"):
+        native.grad_stats([np.ones(4)], [1, 1], raw, None, None, None)
+    with pytest.raises(ValueError, match="out"):
+        native.gather([np.ones(4)], np.empty(3))

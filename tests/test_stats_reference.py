@@ -14,11 +14,15 @@ from gradwatch import stats
 from gradwatch.stats import batched, host
 
 
-@pytest.fixture(autouse=True, params=["host", "torch"])
+@pytest.fixture(autouse=True, params=["host", "numpy", "torch"])
 def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test twice: small CPU tensors through numpy (stats/host.py, the default) and through torch."""
-    monkeypatch.setattr(host, "ENABLED", request.param == "host")
-    return request.param
+    """Every test three times: small CPU tensors through stats/host.py (the default: its compiled pass,
+    ``host``, where built; its numpy calls, ``numpy``) and through torch."""
+    if request.param == "host" and not host.NATIVE:
+        pytest.skip("gradwatch.stats._native was not built: 'numpy' is the host path here")
+    monkeypatch.setattr(host, "ENABLED", request.param != "torch")
+    monkeypatch.setattr(host, "NATIVE", request.param == "host")
+    return "host" if request.param == "numpy" else request.param
 
 
 def _batch(kind: str, dtype: torch.dtype):

@@ -12,6 +12,13 @@ Accumulation is in float64 throughout: squares of float32 entries are exact in f
 bits), never underflow (the smallest float32 square is about 2e-90) and never overflow (the largest is
 about 1e77); float64 entries beyond ``[1e-150, 1e150]`` are rescaled (:func:`grad_stats`).
 
+Where the optional C extension :mod:`gradwatch.stats._native` was built (``setup.py``; :data:`NATIVE`),
+the same columns come from one compiled pass per tensor instead of the numpy calls: measured on the
+digits MLP's six gradients, 7 us instead of 45 us for :func:`grad_stats` alone, and more inside a training
+step, where each numpy call runs with cold caches after the backward pass. Both paths compute in
+float64 and give the same values to rounding (``tests/test_host_native.py``); bf16 tensors, which
+numpy cannot view, take the numpy path with a ``torch.cat`` conversion.
+
 Used by :mod:`gradwatch.stats` for CPU tensors of at most :data:`MAX_TENSOR` entries when :data:`ENABLED`
 (tests turn it off to run the torch path on the same inputs); larger tensors keep PyTorch's
 multi-threaded reductions, where the memory pass costs more than the call.
@@ -28,11 +35,17 @@ import torch
 
 from gradwatch import compat
 
+try:  # the optional C extension (setup.py); absent where no C compiler built it
+    from gradwatch.stats import _native
+except ImportError:  # pragma: no cover - depends on the build
+    _native = None  # type: ignore[assignment]
+
 __all__ = [
     "DeferredFinite",
     "ENABLED",
     "MAX_GROUP",
     "MAX_TENSOR",
+    "NATIVE",
     "all_finite",
     "distances",
     "eligible",
@@ -45,6 +58,13 @@ __all__ = [
 
 #: Whether the CPU statistics of small tensors take this path (the tests switch it off to compare).
 ENABLED = True
+
+#: Whether the compiled pass (:mod:`gradwatch.stats._native`) computes the statistics: True where the
+#: extension was built. The tests set it False to hold the numpy path to the same results.
+NATIVE = _native is not None
+
+#: dtypes the compiled pass reads through numpy's buffer protocol (bf16 has no numpy dtype).
+_NATIVE_DTYPES = frozenset({torch.float32, torch.float64, torch.float16})
 
 #: Tensors of at most this many entries take this path (above it one memory pass costs more than the
 #: few calls PyTorch's multi-threaded reductions make per tensor).
@@ -140,6 +160,27 @@ def _array(t: torch.Tensor) -> np.ndarray | None:
     return None if t.dtype == torch.bfloat16 else t.numpy()
 
 
+def _native_arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
+    """Arrays over ``tensors``' memory for the compiled pass, or None where it cannot read one.
+
+    A contiguous real tensor is passed in its own shape (the extension reads any C-contiguous buffer in
+    order); complex and other layouts as :func:`_flat` gives them. None when the extension is off or a
+    tensor is bf16.
+    """
+    if not NATIVE:
+        return None
+    out = []
+    for t in tensors:
+        if t.dtype not in _NATIVE_DTYPES or not t.is_contiguous():
+            a = _array(t)
+            if a is None:
+                return None
+            out.append(a)
+        else:
+            out.append((t.detach() if t.requires_grad else t).numpy())
+    return out
+
+
 def _size(t: torch.Tensor) -> int:
     return t.numel() * (2 if t.is_complex() else 1)
 
@@ -176,6 +217,8 @@ def gather(tensors: Sequence[torch.Tensor], out: np.ndarray | None = None, keep:
         out = np.empty(sum([_size(t) for t in tensors]), dtype=np.float64)
     if any(a is None for a in arrays):  # a bf16 tensor: torch converts it
         torch.cat([_flat(t) for t in tensors], out=torch.from_numpy(out))
+    elif NATIVE:
+        _native.gather(arrays, out)  # type: ignore[arg-type]
     else:
         np.concatenate(arrays, out=out)  # type: ignore[arg-type]
     return out
@@ -189,7 +232,6 @@ def _scratch(total: int) -> np.ndarray:
     return held[:, :total]
 
 
-@np.errstate(all="ignore")  # NaN/Inf entries are expected input, counted and propagated
 def grad_stats(
     tensors: Sequence[torch.Tensor],
     strides: Sequence[int],
@@ -218,6 +260,24 @@ def grad_stats(
         the sum). NaN/Inf propagate into the norm, max |g| and the sum, and are counted; their centred
         norm is NaN.
     """
+    arrays = _native_arrays(tensors)
+    if arrays is not None:  # the compiled pass: the same columns, one C call for the group
+        raw = np.empty((7 if norms_of is None else 8, len(arrays)), dtype=np.float64)
+        ext = np.empty((2, len(arrays)), dtype=np.float64) if extremes else None
+        values, value_starts = norms_of if norms_of is not None else (None, None)
+        _native.grad_stats(arrays, strides, raw, ext, values, value_starts)
+        return torch.from_numpy(raw).T, None if ext is None else torch.from_numpy(ext)
+    return _numpy_grad_stats(tensors, strides, extremes, norms_of)
+
+
+@np.errstate(all="ignore")  # NaN/Inf entries are expected input, counted and propagated
+def _numpy_grad_stats(
+    tensors: Sequence[torch.Tensor],
+    strides: Sequence[int],
+    extremes: bool,
+    norms_of: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`grad_stats` with numpy calls (where the compiled pass is off or cannot read a tensor)."""
     numels = tuple([_size(t) for t in tensors])
     wide = torch.float64 in {t.dtype for t in tensors}
     plan = _plan(numels, tuple(strides), wide)
@@ -278,7 +338,6 @@ def grad_stats(
     return torch.from_numpy(raw).T, ranges
 
 
-@np.errstate(all="ignore")
 def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether every entry of the small CPU tensors ``tensors`` is finite.
 
@@ -286,6 +345,14 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     and +-Inf, so the product is NaN exactly when an entry is not finite, whatever the magnitudes (no
     overflow, unlike a sum or a sum of squares). bf16 tensors (no numpy dtype): one copy of them all.
     """
+    arrays = _native_arrays(tensors)
+    if arrays is not None:
+        return bool(_native.all_finite(arrays))
+    return _numpy_all_finite(tensors)
+
+
+@np.errstate(all="ignore")
+def _numpy_all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     rest = []
     for t in tensors:
         a = _array(t)
@@ -368,7 +435,6 @@ def distances(now: np.ndarray, before: np.ndarray | None, starts: np.ndarray, or
     return np.sqrt(np.add.reduceat(x * x, starts)).reshape(-1, 1)
 
 
-@np.errstate(all="ignore")
 def update_and_change(
     now: Sequence[torch.Tensor], before: np.ndarray, prev: np.ndarray, starts: np.ndarray
 ) -> np.ndarray:
@@ -386,6 +452,19 @@ def update_and_change(
         of float64 copies of float32 (or smaller) values are exact; NaN or Inf entries give NaN or Inf.
         The same values as :func:`distances` computes for each column on its own.
     """
+    if NATIVE:
+        arrays = _arrays(now, True)
+        if all(a is not None for a in arrays):  # (no bf16 view)
+            out = np.empty((2, len(starts)), dtype=np.float64)
+            _native.update_and_change(arrays, before, prev, out)  # type: ignore[arg-type]
+            return out.T
+    return _numpy_update_and_change(now, before, prev, starts)
+
+
+@np.errstate(all="ignore")
+def _numpy_update_and_change(
+    now: Sequence[torch.Tensor], before: np.ndarray, prev: np.ndarray, starts: np.ndarray
+) -> np.ndarray:
     d = _scratch(len(before))
     gather(now, d[0], keep=True)
     np.subtract(d[0], before, out=d[0])
