@@ -192,6 +192,47 @@ class Provenance:
             self.restep[i] = True
         self._observe(i, g)
 
+    def check_all(self, idx: Sequence[int], params: Sequence[torch.Tensor]) -> None:
+        """:meth:`check` of ``params[i]`` for each ``i`` in ``idx`` (one call per optimizer step).
+
+        The usual case, a gradient accumulated since the last observation and not replaced, in one loop
+        with no call per parameter; anything else goes through :meth:`check`.
+        """
+        ref, ver, restep, seen, version = self._ref, self._ver, self.restep, self._seen, compat.version_counter
+        for i in idx:
+            g = params[i].grad
+            r = ref[i]
+            if r is None or g is None or id(g) != r or self.holds_used[i] or seen:
+                self.check(i, params[i])
+                continue
+            restep[i] = False
+            ver[i] = version(g)
+
+    def use_all(
+        self, idx: Sequence[int], params: Sequence[torch.Tensor], step: int, owner: str, observe: bool
+    ) -> None:
+        """:meth:`use` of ``params[i]`` for each ``i`` in ``idx`` (one call per optimizer step)."""
+        if self._seen:
+            for i in idx:
+                self.use(i, params[i], step, owner, observe)
+            return
+        passes, used = self._passes, self.used_passes
+        holds, used_at, used_by, fresh = self.holds_used, self.used_at, self.used_by, self.fresh
+        ref, ver, version = self._ref, self._ver, compat.version_counter
+        for i in idx:
+            g = params[i].grad
+            held = passes[i]
+            if held:
+                used.update(held)
+                held.clear()  # (reused: no allocation per parameter and step)
+            holds[i] = g is not None
+            used_at[i] = step
+            used_by[i] = owner
+            fresh[i] = False
+            if observe:  # (_observe, inlined)
+                ref[i] = None if g is None else id(g)
+                ver[i] = 0 if g is None else version(g)
+
     def use(self, i: int, param: torch.Tensor, step: int, owner: str, observe: bool) -> None:
         """The owner used ``param.grad`` at ``step``; with ``observe``, its current state is the new base."""
         g = param.grad

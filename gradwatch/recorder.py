@@ -729,8 +729,7 @@ class Recorder:
         if not owned:
             return
         params = self._live_params()
-        for i in owned:
-            self.provenance.check(i, params[i])
+        self.provenance.check_all(owned, params)
         name = self.optimizers.name(optimizer)
         findings = []
         self._probes += 1
@@ -756,8 +755,7 @@ class Recorder:
             self.tracker.opt_depth = 0
             self._cur.snaps.pop(id(optimizer), None)
             self._closure_before.pop(id(optimizer), None)
-            for i in owned:
-                self.provenance.use(i, params[i], step, name, observe=True)
+            self.provenance.use_all(owned, params, step, name, observe=True)
             raise
 
     def optimizer_post(self, optimizer: Any, step: int, backward_inside: bool) -> None:
@@ -772,8 +770,7 @@ class Recorder:
         if self._closure_step:
             findings += self.suite.optimizer_pre(name, owned, step)
         findings += self.suite.optimizer_post(name, owned, step)
-        for i in owned:
-            self.provenance.use(i, params[i], step, name, observe=True)
+        self.provenance.use_all(owned, params, step, name, observe=True)
         findings += self.suite.optimizer_used(name, owned, step)
         if self._frozen:
             moved = self._frozen_moved(optimizer)
@@ -797,8 +794,7 @@ class Recorder:
         if not self.optimizers:  # the boundary itself is what uses the gradients
             every = range(len(self.names))
             findings = self.suite.boundary(every, step)
-            for i in every:
-                self.provenance.use(i, params[i], step, "the update", observe=False)
+            self.provenance.use_all(every, params, step, "the update", observe=False)
             findings += self.suite.boundary_used(every, step)
         try:
             if self.config.every(step):
@@ -913,7 +909,7 @@ class Recorder:
             layer_of=self.layer_of,
             numels=self.sampler.numels,
             parts=[(pos, col, t) for (pos, col, _), t in zip(cur.parts, host)],
-            has_grad=[bool(b) for b in cur.received],
+            has_grad=list(map(bool, cur.received)),
             grads=cur.kept,
             loss=loss if host_loss is None else host_loss,
             event=event,
@@ -1010,7 +1006,7 @@ def _to_host(
     after the copy (None when nothing was on a CUDA device: CPU tensors are returned as they are).
     """
     wanted = [*parts, *(t for t in singles if t is not None)]
-    on_device = [t for t in wanted if t.device.type == "cuda"]
+    on_device = [t for t in wanted if t.is_cuda]
     if not on_device:
         return parts, singles, None
     device = on_device[0].device

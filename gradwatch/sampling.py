@@ -26,6 +26,8 @@ from gradwatch.targets import Optimizers
 
 __all__ = ["UpdateSampler"]
 
+_data_ptr, _numel = torch.Tensor.data_ptr, torch.Tensor.numel
+
 
 class UpdateSampler:
     """Samples of the watched parameters, and the update and weight norms measured on them.
@@ -50,6 +52,9 @@ class UpdateSampler:
         self._dtensors = dtensors
         self.set_shapes(params)
         self._views: list[tuple[int, int, torch.Tensor] | None] = [None] * len(self.numels)
+        # parameter positions -> (views built so far, data pointers, entry counts, the views) where every
+        # view was cached: checked with two map() calls instead of a loop over the parameters
+        self._same_views: dict[tuple[int, ...], tuple[int, list[int], list[int], list[torch.Tensor]]] = {}
         self._views_made = 0  # sample views built so far: a batching layout is valid while this stays
         # parameter positions -> (views built when it was made, its layout): per optimizer, and unowned
         self.layouts: dict[tuple[int, ...], tuple[int, stats.SampleLayout]] = {}
@@ -73,6 +78,7 @@ class UpdateSampler:
     def forget_views(self) -> None:
         """Drop the cached views (on detach: they hold the parameters' storage)."""
         self._views = [None] * len(self.numels)
+        self._same_views.clear()
 
     def views(self, idx: Sequence[int], params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Views of the sampled entries of ``params[i]`` (cached while the parameter keeps its storage).
@@ -81,6 +87,12 @@ class UpdateSampler:
         parameter may have been resized (``p.data = torch.cat(...)``, a vocabulary that grows) or made
         complex: its entry count and sample stride follow.
         """
+        key = tuple(idx)
+        hit = self._same_views.get(key)
+        if hit is not None and hit[0] == self._views_made:  # (every view was cached: check them at once)
+            held = [params[i] for i in idx]
+            if list(map(_data_ptr, held)) == hit[1] and list(map(_numel, held)) == hit[2]:
+                return list(hit[3])
         out = []
         for i in idx:
             p = params[i]
@@ -103,6 +115,15 @@ class UpdateSampler:
             if not p.is_sparse and view.untyped_storage().data_ptr() == p.untyped_storage().data_ptr():
                 self._views[i] = (p.data_ptr(), p.numel(), view)
             out.append(view)
+        cached = [self._views[i] for i in idx]
+        if not self._dtensors.intersection(idx) and all(c is not None for c in cached):
+            self._same_views[key] = (
+                self._views_made,
+                [c[0] for c in cached],  # type: ignore[index]
+                [c[1] for c in cached],  # type: ignore[index]
+                out,
+            )
+            self._forget_stale(self._same_views)
         return out
 
     def layout(self, idx: Sequence[int], views: list[torch.Tensor]) -> stats.SampleLayout:

@@ -237,11 +237,11 @@ def test_both_paths_give_the_same_columns_and_extremes(dtype: torch.dtype, host_
 def test_the_compiled_pass_rejects_what_it_cannot_read(host_path: str) -> None:
     """Bad buffers are refused with a clear error (the Python side never sends them: a safety net)."""
     native = host._native
-    raw = np.empty((7, 1))
+    raw = np.empty((1, 7))
     with pytest.raises(TypeError, match="float32/float64/float16"):
         native.grad_stats([np.arange(4)], [1], raw, None, None, None)  # integers
     with pytest.raises(ValueError, match="shape"):
-        native.grad_stats([np.ones(4)], [1], np.empty((6, 1)), None, None, None)
+        native.grad_stats([np.ones(4)], [1], np.empty((1, 6)), None, None, None)
     with pytest.raises(ValueError, match="stride"):
         native.grad_stats([np.ones(4)], [0], raw, None, None, None)
     with pytest.raises(ValueError, match="one stride per array"):

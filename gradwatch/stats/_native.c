@@ -247,10 +247,10 @@ static double centred_squares(const Seg *g, double shift, double scale) {
 
 PyDoc_STRVAR(grad_stats_doc,
              "grad_stats(arrays, strides, raw, extremes, values, value_starts)\n\n"
-             "The columns of gradwatch.stats.RAW_FIELDS of each 1-D array into raw[:7, i] (float64, C order,\n"
-             "shape [k >= 7, len(arrays)]); min and max into extremes[0, i], extremes[1, i] unless extremes\n"
-             "is None; with values (a contiguous float64 array) and value_starts (int64, one start per array),\n"
-             "the L2 norm of each segment of values into raw[7, i]. strides: the nonzero count reads\n"
+             "The columns of gradwatch.stats.RAW_FIELDS of each array into raw[i, :7] (float64, C order, shape\n"
+             "[len(arrays), 7], or 8 with values); min and max into extremes[0, i], extremes[1, i] unless\n"
+             "extremes is None; with values (a contiguous float64 array) and value_starts (int64, one start per\n"
+             "array), the L2 norm of each segment of values into raw[i, 7]. strides: the nonzero count reads\n"
              "flat[::stride] only. Same results as gradwatch.stats.host.grad_stats's numpy path.");
 
 static PyObject *grad_stats(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -286,10 +286,8 @@ static PyObject *grad_stats(PyObject *self, PyObject *const *args, Py_ssize_t na
             goto done;
         }
     }
-    int rows = 7;
-    if (args[4] != Py_None)
-        rows = 8;
-    if (open_out(args[2], &raw, rows, n, "raw") < 0)
+    Py_ssize_t cols = args[4] != Py_None ? 8 : 7;
+    if (open_out(args[2], &raw, n, cols, "raw") < 0)
         goto done;
     have_raw = 1;
     if (args[3] != Py_None) {
@@ -373,13 +371,14 @@ static PyObject *grad_stats(PyObject *self, PyObject *const *args, Py_ssize_t na
         }
         if (nonfinite)
             centred = NAN;
-        r[0 * n + i] = norm;
-        r[1 * n + i] = maxabs;
-        r[2 * n + i] = a.s;
-        r[3 * n + i] = (double)nz;
-        r[4 * n + i] = (double)nonfinite;
-        r[5 * n + i] = (double)nans;
-        r[6 * n + i] = centred;
+        double *row = r + i * cols;
+        row[0] = norm;
+        row[1] = maxabs;
+        row[2] = a.s;
+        row[3] = (double)nz;
+        row[4] = (double)nonfinite;
+        row[5] = (double)nans;
+        row[6] = centred;
         if (e) {
             e[i] = a.lo;
             e[n + i] = a.hi;
@@ -392,7 +391,7 @@ static PyObject *grad_stats(PyObject *self, PyObject *const *args, Py_ssize_t na
             GW_SIMD(reduction(+ : acc))
             for (Py_ssize_t k = 0; k < m; k++)
                 acc += x[k] * x[k];
-            r[7 * n + i] = sqrt(acc);
+            row[7] = sqrt(acc);
         }
     }
     result = Py_None;
@@ -462,8 +461,8 @@ static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 PyDoc_STRVAR(update_doc,
              "update_and_change(arrays, before, prev, out)\n\n"
-             "For each 1-D array (a segment of before and prev, in order): ||now - before||_2 into out[0, i]\n"
-             "and ||before - prev||_1 into out[1, i]; before and prev contiguous float64, out [2, n].");
+             "For each array (a segment of before and prev, in order): ||now - before||_2 into out[i, 0]\n"
+             "and ||before - prev||_1 into out[i, 1]; before and prev contiguous float64, out [n, 2].");
 
 static PyObject *update_and_change(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -488,7 +487,7 @@ static PyObject *update_and_change(PyObject *self, PyObject *const *args, Py_ssi
         close_segs(segs, n);
         return NULL;
     }
-    if (open_out(args[3], &out, 2, n, "out") < 0) {
+    if (open_out(args[3], &out, n, 2, "out") < 0) {
         PyBuffer_Release(&before);
         PyBuffer_Release(&prev);
         close_segs(segs, n);
@@ -515,8 +514,8 @@ static PyObject *update_and_change(PyObject *self, PyObject *const *args, Py_ssi
                 change += fabs(b[k] - p[k]);
             }
         }
-        o[i] = sqrt(up);
-        o[n + i] = change;
+        o[2 * i] = sqrt(up);
+        o[2 * i + 1] = change;
         b += m;
         p += m;
     }

@@ -53,6 +53,8 @@ __all__ = [
     "grad_stats",
     "update_and_change",
     "memory_order",
+    "native_grad_and_norms",
+    "size",
     "starts",
 ]
 
@@ -181,7 +183,43 @@ def _native_arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
     return out
 
 
-def _size(t: torch.Tensor) -> int:
+def native_grad_and_norms(
+    tensors: Sequence[torch.Tensor | None],
+    strides: Sequence[int],
+    values: np.ndarray,
+    value_starts: np.ndarray,
+    max_total: int,
+) -> torch.Tensor | None:
+    """:func:`grad_stats` with ``norms_of`` in one C call, checking eligibility in the same loop.
+
+    The hot path of a small CPU model's recorded step (:func:`gradwatch.stats.grad_and_param_stats`):
+    a ``[n, 8]`` float64 CPU tensor, or None where the compiled pass is off or does not apply (a
+    tensor missing, not a small CPU strided one, bf16, or more than ``max_total`` entries together);
+    the caller then takes the general path.
+    """
+    if not NATIVE:
+        return None
+    arrays = []
+    total, most, strided, kinds = 0, MAX_TENSOR, torch.strided, _NATIVE_DTYPES
+    for t in tensors:
+        if t is None or not t.is_cpu or t.layout != strided or not 0 < (n := t.numel()) <= most:
+            return None
+        total += n
+        if t.dtype in kinds and t.is_contiguous():
+            arrays.append((t.detach() if t.requires_grad else t).numpy())
+        elif (a := _array(t)) is not None:
+            arrays.append(a)
+        else:
+            return None
+    if total > max_total:
+        return None
+    raw = np.empty((len(arrays), 8), dtype=np.float64)
+    _native.grad_stats(arrays, strides, raw, None, values, value_starts)
+    return torch.from_numpy(raw)
+
+
+def size(t: torch.Tensor) -> int:
+    """Entries of ``t`` as this path reads them (a complex tensor's real and imaginary parts: twice)."""
     return t.numel() * (2 if t.is_complex() else 1)
 
 
@@ -214,7 +252,7 @@ def gather(tensors: Sequence[torch.Tensor], out: np.ndarray | None = None, keep:
     """
     arrays = _arrays(tensors, keep)
     if out is None:
-        out = np.empty(sum([_size(t) for t in tensors]), dtype=np.float64)
+        out = np.empty(sum([size(t) for t in tensors]), dtype=np.float64)
     if any(a is None for a in arrays):  # a bf16 tensor: torch converts it
         torch.cat([_flat(t) for t in tensors], out=torch.from_numpy(out))
     elif NATIVE:
@@ -262,11 +300,11 @@ def grad_stats(
     """
     arrays = _native_arrays(tensors)
     if arrays is not None:  # the compiled pass: the same columns, one C call for the group
-        raw = np.empty((7 if norms_of is None else 8, len(arrays)), dtype=np.float64)
+        raw = np.empty((len(arrays), 7 if norms_of is None else 8), dtype=np.float64)
         ext = np.empty((2, len(arrays)), dtype=np.float64) if extremes else None
         values, value_starts = norms_of if norms_of is not None else (None, None)
         _native.grad_stats(arrays, strides, raw, ext, values, value_starts)
-        return torch.from_numpy(raw).T, None if ext is None else torch.from_numpy(ext)
+        return torch.from_numpy(raw), None if ext is None else torch.from_numpy(ext)
     return _numpy_grad_stats(tensors, strides, extremes, norms_of)
 
 
@@ -278,7 +316,7 @@ def _numpy_grad_stats(
     norms_of: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`grad_stats` with numpy calls (where the compiled pass is off or cannot read a tensor)."""
-    numels = tuple([_size(t) for t in tensors])
+    numels = tuple([size(t) for t in tensors])
     wide = torch.float64 in {t.dtype for t in tensors}
     plan = _plan(numels, tuple(strides), wide)
     n = len(numels)
@@ -409,7 +447,7 @@ def _zeros(n: int, dtype: np.dtype) -> np.ndarray:
 
 def starts(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     """Where each tensor's entries start in :func:`gather`'s copy (complex: twice as many), int64."""
-    sizes = np.array([_size(t) for t in tensors], dtype=np.int64)
+    sizes = np.array([size(t) for t in tensors], dtype=np.int64)
     return np.cumsum(sizes) - sizes
 
 
@@ -455,9 +493,9 @@ def update_and_change(
     if NATIVE:
         arrays = _arrays(now, True)
         if all(a is not None for a in arrays):  # (no bf16 view)
-            out = np.empty((2, len(starts)), dtype=np.float64)
+            out = np.empty((len(starts), 2), dtype=np.float64)
             _native.update_and_change(arrays, before, prev, out)  # type: ignore[arg-type]
-            return out.T
+            return out
     return _numpy_update_and_change(now, before, prev, starts)
 
 

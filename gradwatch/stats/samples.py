@@ -82,7 +82,7 @@ class SampleLayout:
         views: 1-D tensors (any device and dtype).
     """
 
-    __slots__ = ("host", "host_only", "host_starts", "rest", "stacked")
+    __slots__ = ("host", "host_only", "host_starts", "host_total", "rest", "stacked")
 
     def __init__(self, views: Sequence[torch.Tensor]) -> None:
         groups: dict[_LengthKey, list[int]] = {}
@@ -94,6 +94,8 @@ class SampleLayout:
             elif k := t.numel():
                 groups.setdefault((t.device, t.dtype, k), []).append(i)
         self.host_starts = host.starts([views[i] for i in self.host])
+        #: entries of the ``host`` views together (the length of their copy)
+        self.host_total = sum(host.size(views[i]) for i in self.host)
         rest: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         self.stacked: list[list[int]] = []
         for (device, dtype, _), idx in groups.items():
@@ -170,7 +172,10 @@ def take_samples(views: Sequence[torch.Tensor], layout: SampleLayout | None = No
         layout: ``SampleLayout(views)``, when the caller keeps it across steps.
     """
     layout = layout if layout is not None else SampleLayout(views)
-    host_copy = host.gather([views[i] for i in layout.host], keep=True) if layout.host else None
+    host_copy = None
+    if layout.host:
+        out = np.empty(layout.host_total, dtype=np.float64)
+        host_copy = host.gather([views[i] for i in layout.host], out, keep=True)
     stacks = [torch.stack([views[i] for i in idx]) for idx in layout.stacked]
     rest = [list(compat.foreach_clone([views[i] for i in idx])) for idx in layout.rest]
     return Samples(layout, stacks, rest, host_copy)
