@@ -89,6 +89,7 @@ class Provenance:
         # a constraint such as clamp_ or renorm_, an Embedding's max_norm)
         moved = compat.version_counter(param) != self._param_ver[i]
         for p in unused:
+            self.settle(p)  # (deferred finite flags: read while the gradients they keep still exist)
             self.reset_unused.setdefault(p, set()).add(i)
             if moved:
                 self.moved_reset.setdefault(p, set()).add(i)
@@ -96,6 +97,22 @@ class Provenance:
                 self.co_reset.setdefault(p, set()).update(unused)
         passes.clear()  # (reused: no allocation per parameter and step)
         self.holds_used[i] = False
+
+    def settle(self, p: int) -> None:
+        """Compute pass ``p``'s deferred finite flags now, while the gradients they keep still exist.
+
+        (``stats.host.DeferredFinite`` keeps the gradients it describes until read; device flags are left
+        as they are: reading them syncs.)
+        """
+        for flag in self.pass_finite.get(p, ()):
+            settle = getattr(flag, "settle", None)
+            if settle is not None:
+                settle()
+
+    def settle_held(self, idx: Sequence[int]) -> None:
+        """:meth:`settle` every pass whose gradients parameters ``idx`` hold now."""
+        for p in {p for i in idx for p in self._passes[i]}:
+            self.settle(p)
 
     def _observe(self, i: int, g: torch.Tensor | None) -> None:
         self._ref[i] = None if g is None else id(g)
@@ -198,7 +215,13 @@ class Provenance:
         The usual case, a gradient accumulated since the last observation and not replaced, in one loop
         with no call per parameter; anything else goes through :meth:`check`.
         """
-        ref, ver, restep, seen, version = self._ref, self._ver, self.restep, self._seen, compat.version_counter
+        ref, ver, restep, seen, version = (
+            self._ref,
+            self._ver,
+            self.restep,
+            self._seen,
+            compat.version_counter,
+        )
         for i in idx:
             g = params[i].grad
             r = ref[i]

@@ -555,6 +555,9 @@ class Recorder:
         owned = self.optimizers.owned_by(optimizer)
         if owned and self.attached:  # (a second unscale_ before step() raises in torch: no new finding)
             self._note_grad_versions(owned)
+            # the scaler may skip this step on a non-finite gradient, and zero_grad(set_to_none=False)
+            # would then zero the values the deferred finite flags describe: read them now
+            self.provenance.settle_held(owned)
 
     def _probe_frozen(self, optimizer: torch.optim.Optimizer) -> None:
         """Copy the sampled entries of ``optimizer``'s frozen parameters that still have a ``.grad``.

@@ -115,14 +115,9 @@ class UpdateSampler:
             if not p.is_sparse and view.untyped_storage().data_ptr() == p.untyped_storage().data_ptr():
                 self._views[i] = (p.data_ptr(), p.numel(), view)
             out.append(view)
-        cached = [self._views[i] for i in idx]
-        if not self._dtensors.intersection(idx) and all(c is not None for c in cached):
-            self._same_views[key] = (
-                self._views_made,
-                [c[0] for c in cached],  # type: ignore[index]
-                [c[1] for c in cached],  # type: ignore[index]
-                out,
-            )
+        kept = [v for i in idx if (v := self._views[i]) is not None]
+        if len(kept) == len(out) and not self._dtensors.intersection(idx):
+            self._same_views[key] = (self._views_made, [v[0] for v in kept], [v[1] for v in kept], out)
             self._forget_stale(self._same_views)
         return out
 

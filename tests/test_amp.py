@@ -12,10 +12,10 @@ import gradwatch as gw
 pytestmark = needs_amp_gradscaler
 
 
-def _setup():
+def _setup(hidden: int = 32, lr: float = 0.01):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    model = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g)) for _ in range(4)]
     return model, opt, batches
@@ -48,8 +48,13 @@ def test_recorded_gradients_are_the_unscaled_ones(dtype: torch.dtype, explicit_u
     assert w.findings == [] and w.skipped_steps == []
 
 
-def test_steps_the_scaler_skips_are_marked_skipped_not_reported() -> None:
-    model, opt, batches = _setup()
+# 32: the small-model path (every gradient in one deferred flag); 9000: tensors of 72000 entries, above
+# the small-tensor limit (their flag is deferred too where the compiled pass reads them). set_to_none=False
+# zeroes the gradients in place before the flag could be read late: it is read at unscale_.
+@pytest.mark.parametrize("hidden", [32, 9000])
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_steps_the_scaler_skips_are_marked_skipped_not_reported(hidden: int, set_to_none: bool) -> None:
+    model, opt, batches = _setup(hidden, lr=0.01 * 32 / hidden)  # (the same update size)
     # a scale near float32's largest value: the scaled backward overflows, the scaler skips
     # optimizer.step() and backs its scale off to about 270, where the gradients fit
     scaler = torch.amp.GradScaler("cpu", init_scale=3.4e38, backoff_factor=2.0**-120)
@@ -57,7 +62,7 @@ def test_steps_the_scaler_skips_are_marked_skipped_not_reported() -> None:
     with gw.watch(model, opt) as w:
         stepped = []
         for x, y in batches:
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=set_to_none)
             loss = nn.functional.mse_loss(
                 model(x), 100 * y
             )  # gradients above 1: their scaled values overflow

@@ -248,3 +248,26 @@ def test_the_compiled_pass_rejects_what_it_cannot_read(host_path: str) -> None:
         native.grad_stats([np.ones(4)], [1, 1], raw, None, None, None)
     with pytest.raises(ValueError, match="out"):
         native.gather([np.ones(4)], np.empty(3))
+
+
+@pytest.mark.parametrize("step", [True, False], ids=["training", "probe-without-step"])
+def test_deferred_finite_flags_do_not_keep_old_gradients_alive(step: bool) -> None:
+    """The finite flag of a backward pass keeps its gradients until read or the pass is used (1 step)."""
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 300), nn.Tanh(), nn.Linear(300, 1))  # 90000 entries: large
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    old: list[weakref.ref[torch.Tensor]] = []
+    with gw.watch(model, opt, on_finding="ignore"):
+        for _ in range(12):
+            opt.zero_grad(set_to_none=True)
+            model(torch.randn(8, 300)).square().mean().backward()
+            old.append(weakref.ref(model[0].weight.grad))  # type: ignore[arg-type]
+            if step:
+                opt.step()
+        gc.collect()
+        alive = sum(r() is not None for r in old)
+    # the current gradient, and in the probe loop at most the previous pass's until the next one resets it
+    assert alive <= (1 if step else 2), alive

@@ -179,15 +179,25 @@ def grad_and_param_stats(
 
 
 def _host_chunks(
-    tensors: Sequence[torch.Tensor | None],
+    tensors: Sequence[torch.Tensor | None], any_size: bool = False
 ) -> tuple[list[list[int]], list[torch.Tensor | None]]:
-    """The small CPU tensors :mod:`.host` reads, and ``tensors`` with those replaced by None.
+    """The CPU tensors :mod:`.host` reads, and ``tensors`` with those replaced by None.
 
-    Positions in chunks of at most ``host.MAX_GROUP`` entries.
+    Small ones (:func:`host.eligible`) in chunks of at most ``host.MAX_GROUP`` entries (the numpy path
+    copies each chunk). With ``any_size``, where the compiled pass is built, every CPU tensor it reads
+    directly (:func:`host.native_reads`, any size: no copy) goes into one chunk first: one C call
+    whose passes over large tensors are shared by ``torch.get_num_threads()`` threads.
     """
     if not host.ENABLED or fused.force_on_cpu:
         return [], list(tensors)
     chunks: list[list[int]] = []
+    if any_size and host.NATIVE:
+        direct = [i for i, t in enumerate(tensors) if t is not None and host.native_reads(t)]
+        if direct:
+            chunks.append(direct)
+            taken = set(direct)
+            tensors = [None if i in taken else t for i, t in enumerate(tensors)]
+    first = len(chunks)
     size = host.MAX_GROUP
     for i, t in enumerate(tensors):
         if t is not None and host.eligible(t):
@@ -199,7 +209,7 @@ def _host_chunks(
             size += n
     if not chunks:
         return [], list(tensors)
-    taken = {i for c in chunks for i in c}
+    taken = {i for c in chunks[first:] for i in c}
     return chunks, [None if i in taken else t for i, t in enumerate(tensors)]
 
 
@@ -209,7 +219,7 @@ def _host_blocks(
     ranges: dict[int, tuple[torch.Tensor, torch.Tensor]] | None,
 ) -> tuple[list[Block], list[torch.Tensor | None]]:
     """The raw columns of the small CPU tensors (:mod:`.host`), and the tensors left for the other paths."""
-    chunks, rest = _host_chunks(tensors)
+    chunks, rest = _host_chunks(tensors, any_size=True)
     blocks: list[Block] = []
     for idx in chunks:
         chunk = [t for i in idx if (t := tensors[i]) is not None]
@@ -268,17 +278,17 @@ _FEW_FLAGS = 64
 def all_finite(tensors: Sequence[torch.Tensor | None]) -> list[Any]:
     """Flags, one per device and dtype chunk, true where every entry of those tensors is finite.
 
-    Without a host read; read them with ``bool()``. Small CPU tensors (:mod:`.host`): one
-    :class:`~gradwatch.stats.host.DeferredFinite` flag, computed when first read (see there for what
-    that means for tensors written in place in between). Others: 0-dim bool tensors.
-    Other CPU tensors: one cascade ``sum`` per tensor (small same-size tensors summed stacked,
-    row-wise): a sum is finite exactly when no entry is NaN or +-Inf (barring an overflow past about
-    3e38). Elsewhere one batched L2 norm per chunk (one kernel launch; its sum of squares overflows only
-    past about 1e19 per entry in float32).
+    Without a host read; read them with ``bool()``. CPU tensors :mod:`.host` reads (small ones; any
+    size where its compiled pass is built): a :class:`~gradwatch.stats.host.DeferredFinite` flag per
+    chunk, computed when first read or settled (see there for what that means for tensors written in
+    place in between). Others: 0-dim bool tensors. Other CPU tensors: one cascade ``sum`` per tensor
+    (small same-size tensors summed stacked, row-wise): a sum is finite exactly when no entry is NaN or
+    +-Inf (barring an overflow past about 3e38). Elsewhere one batched L2 norm per chunk (one kernel
+    launch; its sum of squares overflows only past about 1e19 per entry in float32).
     """
     if len(tensors) <= _FEW_FLAGS and 0 < _host_total(tensors) <= host.MAX_GROUP // 2:
         return [host.DeferredFinite(tensors)]  # type: ignore[arg-type]  # (a small CPU model: one flag)
-    chunks, rest = _host_chunks(tensors)
+    chunks, rest = _host_chunks(tensors, any_size=True)
     flags: list[Any] = [
         host.DeferredFinite([t for i in idx if (t := tensors[i]) is not None]) for idx in chunks
     ]

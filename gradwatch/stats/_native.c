@@ -172,8 +172,18 @@ typedef struct {
     a->hi = hi;                                                                           \
     a->nz = nz;
 
-static void scan_f32c(const float *x, Py_ssize_t n, Acc *a) { SCAN_BODY((double)x[i]) }
-static void scan_f64c(const double *x, Py_ssize_t n, Acc *a) { SCAN_BODY(x[i]) }
+/* x86-64 Linux: the hot loops are also compiled for AVX2 and chosen at load time by the CPU (function
+ * multiversioning: about 1.7x faster on large tensors than the baseline SSE2 build, which runs elsewhere).
+ * One thread: measured inside a training step, splitting a pass across threads was slower than one
+ * thread, its threads competing with PyTorch's own, which spin for a while after each parallel op. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define GW_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GW_CLONES
+#endif
+
+GW_CLONES static void scan_f32c(const float *x, Py_ssize_t n, Acc *a) { SCAN_BODY((double)x[i]) }
+GW_CLONES static void scan_f64c(const double *x, Py_ssize_t n, Acc *a) { SCAN_BODY(x[i]) }
 
 static inline double load(const Seg *g, Py_ssize_t i) {
     const char *p = g->p + i * g->step;
@@ -215,7 +225,7 @@ static void scan_any(const Seg *g, Acc *a) {
 }
 
 /* sum of (v / scale - shift)^2 over a segment */
-static double centred_squares(const Seg *g, double shift, double scale) {
+GW_CLONES static double centred_squares(const Seg *g, double shift, double scale) {
     Py_ssize_t n = g->n;
     double acc = 0.0;
     if (g->kind == K_F32 && g->step == 4) {
@@ -528,6 +538,15 @@ static PyObject *update_and_change(PyObject *self, PyObject *const *args, Py_ssi
 
 /* ---------------------------------------------------------------- all_finite */
 
+/* 0 if every entry is finite, else NaN (in float: twice as many lanes to a vector as in double) */
+GW_CLONES static float finite_f32c(const float *x, Py_ssize_t m) {
+    float acc = 0.0f;
+    GW_SIMD(reduction(+ : acc))
+    for (Py_ssize_t k = 0; k < m; k++)
+        acc += 0.0f * x[k];
+    return acc;
+}
+
 PyDoc_STRVAR(all_finite_doc, "all_finite(arrays) -> bool\n\nWhether every entry of every 1-D array is finite.");
 
 static PyObject *all_finite(PyObject *self, PyObject *arg) {
@@ -542,10 +561,7 @@ static PyObject *all_finite(PyObject *self, PyObject *arg) {
         Py_ssize_t m = g->n;
         double acc = 0.0; /* 0 * v is 0 for every finite v, NaN for NaN and +-Inf */
         if (g->kind == K_F32 && g->step == 4) {
-            const float *x = (const float *)g->p;
-            GW_SIMD(reduction(+ : acc))
-            for (Py_ssize_t k = 0; k < m; k++)
-                acc += 0.0 * (double)x[k];
+            acc = finite_f32c((const float *)g->p, m);
         } else {
             for (Py_ssize_t k = 0; k < m; k++)
                 acc += 0.0 * load(g, k);

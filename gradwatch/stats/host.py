@@ -54,6 +54,7 @@ __all__ = [
     "update_and_change",
     "memory_order",
     "native_grad_and_norms",
+    "native_reads",
     "size",
     "starts",
 ]
@@ -160,6 +161,19 @@ def _array(t: torch.Tensor) -> np.ndarray | None:
     """A 1-D numpy view of ``_flat(t)``, or None for a dtype numpy lacks (bf16)."""
     t = _flat(t)
     return None if t.dtype == torch.bfloat16 else t.numpy()
+
+
+#: dtypes the compiled pass reads in place at any size (complex ones through ``torch.view_as_real``).
+_NATIVE_READABLE = _NATIVE_DTYPES | {torch.complex64, torch.complex128}
+
+
+def native_reads(t: torch.Tensor) -> bool:
+    """Whether the compiled pass reads ``t`` in place, whatever its size.
+
+    A non-empty CPU strided tensor of float16/32/64 or complex64/128, with the extension built and on
+    (:data:`NATIVE`).
+    """
+    return NATIVE and t.is_cpu and t.layout == torch.strided and t.dtype in _NATIVE_READABLE and t.numel() > 0
 
 
 def _native_arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray] | None:
@@ -430,6 +444,10 @@ class DeferredFinite:
             self._value = all_finite(self._tensors) if same else True
             self._tensors, self._versions = [], []
         return self._value
+
+    def settle(self) -> None:
+        """Compute the flag now (if not yet) and drop the references: the tensors may change or go soon."""
+        bool(self)
 
 
 _zero_vectors: dict[np.dtype, np.ndarray] = {}
