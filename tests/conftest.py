@@ -156,3 +156,23 @@ class TiedLM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(torch.tanh(self.mix(self.emb(x))))
+
+
+#: The CPU statistics paths: ``host`` (stats/host.py's compiled pass, the default where it is built),
+#: ``numpy`` (host.py's numpy calls) and ``torch`` (PyTorch's reductions, host.py switched off).
+CPU_PATHS = ["host", "numpy", "torch"]
+
+
+def use_cpu_path(path: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Switch the CPU statistics to ``path`` (one of :data:`CPU_PATHS`) for one test.
+
+    Returns ``"host"`` for both host.py paths (tests that branch on the path treat them alike), and skips
+    ``host`` where the extension was not built.
+    """
+    from gradwatch.stats import host
+
+    if path == "host" and not host.NATIVE:
+        pytest.skip("gradwatch.stats._native was not built: 'numpy' is the host path here")
+    monkeypatch.setattr(host, "ENABLED", path != "torch")
+    monkeypatch.setattr(host, "NATIVE", path == "host")
+    return "host" if path == "numpy" else path

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import half_dtypes
+from conftest import CPU_PATHS, half_dtypes, use_cpu_path
 from torch import nn
 
 import gradwatch as gw
@@ -22,15 +22,10 @@ from gradwatch import stats
 from gradwatch.stats import host
 
 
-@pytest.fixture(autouse=True, params=["host", "numpy", "torch"])
+@pytest.fixture(autouse=True, params=CPU_PATHS)
 def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test three times: small CPU tensors through stats/host.py (the default: its compiled pass,
-    ``host``, where built; its numpy calls, ``numpy``) and through torch."""
-    if request.param == "host" and not host.NATIVE:
-        pytest.skip("gradwatch.stats._native was not built: 'numpy' is the host path here")
-    monkeypatch.setattr(host, "ENABLED", request.param != "torch")
-    monkeypatch.setattr(host, "NATIVE", request.param == "host")
-    return "host" if request.param == "numpy" else request.param
+    """Every test on each CPU statistics path (see ``conftest.use_cpu_path``)."""
+    return use_cpu_path(request.param, monkeypatch)
 
 
 SAMPLED_REL = 4 * math.sqrt(0.5 / stats.SAMPLE_SIZE)

@@ -6,23 +6,27 @@ import math
 
 import pytest
 import torch
-from conftest import MLP, ResCNN, TiedLM, assert_stats_close, half_dtypes, reference_stats
+from conftest import (
+    CPU_PATHS,
+    MLP,
+    ResCNN,
+    TiedLM,
+    assert_stats_close,
+    half_dtypes,
+    reference_stats,
+    use_cpu_path,
+)
 from torch import nn
 
 import gradwatch as gw
 from gradwatch import stats
-from gradwatch.stats import batched, host
+from gradwatch.stats import batched
 
 
-@pytest.fixture(autouse=True, params=["host", "numpy", "torch"])
+@pytest.fixture(autouse=True, params=CPU_PATHS)
 def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test three times: small CPU tensors through stats/host.py (the default: its compiled pass,
-    ``host``, where built; its numpy calls, ``numpy``) and through torch."""
-    if request.param == "host" and not host.NATIVE:
-        pytest.skip("gradwatch.stats._native was not built: 'numpy' is the host path here")
-    monkeypatch.setattr(host, "ENABLED", request.param != "torch")
-    monkeypatch.setattr(host, "NATIVE", request.param == "host")
-    return "host" if request.param == "numpy" else request.param
+    """Every test on each CPU statistics path (see ``conftest.use_cpu_path``)."""
+    return use_cpu_path(request.param, monkeypatch)
 
 
 def _batch(kind: str, dtype: torch.dtype):

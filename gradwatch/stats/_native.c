@@ -421,6 +421,20 @@ done:
     return result;
 }
 
+/* The arrays of args[0] opened, their entries counted: the start of every function taking a list. */
+static Py_ssize_t open_list(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *name, Seg **segs,
+                            Py_ssize_t *total) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, want);
+        return -1;
+    }
+    Py_ssize_t n = open_segs(args[0], segs);
+    *total = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        *total += (*segs)[i].n;
+    return n;
+}
+
 /* ---------------------------------------------------------------- gather */
 
 PyDoc_STRVAR(gather_doc, "gather(arrays, out)\n\n"
@@ -429,17 +443,11 @@ PyDoc_STRVAR(gather_doc, "gather(arrays, out)\n\n"
 
 static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "gather takes 2 arguments");
-        return NULL;
-    }
     Seg *segs = NULL;
-    Py_ssize_t n = open_segs(args[0], &segs);
+    Py_ssize_t total;
+    Py_ssize_t n = open_list(args, nargs, 2, "gather", &segs, &total);
     if (n < 0)
         return NULL;
-    Py_ssize_t total = 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        total += segs[i].n;
     Py_buffer out;
     if (open_out(args[1], &out, 0, total, "out") < 0) {
         close_segs(segs, n);
@@ -476,17 +484,11 @@ PyDoc_STRVAR(update_doc,
 
 static PyObject *update_and_change(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "update_and_change takes 4 arguments");
-        return NULL;
-    }
     Seg *segs = NULL;
-    Py_ssize_t n = open_segs(args[0], &segs);
+    Py_ssize_t total;
+    Py_ssize_t n = open_list(args, nargs, 4, "update_and_change", &segs, &total);
     if (n < 0)
         return NULL;
-    Py_ssize_t total = 0;
-    for (Py_ssize_t i = 0; i < n; i++)
-        total += segs[i].n;
     Py_buffer before, prev, out;
     if (open_in(args[1], &before, total, "before") < 0) {
         close_segs(segs, n);
