@@ -138,6 +138,18 @@ class HandleGroup:
 
         _wrap(autograd_module, "backward", _backward_spy, _backward_originals)
 
+    def before_zero_grad(self, before: Callable[[], None]) -> None:
+        """Call ``before()`` at each ``Optimizer.zero_grad`` and ``Module.zero_grad``, before it runs.
+
+        The base classes' own methods are wrapped (every optimizer and module that inherits them); a
+        subclass that overrides ``zero_grad`` without calling the base one is not seen.
+        """
+        handle = RemovableHandle(_zero_grad_calls)
+        _zero_grad_calls[handle.id] = before
+        self._handles.append(handle)
+        for cls in (torch.optim.Optimizer, torch.nn.Module):
+            _wrap(cls, "zero_grad", _zero_grad_spy, _zero_grad_originals)
+
     def optimizer_step(
         self,
         optimizer: torch.optim.Optimizer,
@@ -168,6 +180,7 @@ class HandleGroup:
             (_unscale_calls, _unscale_originals),
             (_clip_calls, _clip_originals),
             (_backward_calls, _backward_originals),
+            (_zero_grad_calls, _zero_grad_originals),
         ):
             if not calls:
                 _unwrap(originals)
@@ -217,6 +230,22 @@ _CLIP_FUNCTIONS = ("clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_
 _backward_calls: OrderedDict[int, Callable[[Any], None]] = OrderedDict()
 #: (torch.autograd, "backward") -> the original ``torch.autograd.backward``, while wrapped
 _backward_originals: dict[tuple[Any, str], Callable[..., Any]] = {}
+
+
+#: handle id -> callback of every watcher that asked for the ``zero_grad`` methods
+_zero_grad_calls: OrderedDict[int, Callable[[], None]] = OrderedDict()
+#: (torch.optim.Optimizer or torch.nn.Module, "zero_grad") -> the class's own method, while wrapped
+_zero_grad_originals: dict[tuple[Any, str], Callable[..., Any]] = {}
+
+
+def _zero_grad_spy(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)  # (sets __wrapped__ = original)
+    def zero_grad(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for before in list(_zero_grad_calls.values()):
+            before()
+        return original(self, *args, **kwargs)
+
+    return zero_grad
 
 
 def _backward_spy(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -109,6 +109,11 @@ class Provenance:
             if settle is not None:
                 settle()
 
+    def settle_pending(self) -> None:
+        """:meth:`settle` every pass not yet used or forgotten (none where a loop steps before zeroing)."""
+        for p in list(self.pass_finite):
+            self.settle(p)
+
     def settle_held(self, idx: Sequence[int]) -> None:
         """:meth:`settle` every pass whose gradients parameters ``idx`` hold now."""
         for p in {p for i in idx for p in self._passes[i]}:

@@ -225,6 +225,7 @@ class Recorder:
                 self._handles.optimizer_step(opt, eager(self._on_opt_pre), eager(self._on_opt_post))
             if self.optimizers:
                 self._handles.around_unscale(eager(self._before_unscale), eager(self._after_unscale))
+                self._handles.before_zero_grad(eager(self._before_zero_grad))
             self._handles.around_clip(eager(self._on_clip), eager(self._after_clip))
             self._handles.before_backward(eager(self._before_backward))
             self.params = params
@@ -558,6 +559,13 @@ class Recorder:
             # the scaler may skip this step on a non-finite gradient, and zero_grad(set_to_none=False)
             # would then zero the values the deferred finite flags describe: read them now
             self.provenance.settle_held(owned)
+
+    @failsafe
+    def _before_zero_grad(self) -> None:
+        # zero_grad(set_to_none=False) is about to zero gradients in place: the deferred finite flags of
+        # the passes no optimizer used yet (a step skipped by hand on a non-finite loss) are read first
+        if self.provenance.pass_finite:
+            self.provenance.settle_pending()
 
     def _probe_frozen(self, optimizer: torch.optim.Optimizer) -> None:
         """Copy the sampled entries of ``optimizer``'s frozen parameters that still have a ``.grad``.

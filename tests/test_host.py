@@ -248,6 +248,10 @@ def test_the_compiled_pass_rejects_what_it_cannot_read(host_path: str) -> None:
         native.grad_stats([np.ones(4)], [1, 1], raw, None, None, None)
     with pytest.raises(ValueError, match="out"):
         native.gather([np.ones(4)], np.empty(3))
+    with pytest.raises(ValueError, match="out"):
+        native.gather([np.ones(4)], np.empty(5))  # (exactly as long: a longer one is a caller's bug)
+    with pytest.raises(ValueError, match="before"):  # segments misaligned with the samples
+        native.update_and_change([np.ones(4)], np.ones(5), np.ones(5), np.empty((1, 2)))
 
 
 @pytest.mark.parametrize("step", [True, False], ids=["training", "probe-without-step"])
@@ -271,3 +275,28 @@ def test_deferred_finite_flags_do_not_keep_old_gradients_alive(step: bool) -> No
         alive = sum(r() is not None for r in old)
     # the current gradient, and in the probe loop at most the previous pass's until the next one resets it
     assert alive <= (1 if step else 2), alive
+
+
+def test_centred_norm_of_a_mean_dominated_tensor_is_right_to_1e_9() -> None:
+    """The direct second pass: 1 + 1e-13 noise over 65536 float64 entries, against an exact sum (fsum).
+
+    (The mean's own rounding, n * 1e-16 relative for a naive sum, would be 1e-6 of this centred norm;
+    the corrected two-pass algorithm cancels it.)
+    """
+    import math
+
+    g = torch.Generator().manual_seed(0)
+    for noise in (1e-13, 1e-10):
+        t = 1 + noise * torch.randn(65536, generator=g, dtype=torch.float64)
+        x = t.tolist()
+        mean = math.fsum(x) / len(x)
+        exact = math.sqrt(math.fsum((v - mean) ** 2 for v in x))
+        raw, _ = host.grad_stats([t], [1])
+        assert raw[0, 6].item() == pytest.approx(exact, rel=1e-9)
+    constant = torch.full((65536,), 0.1, dtype=torch.float64)
+    assert host.grad_stats([constant], [1])[0][0, 6].item() == pytest.approx(0.0, abs=1e-14)
+
+
+def test_max_abs_of_an_all_zero_gradient_is_plus_zero() -> None:
+    raw, _ = host.grad_stats([torch.zeros(7), torch.zeros(3, 2, dtype=torch.float64)], [1, 1])
+    assert [math.copysign(1.0, v) for v in raw[:, 1].tolist()] == [1.0, 1.0]

@@ -629,3 +629,47 @@ def test_zeroing_through_data_still_finds_a_forgotten_parameter() -> None:
             model.weight.grad.data.zero_()  # the bias is never zeroed
     found = [f for f in w.findings if f.kind == "missing_zero_grad"]
     assert [f.params for f in found] == [("bias",)]
+
+
+# 20: every gradient in the small-model flag; 300: a 90000-entry weight, above the small-tensor limit
+@pytest.mark.parametrize("width", [20, 300])
+@pytest.mark.parametrize("zeroes", ["optimizer", "model"])
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_a_step_skipped_by_hand_on_a_nan_loss_is_not_discarded_gradients(
+    width: int, zeroes: str, set_to_none: bool
+) -> None:
+    """A loop that skips optimizer.step() when the loss is not finite: a skip, not a discarded gradient.
+
+    The pass's finite flag is computed late; zero_grad(set_to_none=False) zeroes the values in place, so
+    the flag is read first (gradwatch wraps Optimizer.zero_grad and Module.zero_grad while attached).
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(width, width), nn.Linear(width, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    with gw.watch(model, opt, on_finding="ignore") as w:
+        for step in range(4):
+            (opt if zeroes == "optimizer" else model).zero_grad(set_to_none=set_to_none)
+            x = torch.randn(4, width, generator=g)
+            if step == 2:
+                x[0, 0] = float("nan")
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            if torch.isfinite(loss):
+                opt.step()
+    assert w.skipped_steps == [2]
+    assert w.findings == []
+
+
+def test_the_zero_grad_methods_are_restored_at_close() -> None:
+    originals = {cls: cls.__dict__["zero_grad"] for cls in (torch.optim.Optimizer, nn.Module)}
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gw.watch(model, opt)
+    w2 = gw.watch(model, opt, on_finding="ignore")
+    assert all(cls.__dict__["zero_grad"] is not f for cls, f in originals.items())  # wrapped while watched
+    w.close()
+    assert all(cls.__dict__["zero_grad"] is not f for cls, f in originals.items())  # w2 still asks
+    w2.close()
+    assert all(cls.__dict__["zero_grad"] is f for cls, f in originals.items())
+    assert "zero_grad" not in vars(opt) and "zero_grad" not in vars(model)  # nothing on instances

@@ -185,8 +185,8 @@ def _host_chunks(
 
     Small ones (:func:`host.eligible`) in chunks of at most ``host.MAX_GROUP`` entries (the numpy path
     copies each chunk). With ``any_size``, where the compiled pass is built, every CPU tensor it reads
-    directly (:func:`host.native_reads`, any size: no copy) goes into one chunk first: one C call
-    whose passes over large tensors are shared by ``torch.get_num_threads()`` threads.
+    in place (:func:`host.native_reads`, any size: no copy) goes into one chunk first: one C call, one
+    pass per tensor on one thread.
     """
     if not host.ENABLED or fused.force_on_cpu:
         return [], list(tensors)

@@ -126,7 +126,7 @@ static int open_out(PyObject *obj, Py_buffer *b, Py_ssize_t rows, Py_ssize_t col
     if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
         return -1;
     Py_ssize_t need = (rows > 0 ? rows : 1) * cols;
-    if (kind_of(b) != K_F64 || b->len / 8 < need || (rows > 0 && (b->ndim != 2 || b->shape[1] != cols))) {
+    if (kind_of(b) != K_F64 || b->len / 8 != need || (rows > 0 && (b->ndim != 2 || b->shape[1] != cols))) {
         PyBuffer_Release(b);
         PyErr_Format(PyExc_ValueError, "gradwatch._native: %s must be a C-contiguous float64 array of shape (%zd, %zd)",
                      what, rows, cols);
@@ -138,7 +138,7 @@ static int open_out(PyObject *obj, Py_buffer *b, Py_ssize_t rows, Py_ssize_t col
 static int open_in(PyObject *obj, Py_buffer *b, Py_ssize_t len, const char *what) {
     if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
         return -1;
-    if (kind_of(b) != K_F64 || b->len / 8 < len) {
+    if (kind_of(b) != K_F64 || b->len / 8 != len) {
         PyBuffer_Release(b);
         PyErr_Format(PyExc_ValueError, "gradwatch._native: %s must be a contiguous float64 array of %zd entries",
                      what, len);
@@ -224,33 +224,45 @@ static void scan_any(const Seg *g, Acc *a) {
     a->nz = nz;
 }
 
-/* sum of (v / scale - shift)^2 over a segment */
-GW_CLONES static double centred_squares(const Seg *g, double shift, double scale) {
+/* The sum of d^2 over a segment, d = v / scale - shift, and the sum of d into *dsum: with shift the mean,
+ * sum d^2 - (sum d)^2 / n is the corrected two-pass sum of squared deviations (Chan, Golub and LeVeque,
+ * "Algorithms for computing the sample variance", 1983): the rounding error of the mean itself
+ * (a sum of n entries, up to n * 1e-16 relative) cancels to first order. */
+GW_CLONES static double squares(const Seg *g, double shift, double scale, double *dsum) {
     Py_ssize_t n = g->n;
-    double acc = 0.0;
+    double acc = 0.0, ds = 0.0;
     if (g->kind == K_F32 && g->step == 4) {
         const float *x = (const float *)g->p;
-        GW_SIMD(reduction(+ : acc))
+        GW_SIMD(reduction(+ : acc, ds))
         for (Py_ssize_t i = 0; i < n; i++) {
             double d = (double)x[i] / scale - shift;
             acc += d * d;
+            ds += d;
         }
-        return acc;
-    }
-    if (g->kind == K_F64 && g->step == 8) {
+    } else if (g->kind == K_F64 && g->step == 8) {
         const double *x = (const double *)g->p;
-        GW_SIMD(reduction(+ : acc))
+        GW_SIMD(reduction(+ : acc, ds))
         for (Py_ssize_t i = 0; i < n; i++) {
             double d = x[i] / scale - shift;
             acc += d * d;
+            ds += d;
         }
-        return acc;
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double d = load(g, i) / scale - shift;
+            acc += d * d;
+            ds += d;
+        }
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double d = load(g, i) / scale - shift;
-        acc += d * d;
-    }
+    *dsum = ds;
     return acc;
+}
+
+/* sqrt of the sum of squared deviations from `mean` (scaled by 1 / scale), corrected (see squares) */
+static double centred_norm(const Seg *g, double mean, double scale) {
+    double ds, sq = squares(g, mean / scale, scale, &ds);
+    double dev = sq - ds * ds / (double)g->n;
+    return sqrt(dev > 0.0 ? dev : 0.0);
 }
 
 /* ---------------------------------------------------------------- grad_stats */
@@ -359,7 +371,7 @@ static PyObject *grad_stats(PyObject *self, PyObject *const *args, Py_ssize_t na
             a.lo = NAN; /* (numpy's reduceat of an empty segment differs; host.py never passes one) */
             a.hi = NAN;
         }
-        double maxabs = nans ? NAN : (a.hi > -a.lo ? a.hi : -a.lo);
+        double maxabs = nans ? NAN : (a.hi > -a.lo ? a.hi : -a.lo) + 0.0; /* (+ 0.0: never -0.0) */
         Py_ssize_t nz = a.nz;
         if (strides[i] > 1) {
             nz = 0;
@@ -374,10 +386,11 @@ static PyObject *grad_stats(PyObject *self, PyObject *const *args, Py_ssize_t na
         if (odd)
             direct = 0;
         if (direct)
-            centred = sqrt(centred_squares(g, a.s / count, 1.0));
+            centred = centred_norm(g, a.s / count, 1.0);
         if (odd && !nonfinite) { /* squares underflow or overflow float64: rescaled by max |g| */
-            norm = maxabs * sqrt(centred_squares(g, 0.0, maxabs));
-            centred = maxabs * sqrt(centred_squares(g, a.s / count / maxabs, maxabs));
+            double unused;
+            norm = maxabs * sqrt(squares(g, 0.0, maxabs, &unused));
+            centred = maxabs * centred_norm(g, a.s / count, maxabs);
         }
         if (nonfinite)
             centred = NAN;
@@ -439,7 +452,7 @@ static Py_ssize_t open_list(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t 
 
 PyDoc_STRVAR(gather_doc, "gather(arrays, out)\n\n"
                          "The entries of each 1-D array, one after the other, converted exactly into the\n"
-                         "contiguous float64 array out (at least as long as all of them together).");
+                         "contiguous float64 array out (exactly as long as all of them together).");
 
 static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;

@@ -354,6 +354,7 @@ def _numpy_grad_stats(
     x = x[: plan.total]
     lo, hi = np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)  # (NaN propagates)
     np.maximum(hi, np.negative(lo), out=raw[1])  # max |g| = max(max g, -min g)
+    raw[1] += 0.0  # (an all-zero tensor: +0.0, not -0.0)
     if norms_of is not None:
         np.sqrt(joined[1, n:], out=raw[7])
     picked = x if plan.sampled is None else x[plan.sampled]
