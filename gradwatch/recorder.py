@@ -171,6 +171,7 @@ class Recorder:
         self._recorded: list[int] = []  # first and last recorded step, and how many: [first, last, count]
         self._hist_step = -1  # the last step whose histograms were written
         self._eager_tracker_call: Callable[..., None] = self._tracker_call
+        self._settle_pending: Callable[[], None] = self._before_zero_grad
         self._positions: dict[int, int] = {}  # id() of each watched parameter -> its position
         self._origin_walks = MAX_ORIGIN_WALKS  # walks left (refilled, see ORIGIN_WALK_REFILL)
         self._backward_calls = 0
@@ -225,7 +226,8 @@ class Recorder:
                 self._handles.optimizer_step(opt, eager(self._on_opt_pre), eager(self._on_opt_post))
             if self.optimizers:
                 self._handles.around_unscale(eager(self._before_unscale), eager(self._after_unscale))
-                self._handles.before_zero_grad(eager(self._before_zero_grad))
+                self._settle_pending = eager(self._before_zero_grad)
+                self._handles.before_zero_grad(self._zero_grad_called)
             self._handles.around_clip(eager(self._on_clip), eager(self._after_clip))
             self._handles.before_backward(eager(self._before_backward))
             self.params = params
@@ -559,6 +561,12 @@ class Recorder:
             # the scaler may skip this step on a non-finite gradient, and zero_grad(set_to_none=False)
             # would then zero the values the deferred finite flags describe: read them now
             self.provenance.settle_held(owned)
+
+    def _zero_grad_called(self) -> None:
+        # (every zero_grad() in the process calls this: one dict read, and the eager, failsafe call only
+        # when a pass no optimizer used yet has a deferred flag)
+        if self.provenance.pass_finite:
+            self._settle_pending()
 
     @failsafe
     def _before_zero_grad(self) -> None:

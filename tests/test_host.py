@@ -300,3 +300,31 @@ def test_centred_norm_of_a_mean_dominated_tensor_is_right_to_1e_9() -> None:
 def test_max_abs_of_an_all_zero_gradient_is_plus_zero() -> None:
     raw, _ = host.grad_stats([torch.zeros(7), torch.zeros(3, 2, dtype=torch.float64)], [1, 1])
     assert [math.copysign(1.0, v) for v in raw[:, 1].tolist()] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("host_path", ["native"], indirect=True)
+def test_the_unchecked_one_call_path_refuses_what_it_cannot_read(host_path: str) -> None:
+    """native_grad_and_norms reads the gradients without checking them first: anything it cannot read
+    must make it return None (the caller's general path), never a wrong row."""
+    g = torch.Generator().manual_seed(3)
+    good = [torch.randn(5, 4, generator=g), torch.randn(4, generator=g)]
+    values = torch.randn(24, generator=g, dtype=torch.float64).numpy()
+    starts = host.starts(good)
+    raw = host.native_grad_and_norms(good, [1, 1], values, starts)
+    host.NATIVE = False
+    expected, _ = host.grad_stats(good, [1, 1], norms_of=(values, starts))
+    host.NATIVE = True
+    assert raw is not None
+    torch.testing.assert_close(raw, expected, rtol=1e-12, atol=0.0)
+    odd = {
+        "None": None,
+        "bf16": torch.randn(4, generator=g).to(torch.bfloat16),
+        "requires grad": torch.randn(4, generator=g, requires_grad=True),
+        "complex": torch.randn(2, generator=g, dtype=torch.complex64),
+        "empty": torch.randn(0),
+        "transposed": torch.randn(2, 2, generator=g).t(),
+        "sparse": torch.randn(4, generator=g).to_sparse(),
+        "meta": torch.empty(4, device="meta"),
+    }
+    for name, t in odd.items():
+        assert host.native_grad_and_norms([good[0], t], [1, 1], values, starts) is None, name

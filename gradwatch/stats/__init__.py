@@ -166,9 +166,7 @@ def grad_and_param_stats(
     if not samples.layout.host_only or samples.host is None or len(grads) != len(samples.layout.host):
         return None
     if host.ENABLED and not fused.force_on_cpu:  # (the compiled pass: one loop, one call)
-        raw = host.native_grad_and_norms(
-            grads, strides, samples.host, samples.layout.host_starts, host.MAX_GROUP // 2
-        )
+        raw = host.native_grad_and_norms(grads, strides, samples.host, samples.layout.host_starts)
         if raw is not None:
             return raw
     total = _host_total(grads)

@@ -301,6 +301,10 @@ static PyObject *grad_stats(PyObject *self, PyObject *const *args, Py_ssize_t na
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (segs[i].n == 0) {
+            PyErr_Format(PyExc_ValueError, "grad_stats: array %zd is empty (no statistics to take)", i);
+            goto done;
+        }
         strides[i] = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(sfast, i), PyExc_OverflowError);
         if (strides[i] < 1) {
             if (!PyErr_Occurred())
@@ -366,10 +370,6 @@ static PyObject *grad_stats(PyObject *self, PyObject *const *args, Py_ssize_t na
                 a.lo = NAN;
                 a.hi = NAN;
             }
-        }
-        if (g->n == 0) {
-            a.lo = NAN; /* (numpy's reduceat of an empty segment differs; host.py never passes one) */
-            a.hi = NAN;
         }
         double maxabs = nans ? NAN : (a.hi > -a.lo ? a.hi : -a.lo) + 0.0; /* (+ 0.0: never -0.0) */
         Py_ssize_t nz = a.nz;
