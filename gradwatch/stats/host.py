@@ -298,13 +298,13 @@ def grad_stats(
 
     Returns:
         ``([n, 7] float64 CPU tensor, [2, n] float64 min/max or None)`` (``[n, 8]`` with ``norms_of``:
-        the segments' norms last; NaN/Inf in a segment make its norm NaN/Inf). Every sum is accumulated in
-        float64 (numpy's pairwise summation, or the extension's vectorised one, its centred norm's
+        the segments' norms last; NaN/Inf in a segment make its norm NaN/Inf). Every sum is accumulated
+        in float64 (numpy's pairwise summation, or the extension's vectorised one, its centred norm's
         second pass corrected for the mean's rounding). The centred norm ``||g - mean||`` is measured
-        directly (a second pass) where the mean dominates (``||g||^2 - n mean^2 < 1e-6 ||g||^2``: deriving it from
-        the sums would lose more than about 1e-9 of it), else -1 (derived on the host from the norm and
-        the sum). NaN/Inf propagate into the norm, max |g| and the sum, and are counted; their centred
-        norm is NaN.
+        directly (a second pass) where the mean dominates (``||g||^2 - n mean^2 < 1e-6 ||g||^2``:
+        deriving it from the sums would lose more than about 1e-9 of it), else -1 (derived on the host
+        from the norm and the sum). NaN/Inf propagate into the norm, max |g| and the sum, and are
+        counted; their centred norm is NaN.
     """
     arrays = _native_arrays(tensors)
     if arrays is not None:  # the compiled pass: the same columns, one C call for the group
