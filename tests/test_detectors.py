@@ -193,7 +193,7 @@ def test_param_group_that_forgot_a_layer() -> None:
         _train(model, opt, x, y, 3)
     (f,) = w.findings
     assert f.kind == "not_updated" and f.params == ("0.weight", "0.bias") and f.step == 0
-    assert "no watched optimizer holds them (SGD do not)" in f.message
+    assert "no watched optimizer holds them (SGD does not)" in f.message
 
 
 def test_zero_learning_rate_group() -> None:

@@ -176,10 +176,11 @@ class NotUpdatedDetector(Detector):
         if orphan:
             self.reported.update(orphan)
             names = tuple(self.names[i] for i in orphan)
-            holders = ", ".join(self.view.optimizer_names())
+            optimizers = self.view.optimizer_names()
+            holders = ", ".join(optimizers) + (" does not" if len(optimizers) == 1 else " do not")
             message = (
                 f"{_short(list(names))} get nonzero gradients (step {record.step}) but no watched optimizer "
-                f"holds them ({holders} do not), so they are never updated. Usual "
+                f"holds them ({holders}), so they are never updated. Usual "
                 f"causes: layers kept in a plain Python list instead of nn.ModuleList, a layer replaced "
                 f"after "
                 f"the optimizer was built, a param group that forgot a layer. Fix: build the optimizer after "
