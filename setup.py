@@ -16,7 +16,7 @@ FLAGS = ["/O2"] if sys.platform == "win32" else ["-O3", "-fopenmp-simd"]
 class BuildExt(build_ext):
     """Retry without the SIMD flag where a compiler refuses it (the pragmas are then ignored)."""
 
-    def build_extension(self, ext: Extension) -> None:
+    def build_extension(self, ext: Extension) -> None:  # noqa: D102
         try:
             super().build_extension(ext)
         except Exception:
