@@ -478,3 +478,27 @@ def test_gradients_below_the_square_root_of_the_smallest_float32_have_nonzero_no
             n = ref.numel()
             std = math.sqrt(max(norm * norm / n - (total / n) ** 2, 0.0))
             assert std == pytest.approx(ref.std(correction=0).item(), rel=1e-4, abs=0)
+
+
+def test_the_spread_of_mean_dominated_and_constant_gradients(cpu_path: str) -> None:
+    """||g - mean|| where the mean dominates (1e4 + 1e-3 noise, 300k float32 entries) and for constant
+    gradients (exactly 0): a float32 mean is off by up to half an ulp, which made the torch path's
+    spread 40 % too large and a constant gradient's nonzero; every path is held to float64 here."""
+    from gradwatch.stats import reference
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [1e4 + 1e-3 * torch.randn(300_000, generator=g)] + [torch.full((8, 8), 0.37) for _ in range(8)]
+    strides = [stats.sample_stride(t.shape) for t in tensors]
+    rows = {
+        i: row for pos, block in stats.grad_stats(tensors, strides) for i, row in zip(pos, block.tolist())
+    }
+    for i, t in enumerate(tensors):
+        norm, _, total, _, _, _, centered = rows[i]
+        n = t.numel()
+        std = (
+            centered / math.sqrt(n)
+            if centered >= 0
+            else math.sqrt(max(norm * norm / n - (total / n) ** 2, 0))
+        )
+        expected = reference.raw_stats(t)[6] / math.sqrt(n)
+        assert std == pytest.approx(expected, rel=1e-6, abs=1e-12), (cpu_path, i)

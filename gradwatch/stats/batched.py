@@ -280,18 +280,34 @@ def _cpu_chunk(
     )
     todo = set(torch.nonzero(cancels).flatten().tolist())
     for at, sub in _stacked_subsets(rows_of, todo - tiny_at, _STACK_MIN):  # row-wise, stacked copies
-        centered = torch.linalg.vector_norm(sub - mean_t[at].to(sub.dtype)[:, None], dim=1).double()
+        centered = _centred_norm(sub - mean_t[at].to(sub.dtype)[:, None], dim=1)
         ok = torch.isfinite(centered)
         centered_t[at] = torch.where(ok, centered, centered_t[at])
         todo -= {i for i, good in zip(at, ok.tolist()) if good}
     for i in sorted(todo):
         x = flat[i] if flat[i] is not None else _flat(g[i])
-        centered = torch.dist(x, mean_t[i].to(x.dtype)).double()
-        # squares of entries past ~1e19 overflow float32; those of entries below ~1e-19 underflow
-        if not bool(centered.isfinite()) or i in tiny_at:
-            centered = torch.dist(x.double(), mean_t[i])
-        centered_t[i] = centered
+        centered_t[i] = _centred_norm(x - mean_t[i].to(x.dtype))
     return torch.stack([norm_t, max_abs, total_t, nonzero_t, counts[0], counts[1], centered_t], dim=1)
+
+
+def _centred_norm(d: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """``sqrt(sum d^2 - (sum d)^2 / n)`` in float64, ``d`` the entries minus their (rounded) mean.
+
+    The corrected two-pass algorithm (Chan, Golub and LeVeque, "Algorithms for computing the sample
+    variance", 1983): the mean's own rounding (a float32 mean of a tensor whose mean dominates is off by
+    up to half an ulp, enough to make ``||g - mean||`` several times too large, or nonzero for a constant
+    gradient) cancels to first order. ``d`` is exact where the entries are close to the mean (Sterbenz);
+    its squares and sums are taken in float64 (no overflow past 1e19, no underflow below 1e-19).
+    """
+    if dim is None:
+        squares = torch.linalg.vector_norm(d, dtype=torch.float64).square()
+        total = d.sum(dtype=torch.float64)
+        n = d.numel()
+    else:
+        squares = torch.linalg.vector_norm(d, dim=dim, dtype=torch.float64).square()
+        total = d.sum(dim, dtype=torch.float64)
+        n = d.shape[dim]
+    return torch.sqrt(torch.clamp(squares - total * total / max(n, 1), min=0.0))
 
 
 def _device_chunk(g: list[torch.Tensor], strides: Sequence[int] = ()) -> torch.Tensor:
