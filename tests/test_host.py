@@ -191,7 +191,10 @@ def test_the_compiled_pass_is_built_where_a_compiler_exists(host_path: str) -> N
 
     if sys.platform == "win32" or not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler here: the numpy path is the one in use")
-    assert BUILT, "gradwatch.stats._native is missing: rebuild with `pip install -e .` (see setup.py)"
+    assert BUILT, (
+        "gradwatch.stats._native is missing although a C compiler is here: rebuild with `rm -rf build && "
+        "pip install -v -e .` and read why it failed (the Python headers, python3-dev, are needed too)"
+    )
 
 
 @pytest.mark.parametrize("host_path", ["native"], indirect=True)  # (it switches between the two itself)
