@@ -148,6 +148,7 @@ class Recorder:
         self.memory = MemorySink(config.max_history)
         self.board: Sink = NullSink()
         self.sinks: tuple[Sink, ...] = (self.memory, self.board, WarningSink(config.on_finding))
+        self._record_sinks = _record_sinks(self.sinks)
         self.suppressions = Suppressions(config.suppress)
         self.suite = DetectorSuite(self, config, by_layer=targets.module is not None)
         self.tracker = StepTracker(self, config.start_step, bool(self.optimizers))
@@ -242,6 +243,7 @@ class Recorder:
 
                 self.board = TensorBoardSink(self.config.logdir, self.config.writer)
                 self.sinks = (self.memory, self.board, self.sinks[2])
+                self._record_sinks = _record_sinks(self.sinks)
         except BaseException:
             self._handles.remove()
             self.params = None
@@ -900,7 +902,7 @@ class Recorder:
             self._hist_step = step
         rec = self._recorded
         self._recorded = [step, step, 1] if not rec else [rec[0], step, rec[2] + 1]
-        grad_hist = self._grad_hist_rows(cur.grad_hist)
+        grad_hist = self._grad_hist_rows(cur.grad_hist) if cur.grad_hist else None
         # one device-to-host copy for the whole step (asynchronous; waited for by whoever reads first)
         loss = cur.loss
         unclipped = None
@@ -946,7 +948,7 @@ class Recorder:
         if not isinstance(self.board, NullSink):
             record._waiting.add("sink")  # (read on the sink's thread, which then calls _read_by)
         self.suite.add_record(record)
-        for sink in self.sinks:
+        for sink in self._record_sinks:
             sink.write_step(record, grad_hist, named_params)
 
     def _histograms(
@@ -1013,6 +1015,11 @@ class Recorder:
         if self.params is None:
             raise GradWatchError("the watcher is not attached")
         return self.params
+
+
+def _record_sinks(sinks: tuple[Sink, ...]) -> tuple[Sink, ...]:
+    """The sinks that do something with a step record (the null board and the warning sink do not)."""
+    return tuple(s for s in sinks if not isinstance(s, (NullSink, WarningSink)))
 
 
 def _to_host(
