@@ -1,5 +1,5 @@
 /*
- * gradwatch.stats._native: the CPU statistics of small tensors in one compiled pass per tensor.
+ * gradwatch.stats._native: the CPU statistics of gradients in one compiled pass per tensor.
  *
  * An optional C extension (setup.py builds it where a C compiler is present; without one gradwatch
  * takes the numpy path of gradwatch/stats/host.py, which computes the same columns). On a small model
@@ -9,11 +9,13 @@
  * C call and one pass over each tensor (a second one only where a tensor holds a non-finite entry, or
  * where its mean dominates its spread).
  *
- * Inputs are 1-D buffers (numpy arrays over the tensors' memory, any stride) of float32, float64 or
- * float16; every value is converted to double exactly and every sum is accumulated in double (squares
+ * Inputs are buffers (numpy arrays over the tensors' memory: C-contiguous of any shape, or 1-D of any
+ * stride) of float32, float64 or float16, of any size (large ones too: one pass instead of PyTorch's
+ * three, on one thread); every value is converted to double exactly and every sum is accumulated in double (squares
  * of float32 entries are exact in double and can neither underflow nor overflow). Reductions are
  * vectorised with OpenMP SIMD pragmas where the compiler honours them (reordered double sums: a
- * relative error of about n * 1e-16 at most). NaN and Inf propagate as in numpy. The semantics of each
+ * relative error of about n * 1e-16 at most; the centred norm's second pass is corrected for the mean's
+ * own rounding, see squares()). NaN and Inf propagate as in numpy. The semantics of each
  * function are those of the numpy function of the same name in host.py, which the tests compare
  * entry for entry.
  */
