@@ -574,8 +574,7 @@ class Recorder:
     def _before_zero_grad(self) -> None:
         # zero_grad(set_to_none=False) is about to zero gradients in place: the deferred finite flags of
         # the passes no optimizer used yet (a step skipped by hand on a non-finite loss) are read first
-        if self.provenance.pass_finite:
-            self.provenance.settle_pending()
+        self.provenance.settle_pending()
 
     def _probe_frozen(self, optimizer: torch.optim.Optimizer) -> None:
         """Copy the sampled entries of ``optimizer``'s frozen parameters that still have a ``.grad``.

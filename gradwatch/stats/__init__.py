@@ -189,16 +189,14 @@ def _host_chunks(
     if not host.ENABLED or fused.force_on_cpu:
         return [], list(tensors)
     chunks: list[list[int]] = []
+    direct: set[int] = set()
     if any_size and host.NATIVE:
-        direct = [i for i, t in enumerate(tensors) if t is not None and host.native_reads(t)]
+        direct = {i for i, t in enumerate(tensors) if t is not None and host.native_reads(t)}
         if direct:
-            chunks.append(direct)
-            taken = set(direct)
-            tensors = [None if i in taken else t for i, t in enumerate(tensors)]
-    first = len(chunks)
+            chunks.append(sorted(direct))
     size = host.MAX_GROUP
     for i, t in enumerate(tensors):
-        if t is not None and host.eligible(t):
+        if t is not None and i not in direct and host.eligible(t):
             n = t.numel()
             if size + n > host.MAX_GROUP:
                 chunks.append([])
@@ -207,7 +205,7 @@ def _host_chunks(
             size += n
     if not chunks:
         return [], list(tensors)
-    taken = {i for c in chunks[first:] for i in c}
+    taken = {i for c in chunks for i in c}
     return chunks, [None if i in taken else t for i, t in enumerate(tensors)]
 
 
